@@ -1,0 +1,5 @@
+"""pushtwisted: a SimplePush server on Twisted and Autobahn."""
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

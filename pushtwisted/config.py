@@ -1,0 +1,267 @@
+"""Configuration: TOML into frozen dataclasses, with environment overrides.
+
+``load_config(path)`` reads a TOML file (or nothing, for the defaults),
+applies ``SIMPLEPUSH_<SECTION>_<KEY>`` environment variables on top, and
+validates every value.  Unknown sections or keys and values of the wrong type
+or range raise ``ConfigError`` naming the key.  ``config.sample.toml``
+documents every key with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pushtwisted.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "WebSocketConfig",
+    "EndpointConfig",
+    "ClientConfig",
+    "StorageConfig",
+    "CryptoConfig",
+    "load_config",
+    "parse_config",
+    "ENV_PREFIX",
+]
+
+ENV_PREFIX = "SIMPLEPUSH_"
+
+_T = TypeVar("_T")
+
+
+def _nonneg(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _check(check: Callable[[Any], str | None]) -> Any:
+    """Attach a validation function to a dataclass field (via metadata)."""
+    return {"check": check}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebSocketConfig:
+    """``[websocket]``: the listener user agents connect to."""
+
+    listen: str = "tcp:8080:interface=127.0.0.1"
+    #: Allowed ``Origin`` values (scheme://host[:port]); empty allows all.
+    origins: list[str] = field(default_factory=list)
+    #: Seconds between WebSocket ping frames to find dead peers; 0 = off.
+    auto_ping_interval: float = field(default=300.0, metadata=_check(_nonneg))
+    #: Seconds to wait for the pong before dropping the peer.
+    auto_ping_timeout: float = field(default=30.0, metadata=_check(_nonneg))
+    #: Largest incoming message in bytes; larger ones close with 1009.
+    max_message_size: int = field(default=262144, metadata=_check(_positive))
+    #: Listen backlog of the socket.
+    backlog: int = field(default=1024, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointConfig:
+    """``[endpoint]``: the listener app servers PUT notifications to."""
+
+    listen: str = "tcp:8081:interface=127.0.0.1"
+    #: Base URL of every pushEndpoint: ``{public_url}/update/{token}``.
+    public_url: str = "http://127.0.0.1:8081"
+    #: Largest ``data`` in bytes; larger is answered 413.
+    max_data: int = field(default=4096, metadata=_check(_nonneg))
+    #: Largest request body in bytes; larger is answered 413 before it is read.
+    max_body: int = field(default=65536, metadata=_check(_positive))
+    #: Add ``Access-Control-Allow-*`` headers to every response.
+    cors: bool = False
+    #: Ignore versions not above the stored one (answered 200, not stored).
+    monotonic_versions: bool = False
+    #: Listen backlog of the socket.
+    backlog: int = field(default=1024, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """``[client]``: the SimplePush session rules."""
+
+    #: Seconds a new socket has to send a successful hello; 0 = off.
+    hello_timeout: float = field(default=30.0, metadata=_check(_nonneg))
+    #: Minimum seconds between client pings; 0 = no limit.
+    min_ping_interval: float = field(default=20.0, metadata=_check(_nonneg))
+    #: Seconds between re-sends of unacknowledged updates; 0 = off.
+    retry_interval: float = field(default=60.0, metadata=_check(_nonneg))
+    #: Most channels per UAID (at hello and at register); 0 = no limit.
+    max_channels: int = field(default=200, metadata=_check(_nonneg))
+    #: Send ``expired`` after hello for listed channels that were unregistered.
+    report_expired: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageConfig:
+    """``[storage]``: where registrations and pending updates live."""
+
+    backend: str = field(
+        default="memory",
+        metadata=_check(lambda v: None if v in ("memory",) else "must be one of: memory"),
+    )
+    #: State directory (generated token key, embedded database).
+    path: str = "pushtwisted-state"
+    #: Keep ``data`` payloads for offline clients; false drops them.
+    store_data: bool = True
+    #: Seconds a tombstone of an unregistered channel is kept (410 to PUTs).
+    ttl_deleted: float = field(default=86400.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CryptoConfig:
+    """``[crypto]``: endpoint token keys (the first issues, all are accepted)."""
+
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole configuration of one pushtwisted node."""
+
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    crypto: CryptoConfig = field(default_factory=CryptoConfig)
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return "a list of strings"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, tp: Any, value: object) -> object:
+    """Check ``value`` against the annotated type ``tp``; return it (ints widen to float)."""
+    if typing.get_origin(tp) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r}")
+
+
+def _from_env_string(key: str, tp: Any, raw: str) -> object:
+    """Parse an environment variable's text as the type ``tp``."""
+    if typing.get_origin(tp) is list:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if tp is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: must be a boolean, got {raw!r}")
+    if tp is int or tp is float:
+        try:
+            return tp(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: must be {_type_name(tp)}, got {raw!r}") from None
+    return raw
+
+
+def _build_section(name: str, cls: type[_T], table: Mapping[str, object]) -> _T:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown key")
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        path = f"{name}.{key}"
+        coerced = _coerce(path, hints[key], value)
+        check = known[key].metadata.get("check")
+        if check is not None:
+            problem = check(coerced)
+            if problem:
+                raise ConfigError(f"{path}: {problem}, got {value!r}")
+        values[key] = coerced
+    return cls(**values)
+
+
+def _env_overrides(
+    environ: Mapping[str, str], sections: Mapping[str, type]
+) -> dict[str, dict[str, object]]:
+    overrides: dict[str, dict[str, object]] = {}
+    for var, raw in environ.items():
+        if not var.upper().startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section not in sections:
+            continue
+        cls = sections[section]
+        hints = typing.get_type_hints(cls)
+        if key not in hints:
+            raise ConfigError(f"{var}: unknown key {section}.{key}")
+        overrides.setdefault(section, {})[key] = _from_env_string(var, hints[key], raw)
+    return overrides
+
+
+def parse_config(
+    document: Mapping[str, object], environ: Mapping[str, str] | None = None
+) -> Config:
+    """Build a ``Config`` from a parsed TOML document plus environment overrides.
+
+    :raises ConfigError: naming the key, on any unknown key or bad value.
+    """
+    sections = _sections()
+    for name, table in document.items():
+        if name not in sections:
+            raise ConfigError(f"{name}: unknown section")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{name}: must be a table")
+    overrides = _env_overrides(os.environ if environ is None else environ, sections)
+    built: dict[str, object] = {}
+    for name, cls in sections.items():
+        table = dict(typing.cast(Mapping[str, object], document.get(name, {})))
+        table.update(overrides.get(name, {}))
+        built[name] = _build_section(name, cls, table)
+    return Config(**built)  # type: ignore[arg-type]
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file at ``path`` (None: defaults only) and return a ``Config``.
+
+    :raises ConfigError: when the file cannot be read or parsed, or a key is bad.
+    """
+    document: dict[str, object] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                document = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    return parse_config(document, environ)
+

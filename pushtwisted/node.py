@@ -1,0 +1,47 @@
+"""``Node``: the collaborators one pushtwisted process shares.
+
+Sessions (one per WebSocket) and the endpoint resource both hold a reference
+to the one ``Node`` built by ``tap.build_service``, so that per-connection
+objects stay small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from pushtwisted.config import Config
+from pushtwisted.metrics import Metrics
+from pushtwisted.registry import ClientRegistry
+from pushtwisted.storage.interface import Storage
+from pushtwisted.tokens import EndpointCrypto
+
+
+__all__ = ["Node"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Node:
+    """Shared state and services of one node.
+
+    :ivar config: the validated configuration.
+    :ivar storage: the store of users, channels and pending updates.
+    :ivar registry: connected sessions by UAID (normal form).
+    :ivar crypto: endpoint token issuer and parser.
+    :ivar clock: the reactor's time (``task.Clock`` in tests).
+    :ivar metrics: where events are counted.
+    """
+
+    config: Config
+    storage: Storage
+    registry: ClientRegistry[Any]
+    crypto: EndpointCrypto
+    clock: IReactorTime
+    metrics: Metrics
+
+    def endpoint_url(self, uaid: str, chid: str) -> str:
+        """Return the pushEndpoint URL for a channel (IDs in normal form)."""
+        base = self.config.endpoint.public_url.rstrip("/")
+        return f"{base}/update/{self.crypto.make_token(uaid, chid)}"

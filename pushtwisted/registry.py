@@ -1,0 +1,53 @@
+"""``ClientRegistry``: this node's map of connected UAIDs to their sessions.
+
+The newest connection for a UAID wins: adding a session for a UAID that is
+already held closes the older one.  Removing only removes the entry when it
+still belongs to the session being removed, so a closing old socket never
+unregisters its replacement.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, Protocol, TypeVar
+
+__all__ = ["ClientRegistry", "Replaceable"]
+
+
+class Replaceable(Protocol):
+    """What the registry needs of a session."""
+
+    def replaced(self) -> None:
+        """Close this connection because a newer one holds its UAID."""
+
+
+_S = TypeVar("_S", bound=Replaceable)
+
+
+class ClientRegistry(Generic[_S]):
+    """Connected sessions by UAID (normal form)."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, _S] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def add(self, uaid: str, session: _S) -> None:
+        """Make ``session`` the holder of ``uaid``; close the previous holder."""
+        previous = self._sessions.get(uaid)
+        self._sessions[uaid] = session
+        if previous is not None and previous is not session:
+            previous.replaced()
+
+    def remove(self, uaid: str, session: _S) -> None:
+        """Forget ``uaid`` if ``session`` still holds it."""
+        if self._sessions.get(uaid) is session:
+            del self._sessions[uaid]
+
+    def get(self, uaid: str) -> _S | None:
+        """Return the session holding ``uaid``, or None."""
+        return self._sessions.get(uaid)
+
+    def sessions(self) -> list[_S]:
+        """Return every connected session (for shutdown)."""
+        return list(self._sessions.values())
