@@ -1,0 +1,220 @@
+"""JSON responses, the one JSON error shape, and the async render edge.
+
+Every error answer of pushtwisted's HTTP listeners has one shape::
+
+    {"code": <status>, "errno": <n>, "error": "<HTTP reason>", "message": "<short text>"}
+
+``message`` is a short public text chosen by the code that rejects the
+request; the detail of an exception (``str(exc)``) goes to the log, never to
+the peer, and neither does a traceback.
+
+Resources that answer asynchronously return ``render_async(request, coro)``
+from ``render``: ``coro`` computes a ``JSONResponse`` (or raises a
+``PushError``), and the response is written only if the peer is still there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
+from twisted.web.server import NOT_DONE_YET
+
+from pushtwisted.errors import InvalidToken, PushError, StorageError
+
+__all__ = [
+    "RETRY_AFTER_SECONDS",
+    "HTTPRequest",
+    "JSONResponse",
+    "WebError",
+    "error_body",
+    "error_response",
+    "json_bytes",
+    "json_response",
+    "reason_phrase",
+    "render_async",
+]
+
+#: Seconds a client is told to wait (``Retry-After``) when storage is unavailable.
+RETRY_AFTER_SECONDS = 5
+
+_log = Logger(namespace="pushtwisted.web")
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+class HTTPRequest(Protocol):
+    """The part of ``twisted.web.server.Request`` our resources use, typed.
+
+    Twisted's ``Request`` is untyped; resources annotate ``render``'s
+    argument with this protocol so that mypy checks how it is used.
+    """
+
+    method: bytes
+    uri: bytes
+    args: dict[bytes, list[bytes]]
+    postpath: list[bytes]
+    content: IO[bytes] | None
+    finished: int
+
+    def getHeader(self, key: bytes) -> bytes | None:
+        """Return the last value of request header ``key``, or None."""
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        """Set response header ``name`` to ``value``."""
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        """Set the response status."""
+
+    def write(self, data: bytes) -> None:
+        """Write part of the response body."""
+
+    def finish(self) -> None:
+        """End the response."""
+
+    def notifyFinish(self) -> Deferred[None]:
+        """Fire on finish, errback when the connection is lost first."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JSONResponse:
+    """A complete JSON answer: status code, JSON-serialisable body, extra headers.
+
+    :ivar code: the HTTP status code.
+    :ivar body: the value serialised as the response body (``{}`` by default).
+    :ivar headers: extra response headers as ``(name, value)`` byte pairs.
+    """
+
+    code: int
+    body: object = field(default_factory=dict)
+    headers: Headers = ()
+
+
+class WebError(PushError):
+    """A request rejection that carries its own status, errno and public message.
+
+    :param http_status: the HTTP status code of the answer.
+    :param errno: the pushtwisted error number put in the body.
+    :param message: the short public text put in the body.
+    :param headers: extra response headers (``Retry-After``, ``Allow``...).
+    """
+
+    def __init__(
+        self,
+        http_status: int,
+        errno: int,
+        message: str,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.errno = errno
+        self.message = message
+        self.headers: Headers = tuple(headers)
+
+
+def reason_phrase(code: int) -> str:
+    """Return the standard HTTP reason phrase of ``code`` (``"Unknown"`` if none)."""
+    return RESPONSES.get(code, b"Unknown").decode("ascii")
+
+
+def error_body(code: int, errno: int, message: str) -> dict[str, object]:
+    """Return the one JSON error shape as a dict."""
+    return {"code": code, "errno": errno, "error": reason_phrase(code), "message": message}
+
+
+def error_response(error: BaseException) -> JSONResponse:
+    """Map an exception to its JSON error answer.
+
+    ``WebError`` answers as it says; ``InvalidToken`` is 404 errno 102;
+    every ``StorageError`` is 503 errno 999 with ``Retry-After``; any other
+    ``PushError`` uses its ``http_status``/``errno``; anything else is 500
+    errno 999.  The exception text is never used.
+    """
+    if isinstance(error, WebError):
+        return JSONResponse(
+            code=error.http_status,
+            body=error_body(error.http_status, error.errno, error.message),
+            headers=error.headers,
+        )
+    if isinstance(error, InvalidToken):
+        return JSONResponse(code=404, body=error_body(404, 102, "Invalid Token"))
+    if isinstance(error, StorageError):
+        return JSONResponse(
+            code=503,
+            body=error_body(503, 999, "Storage unavailable, retry later"),
+            headers=((b"Retry-After", b"%d" % RETRY_AFTER_SECONDS),),
+        )
+    if isinstance(error, PushError):
+        code = error.http_status
+        return JSONResponse(code=code, body=error_body(code, error.errno, reason_phrase(code)))
+    return JSONResponse(code=500, body=error_body(500, 999, "Internal server error"))
+
+
+def json_bytes(body: object) -> bytes:
+    """Serialise ``body`` as compact, ASCII-only JSON."""
+    return json.dumps(body, separators=(",", ":")).encode("ascii")
+
+
+def json_response(
+    request: HTTPRequest,
+    code: int,
+    body: object,
+    *,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Write ``body`` as JSON with status ``code`` and finish ``request``."""
+    payload = json_bytes(body)
+    request.setResponseCode(code)
+    for name, value in headers:
+        request.setHeader(name, value)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(payload))
+    request.write(payload)
+    request.finish()
+
+
+def render_async(request: HTTPRequest, coro: Coroutine[Any, Any, JSONResponse]) -> int:
+    """Run ``coro`` for ``request`` and write the ``JSONResponse`` it returns.
+
+    A ``PushError`` raised by ``coro`` becomes its JSON error answer; any
+    other exception is logged with its traceback and answered 500.  If the
+    peer disconnects first, the coroutine is *not* cancelled (a storage write
+    it started must complete) and its response is dropped instead of being
+    written to the finished request.
+
+    :returns: ``NOT_DONE_YET``, for ``Resource.render`` to return.
+    """
+    gone = False
+
+    def peer_gone(reason: Failure) -> None:
+        nonlocal gone
+        gone = True
+
+    request.notifyFinish().addErrback(peer_gone)
+
+    def to_response(failure: Failure) -> JSONResponse:
+        error = failure.value
+        if not isinstance(error, PushError):
+            _log.failure("unhandled error rendering {method}", failure, method=request.method)
+        return error_response(error if error is not None else Exception())
+
+    def write(response: JSONResponse) -> None:
+        if gone or request.finished:
+            _log.debug("peer gone; {code} response dropped", code=response.code)
+            return
+        json_response(request, response.code, response.body, headers=response.headers)
+
+    def write_failed(failure: Failure) -> None:
+        _log.failure("writing the response failed", failure)
+
+    d: Deferred[JSONResponse] = Deferred.fromCoroutine(coro)
+    d.addErrback(to_response).addCallback(write).addErrback(write_failed)
+    return NOT_DONE_YET

@@ -1,0 +1,532 @@
+"""The app-server endpoint: ``PUT /update/<token>`` (PROTOCOL.md sections 3 and 16).
+
+Parameters ``version`` and ``data`` come from a form body
+(``application/x-www-form-urlencoded``, a body without ``Content-Type``, or
+``multipart/form-data``) or from the query string; a body field wins over
+the query string.  A body of any other type is not parsed.
+
+Processing order: path, method, parameters, token, storage, live delivery.
+
+======  =====  =====================================================
+status  errno  when
+======  =====  =====================================================
+200            delivered to a connected client, or a stale version
+                (``monotonic_versions``) that was ignored
+202            stored for a client that is not connected here
+400     301    ``version`` is not a decimal in 0..2**63-1
+400     303    the body is not UTF-8 or not a well-formed form
+404     102    the token does not decode, or the path is not
+                ``/update/<one segment>``
+405     304    a method other than PUT or OPTIONS (``Allow`` header)
+410     106    the channel is unregistered or unknown
+413     302    ``data`` longer than ``endpoint.max_data`` bytes, or
+                (``EndpointSite``) a body longer than ``max_body``
+500     999    an unexpected error (logged, never shown)
+503     999    storage unavailable (``Retry-After: 5``)
+======  =====  =====================================================
+
+Every answer is JSON: ``{}`` on success, the one error shape of
+``pushtwisted.web._util`` otherwise.  OPTIONS (CORS preflight) is 200 with
+an empty body.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import urllib.parse
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import collapse_rfc2231_value
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from pushtwisted.errors import InvalidToken, StorageError, StorageUnavailable
+from pushtwisted.logs import uaid_hash
+from pushtwisted.metrics import Metrics
+from pushtwisted.node import Node
+from pushtwisted.storage.interface import UpdateOutcome
+from pushtwisted.web._util import (
+    HTTPRequest,
+    JSONResponse,
+    WebError,
+    error_body,
+    error_response,
+    json_bytes,
+    json_response,
+    reason_phrase,
+    render_async,
+)
+
+__all__ = ["UpdateResource", "EndpointSite", "build_endpoint_root", "build_endpoint_site"]
+
+_MAX_VERSION = 2**63 - 1
+_ALLOW = b"PUT, OPTIONS"
+_CORS_HEADERS = (
+    (b"Access-Control-Allow-Origin", b"*"),
+    (b"Access-Control-Allow-Methods", _ALLOW),
+    (b"Access-Control-Allow-Headers", b"content-type"),
+)
+_FORM = b"application/x-www-form-urlencoded"
+_MULTIPART = b"multipart/form-data"
+_PARAMS = ("version", "data")
+
+#: ``notifications_rejected`` reason by the errno of a ``WebError``.
+_REJECT_REASONS = {
+    102: "invalid_token",
+    106: "gone",
+    301: "invalid_version",
+    302: "data_too_large",
+    303: "invalid_body",
+}
+
+
+def _invalid_token() -> WebError:
+    return WebError(404, 102, "Invalid Token")
+
+
+def _invalid_body() -> WebError:
+    return WebError(400, 303, "Invalid request body")
+
+
+def _apply_cors(request: HTTPRequest, cors: bool) -> None:
+    if cors:
+        for name, value in _CORS_HEADERS:
+            request.setHeader(name, value)
+
+
+def _parse_version(raw: str | None, now: float) -> int:
+    """Return the version in ``raw``, or ``int(now)`` when it is missing or empty.
+
+    :raises WebError: 400 errno 301 unless it is a decimal in 0..2**63-1.
+    """
+    text = (raw or "").strip()
+    if not text:
+        return int(now)
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 19:
+        raise WebError(400, 301, "Invalid Version")
+    version = int(text)
+    if version > _MAX_VERSION:
+        raise WebError(400, 301, "Invalid Version")
+    return version
+
+
+def _parse_data(raw: str | None, max_data: int) -> str | None:
+    """Return the data (None when empty).
+
+    :raises WebError: 413 errno 302 when it is over ``max_data`` UTF-8 bytes.
+    """
+    if not raw:
+        return None
+    if len(raw.encode("utf-8")) > max_data:
+        raise WebError(413, 302, f"Data exceeds max length of {max_data} bytes")
+    return raw
+
+
+def _form_fields(body: bytes) -> dict[str, str]:
+    """Parse an urlencoded body; the first value of each field wins."""
+    try:
+        pairs = urllib.parse.parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, errors="strict"
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise _invalid_body() from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        fields.setdefault(name, value)
+    return fields
+
+
+def _multipart_fields(content_type: bytes, body: bytes) -> dict[str, str]:
+    """Parse a ``multipart/form-data`` body; the first part of each name wins."""
+    head = b"Content-Type: " + content_type + b"\r\n\r\n"
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart() or message.defects:
+        raise _invalid_body()
+    assert isinstance(message, EmailMessage)
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name is None or isinstance(name, bytes):
+            continue
+        key = collapse_rfc2231_value(name)
+        payload = part.get_payload(decode=True)
+        if key in fields or not isinstance(payload, bytes):
+            continue
+        try:
+            fields[key] = payload.decode(part.get_content_charset("utf-8"))
+        except (UnicodeDecodeError, LookupError):
+            raise _invalid_body() from None
+    return fields
+
+
+def _body_fields(request: HTTPRequest) -> dict[str, str]:
+    """Return the fields of a form body; other body types are not parsed."""
+    content = request.content
+    if content is None:
+        return {}
+    content.seek(0)
+    body: bytes = content.read()
+    if not body:
+        return {}
+    content_type = request.getHeader(b"content-type")
+    media = (content_type or b"").split(b";", 1)[0].strip().lower()
+    if media in (b"", _FORM):
+        return _form_fields(body)
+    if media == _MULTIPART:
+        assert content_type is not None
+        return _multipart_fields(content_type, body)
+    return {}
+
+
+def _query_fields(request: HTTPRequest) -> dict[str, str]:
+    """Return ``version`` and ``data`` from the query string (first values)."""
+    args = request.args or {}
+    fields: dict[str, str] = {}
+    for name in _PARAMS:
+        values = args.get(name.encode("ascii"))
+        if values:
+            try:
+                fields[name] = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _invalid_body() from None
+    return fields
+
+
+def _request_fields(request: HTTPRequest) -> dict[str, str]:
+    """Return the request's parameters; body fields take precedence."""
+    fields = _query_fields(request)
+    fields.update(_body_fields(request))
+    return fields
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """Per-request bookkeeping for the access line and metrics."""
+
+    method: str
+    started: float
+    uaid_hash: str = ""
+
+
+def _reject_reason(error: BaseException) -> str:
+    """Return the ``notifications_rejected`` reason for an error answer."""
+    if isinstance(error, WebError):
+        return _REJECT_REASONS.get(error.errno, "bad_request")
+    if isinstance(error, StorageError):
+        return "storage_unavailable"
+    return "internal_error"
+
+
+class UpdateResource(Resource):
+    """Serve ``/update/<token>``: accept a new version for one channel.
+
+    :param node: the node's shared collaborators (config, storage, registry,
+        crypto, clock, metrics).
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._node = node
+
+    def render(self, request: HTTPRequest) -> int:
+        """Answer one request; PUT is handled asynchronously.
+
+        :returns: ``NOT_DONE_YET``; the response is written when ready.
+        """
+        node = self._node
+        method = request.method
+        exchange = _Exchange(method=method.decode("ascii", "replace"), started=node.clock.seconds())
+        _apply_cors(request, node.config.endpoint.cors)
+        postpath = request.postpath or []
+        if len(postpath) != 1 or not postpath[0]:
+            return self._answer_now(request, exchange, error_response(_invalid_token()))
+        if method == b"OPTIONS":
+            request.setResponseCode(200)
+            request.setHeader(b"Allow", _ALLOW)
+            request.setHeader(b"Content-Length", b"0")
+            request.finish()
+            self._complete(exchange, 200)
+            return NOT_DONE_YET
+        if method != b"PUT":
+            error = WebError(405, 304, "Method Not Allowed", headers=((b"Allow", _ALLOW),))
+            return self._answer_now(request, exchange, error_response(error))
+        token = postpath[0].decode("ascii", "replace")
+        return render_async(request, self._put(request, token, exchange))
+
+    def _answer_now(self, request: HTTPRequest, exchange: _Exchange, response: JSONResponse) -> int:
+        json_response(request, response.code, response.body, headers=response.headers)
+        self._complete(exchange, response.code)
+        return NOT_DONE_YET
+
+    async def _put(self, request: HTTPRequest, token: str, exchange: _Exchange) -> JSONResponse:
+        """Run the PUT and return its answer; every error becomes its JSON answer."""
+        metrics = self._node.metrics
+        metrics.increment("notifications_received")
+        try:
+            response = await self._update(request, token, exchange)
+        except Exception as e:
+            reason = _reject_reason(e)
+            if reason == "internal_error":
+                self.log.failure("endpoint update failed {uaid_hash}", uaid_hash=exchange.uaid_hash)
+            metrics.increment("notifications_rejected", reason=reason)
+            response = error_response(e)
+        self._complete(exchange, response.code)
+        return response
+
+    async def _update(self, request: HTTPRequest, token: str, exchange: _Exchange) -> JSONResponse:
+        """Validate, store, then deliver; raise for every error answer."""
+        node = self._node
+        fields = _request_fields(request)
+        version = _parse_version(fields.get("version"), node.clock.seconds())
+        data = _parse_data(fields.get("data"), node.config.endpoint.max_data)
+        try:
+            uaid, chid = node.crypto.parse(token)
+        except InvalidToken as e:
+            self.log.debug("invalid token: {detail}", detail=str(e))
+            raise _invalid_token() from None
+        exchange.uaid_hash = uaid_hash(uaid)
+
+        stored_data = data if node.config.storage.store_data else None
+        try:
+            result = await node.storage.update(
+                uaid,
+                chid,
+                version,
+                stored_data,
+                only_newer=node.config.endpoint.monotonic_versions,
+            )
+        except StorageUnavailable as e:
+            self.log.warn(
+                "storage unavailable {uaid_hash}: {detail}",
+                uaid_hash=exchange.uaid_hash,
+                detail=str(e),
+                error_type=type(e).__name__,
+            )
+            raise
+        except Exception as e:
+            self.log.failure("storage update failed {uaid_hash}", uaid_hash=exchange.uaid_hash)
+            raise StorageUnavailable("storage update failed") from e
+
+        if result.outcome is UpdateOutcome.GONE:
+            raise WebError(410, 106, "Gone")
+        if result.outcome is UpdateOutcome.STALE:
+            self.log.info(
+                "stale version {version} ignored {uaid_hash}",
+                version=version,
+                uaid_hash=exchange.uaid_hash,
+            )
+            node.metrics.increment("notifications_rejected", reason="stale")
+            return JSONResponse(code=200)
+
+        node.metrics.increment("notifications_stored")
+        if self._deliver(uaid, result.channel_id or chid, version, data, exchange):
+            node.metrics.increment("notifications_delivered")
+            return JSONResponse(code=200)
+        return JSONResponse(code=202)
+
+    def _deliver(
+        self, uaid: str, channel_id: str, version: int, data: str | None, exchange: _Exchange
+    ) -> bool:
+        """Hand the update to the local session of ``uaid``; True when it took it."""
+        session: Any = self._node.registry.get(uaid)
+        if session is None:
+            return False
+        try:
+            return bool(session.deliver(channel_id, version, data))
+        except Exception:
+            # The update is stored: the client gets it at its next hello or retry.
+            self.log.failure("live delivery failed {uaid_hash}", uaid_hash=exchange.uaid_hash)
+            return False
+
+    def _complete(self, exchange: _Exchange, status: int) -> None:
+        """Record the metrics and the one access line of a request."""
+        latency = max(0.0, self._node.clock.seconds() - exchange.started)
+        label = str(status)
+        self._node.metrics.increment("endpoint_requests", status=label)
+        self._node.metrics.observe("endpoint_latency_seconds", latency, status=label)
+        self.log.info(
+            "{method} /update/ {status} in {latency}s {uaid_hash}",
+            method=exchange.method,
+            status=status,
+            latency=round(latency, 6),
+            uaid_hash=exchange.uaid_hash,
+        )
+
+
+class _NotFound(Resource):
+    """A JSON 404 for every path the endpoint listener does not serve."""
+
+    isLeaf = True
+
+    def __init__(self, cors: bool) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._cors = cors
+
+    def render(self, request: HTTPRequest) -> int:
+        """Answer 404 with the JSON error shape."""
+        _apply_cors(request, self._cors)
+        json_response(request, 404, error_body(404, 102, "Not Found"))
+        return NOT_DONE_YET
+
+
+class _EndpointRoot(Resource):
+    """The root of the endpoint listener; unknown children are a JSON 404."""
+
+    def __init__(self, cors: bool) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._not_found = _NotFound(cors)
+
+    def getChild(self, path: bytes, request: HTTPRequest) -> Resource:
+        """Return the JSON 404 resource for any path without a registered child."""
+        return self._not_found
+
+    def render(self, request: HTTPRequest) -> int:
+        """Answer ``/`` itself with the JSON 404."""
+        return self._not_found.render(request)
+
+
+def build_endpoint_root(node: Node) -> Resource:
+    """Return the endpoint listener's root: ``update`` -> ``UpdateResource``.
+
+    Other children (status, metrics) are added later with ``putChild``; any
+    other path is a JSON 404.
+    """
+    root = _EndpointRoot(node.config.endpoint.cors)
+    root.putChild(b"update", UpdateResource(node))
+    return root
+
+
+class _BodyLimitedRequest(Request):
+    """A ``Request`` that refuses bodies larger than its ``EndpointSite``'s ``max_body``.
+
+    A declared ``Content-Length`` over the limit is answered 413 as soon as
+    the headers are in, before any of the body is read; a chunked body is
+    counted as it arrives and answered 413 once it passes the limit.  Either
+    way the connection is closed and the request is never rendered.  Only
+    HTTP/1.x channels are limited (HTTP/2 is not offered by this listener).
+    """
+
+    def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
+        site = getattr(channel, "site", None)
+        limited = isinstance(site, EndpointSite) and isinstance(channel, HTTPChannel)
+        self._site: EndpointSite | None = site if limited else None
+        self._body_seen = 0
+        self._rejected = False
+
+    def gotLength(self, length: int | None) -> None:
+        """Refuse a declared length over the limit, else prepare the body buffer."""
+        if self._site is not None and length is not None and length > self._site.max_body:
+            self._reject(length)
+            return
+        super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """Buffer a body chunk, or refuse the request once the limit is passed."""
+        if self._rejected:
+            return
+        self._body_seen += len(data)
+        if self._site is not None and self._body_seen > self._site.max_body:
+            self._reject(None)
+            return
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """Process the request unless it was refused."""
+        if self._rejected:
+            return
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def _reject(self, declared: int | None) -> None:
+        assert self._site is not None
+        self._rejected = True
+        # The channel sends "100 Continue" after gotLength; the 413 replaces it.
+        self.requestHeaders.removeHeader(b"Expect")
+        self._site.reject_oversize(self.channel, declared)
+
+
+class EndpointSite(Site):
+    """A ``Site`` that answers 413 to request bodies over ``max_body`` bytes, early.
+
+    When ``Content-Length`` exceeds ``max_body`` the 413 is sent and the
+    connection closed before the body is read; a chunked body is buffered
+    only up to ``max_body``.  Requests under ``/update/`` are left out of the
+    access log (their path holds the token); ``UpdateResource`` logs them.
+
+    :param root: the root resource.
+    :param max_body: the largest request body accepted, in bytes.
+    :param cors: add the CORS headers to the early 413 too.
+    :param metrics: where early rejections are counted (none by default).
+    :param kwargs: passed to ``Site`` (``reactor``, ``timeout``...).
+    """
+
+    #: Not ``log``: ``HTTPFactory.log`` is the access-log method.
+    _logger = Logger()
+
+    def __init__(
+        self,
+        root: Resource,
+        *,
+        max_body: int,
+        cors: bool = False,
+        metrics: Metrics | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, requestFactory=_BodyLimitedRequest, **kwargs)  # type: ignore[no-untyped-call]
+        self.max_body = max_body
+        self._cors = cors
+        self._metrics = metrics
+
+    def reject_oversize(self, channel: HTTPChannel, declared: int | None) -> None:
+        """Write a 413 JSON answer straight to ``channel`` and close it."""
+        message = f"Request body exceeds max length of {self.max_body} bytes"
+        raw = json_bytes(error_body(413, 302, message))
+        headers = [
+            b"HTTP/1.1 413 " + reason_phrase(413).encode("ascii"),
+            b"Content-Type: application/json",
+            b"Content-Length: %d" % len(raw),
+            b"Connection: close",
+        ]
+        if self._cors:
+            headers.extend(name + b": " + value for name, value in _CORS_HEADERS)
+        transport = channel.transport
+        if transport is None:  # already gone
+            return
+        transport.write(b"\r\n".join(headers) + b"\r\n\r\n" + raw)
+        channel.loseConnection()  # type: ignore[no-untyped-call]
+        self._logger.info(
+            "request body over {limit} bytes refused (declared {declared})",
+            limit=self.max_body,
+            declared=declared,
+        )
+        if self._metrics is not None:
+            self._metrics.increment("notifications_rejected", reason="body_too_large")
+            self._metrics.increment("endpoint_requests", status="413")
+
+    def log(self, request: http.Request) -> None:
+        """Write the access line of ``request``, except under ``/update/``."""
+        uri: bytes = getattr(request, "uri", b"")
+        if uri.startswith(b"/update/"):
+            return
+        super().log(request)
+
+
+def build_endpoint_site(node: Node) -> EndpointSite:
+    """Return the endpoint listener's ``Site`` for ``node``, timed by ``node.clock``."""
+    endpoint = node.config.endpoint
+    return EndpointSite(
+        build_endpoint_root(node),
+        max_body=endpoint.max_body,
+        cors=endpoint.cors,
+        metrics=node.metrics,
+        reactor=node.clock,
+    )

@@ -1,0 +1,194 @@
+"""Operational endpoints: ``/status`` (liveness), ``/health`` (readiness), ``/metrics``.
+
+- ``GET /status`` always answers 200
+  ``{"status": "OK", "version": "<pushtwisted version>", "clients": <n>}``
+  where ``clients`` counts the UAIDs connected to this node.  It proves the
+  process serves HTTP; load balancers use it.
+- ``GET /health`` probes storage with ``Storage.check()``, bounded by a
+  timeout on the node's clock, and answers 200
+  ``{"status": "OK", "storage": "OK", "version": ..., "clients": ...}`` or 503
+  ``{"status": "FAIL", "storage": "unavailable: <reason>", ...}``.  The reason
+  is a short text (the storage error's message, or the timeout); the
+  traceback goes to the log, never to the wire.
+- ``GET /metrics`` answers the Prometheus text exposition of a
+  ``PrometheusMetrics``.
+
+Each resource answers with or without a trailing slash, answers ``HEAD`` like
+``GET`` without a body, and rejects every other method with 405 (the one JSON
+error shape, with ``Allow: GET, HEAD``).  Every answer carries
+``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.logger import Logger
+from twisted.web.resource import IResource, NoResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+import pushtwisted
+from pushtwisted.errors import StorageError
+from pushtwisted.metrics import PrometheusMetrics
+from pushtwisted.node import Node
+from pushtwisted.web._util import (
+    HTTPRequest,
+    JSONResponse,
+    WebError,
+    error_response,
+    json_response,
+    render_async,
+)
+
+__all__ = ["HealthResource", "MetricsResource", "StatusResource", "add_status_children"]
+
+_ALLOWED = (b"GET", b"HEAD")
+_NO_STORE = (b"Cache-Control", b"no-store")
+#: Longest storage failure reason put in a ``/health`` answer.
+_MAX_REASON = 200
+
+
+class _ReadOnlyResource(Resource):
+    """A leaf-like resource: GET/HEAD only, same answer with a trailing slash."""
+
+    def __init__(self) -> None:
+        Resource.__init__(self)  # type: ignore[no-untyped-call]
+
+    def getChild(self, path: bytes, request: HTTPRequest) -> IResource:
+        """Return self for the empty segment (``/x/``), else a 404."""
+        if path == b"":
+            return self
+        return NoResource()
+
+    def render(self, request: HTTPRequest) -> bytes | int:
+        """Answer 405 for methods other than GET and HEAD; HEAD renders GET."""
+        if request.method not in _ALLOWED:
+            response = error_response(
+                WebError(
+                    405, 304, "Method Not Allowed", headers=((b"Allow", b"GET, HEAD"), _NO_STORE)
+                )
+            )
+            json_response(request, response.code, response.body, headers=response.headers)
+            return NOT_DONE_YET
+        request.setHeader(*_NO_STORE)
+        return self.render_GET(request)
+
+    def render_GET(self, request: HTTPRequest) -> bytes | int:
+        """Answer the GET (and HEAD) request."""
+        raise NotImplementedError
+
+
+class StatusResource(_ReadOnlyResource):
+    """``GET /status``: liveness, always 200 with the version and client count.
+
+    :param node: the node whose connected clients are counted.
+    """
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self._node = node
+
+    def render_GET(self, request: HTTPRequest) -> bytes | int:
+        """Answer 200 ``{"status": "OK", "version": ..., "clients": ...}``."""
+        body = {
+            "status": "OK",
+            "version": pushtwisted.__version__,
+            "clients": len(self._node.registry),
+        }
+        json_response(request, 200, body)
+        return NOT_DONE_YET
+
+
+class HealthResource(_ReadOnlyResource):
+    """``GET /health``: readiness, 200 when storage answers its check in time, else 503.
+
+    :param node: the node whose storage is probed, on whose clock the timeout runs.
+    :param timeout: seconds the storage check may take before it counts as failed.
+    """
+
+    log = Logger()
+
+    def __init__(self, node: Node, timeout: float = 2.0) -> None:
+        super().__init__()
+        self._node = node
+        self._timeout = timeout
+
+    def render_GET(self, request: HTTPRequest) -> bytes | int:
+        """Probe storage and answer 200 or 503 when it is done."""
+        return render_async(request, self._health())
+
+    async def _health(self) -> JSONResponse:
+        storage = await self._check_storage()
+        healthy = storage == "OK"
+        body = {
+            "status": "OK" if healthy else "FAIL",
+            "storage": storage,
+            "version": pushtwisted.__version__,
+            "clients": len(self._node.registry),
+        }
+        return JSONResponse(code=200 if healthy else 503, body=body, headers=(_NO_STORE,))
+
+    async def _check_storage(self) -> str:
+        """Return ``"OK"`` or ``"unavailable: <reason>"``."""
+        check: Deferred[Any] = maybeDeferred(self._node.storage.check)
+        check.addTimeout(self._timeout, self._node.clock)
+        try:
+            await check
+        except DeferredTimeout:
+            self.log.warn("storage check timed out after {timeout}s", timeout=self._timeout)
+            return f"unavailable: no answer within {self._timeout:g}s"
+        except StorageError as e:
+            self.log.warn("storage check failed: {error}", error=str(e))
+            return f"unavailable: {_reason(e)}"
+        except Exception:
+            self.log.failure("storage check raised")
+            return "unavailable: internal error"
+        return "OK"
+
+
+def _reason(error: BaseException) -> str:
+    """Return a short one-line reason for ``error``."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:_MAX_REASON]
+
+
+class MetricsResource(_ReadOnlyResource):
+    """``GET /metrics``: the Prometheus text exposition of ``metrics``.
+
+    :param metrics: the metrics to render.
+    """
+
+    log = Logger()
+
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: HTTPRequest) -> bytes | int:
+        """Answer 200 with the exposition and its content type (500 if rendering fails)."""
+        try:
+            body, content_type = self._metrics.render()
+        except Exception:
+            self.log.failure("rendering metrics failed")
+            response = error_response(RuntimeError())
+            json_response(request, response.code, response.body)
+            return NOT_DONE_YET
+        request.setHeader(b"Content-Type", content_type.encode("ascii"))
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
+
+
+def add_status_children(
+    root: Resource,
+    node: Node,
+    metrics: PrometheusMetrics | None = None,
+    *,
+    health_timeout: float = 2.0,
+) -> None:
+    """Put ``status`` and ``health`` (and ``metrics`` when given) under ``root``."""
+    root.putChild(b"status", StatusResource(node))
+    root.putChild(b"health", HealthResource(node, timeout=health_timeout))
+    if metrics is not None:
+        root.putChild(b"metrics", MetricsResource(metrics))
