@@ -1,14 +1,101 @@
-"""Logging helpers: never log a raw UAID or token.
+"""Logging: JSON lines for production, a level filter, and no raw IDs.
 
-``uaid_hash`` gives a short stable digest that correlates log lines of one
-device across nodes without revealing its ID.
+``json_observer`` is the observer factory for twistd::
+
+    twistd -n --logger=pushtwisted.logs.json_observer simplepush --config ...
+
+twistd imports the named object and calls it with no arguments; the result
+is a ``twisted.logger.ILogObserver`` that writes one JSON object per line on
+stdout:
+
+- ``time``: ISO 8601 in UTC (``2024-05-01T12:00:00.123456Z``);
+- ``level``: ``debug``, ``info``, ``warn``, ``error`` or ``critical``;
+- ``namespace``: the emitting ``Logger``'s namespace;
+- ``message``: the event formatted with ``formatEvent``;
+- the event's own named fields, made JSON-safe (anything JSON cannot hold
+  is ``repr``'d).  Twisted's ``log_*`` keys and the keys of legacy
+  ``twisted.python.log`` events (``message``, ``format``, ``time``,
+  ``system``, ``isError``, ``failure``, ``why``, ``logLevel``) are dropped,
+  so do not use those names for fields; a field named ``namespace`` or
+  ``traceback`` is written as ``field_<name>``;
+- ``traceback``: the failure's traceback, when the event carries one.
+
+**No raw UAIDs or tokens.**  A field named ``uaid``, ``token``, ``chid``,
+``channelID``, ``channel_id`` or ``endpoint`` (any case; also the plural
+``channelIDs``/``chids``) is replaced by its ``uaid_hash`` before the message
+is formatted, so a ``{uaid}`` in a format string shows the hash too; any
+other text of the line (message, traceback, other string fields) that
+contains one of those raw values gets it replaced by the hash as well.
+Log the hash yourself (``uaid_hash=uaid_hash(uaid)``) where you can.
+
+**Levels.**  ``json_observer()`` drops events below the process log level,
+``info`` by default; ``set_log_level("debug")`` (called by the service maker
+from ``[logging] level``) changes it, before or after twistd built the
+observer.  ``make_log_filter`` and ``filtered_observer`` do the same for any
+other observer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import sys
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import IO, Any
 
-__all__ = ["uaid_hash"]
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    LogEvent,
+    LoggingFile,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = [
+    "LOG_LEVELS",
+    "filtered_observer",
+    "json_observer",
+    "make_log_filter",
+    "set_log_level",
+    "uaid_hash",
+]
+
+#: Level names accepted by ``make_log_filter`` and ``set_log_level``.
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warn", "error", "critical")
+_ALIASES = {"warning": "warn"}
+
+#: Field names (lower case) whose values are hashed before they are written.
+_SECRET_FIELDS = frozenset(
+    {
+        "uaid",
+        "token",
+        "chid",
+        "channelid",
+        "channel_id",
+        "endpoint",
+        "pushendpoint",
+        "chids",
+        "channelids",
+        "channel_ids",
+    }
+)
+#: Raw values shorter than this are hashed in their field but not searched
+#: for in the rest of the line (too likely to match unrelated text).
+_MIN_SCRUB_LENGTH = 8
+#: Keys ``twisted.python.log`` events carry besides their named fields.
+_LEGACY_KEYS = frozenset(
+    {"message", "format", "isError", "logLevel", "time", "failure", "why", "system"}
+)
+_RESERVED = frozenset({"time", "level", "namespace", "message", "traceback"})
+_MAX_DEPTH = 8
 
 
 def uaid_hash(value: str | None) -> str:
@@ -16,3 +103,186 @@ def uaid_hash(value: str | None) -> str:
     if not value:
         return ""
     return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def _level(name: str) -> LogLevel:
+    """Return the ``LogLevel`` called ``name`` or raise ValueError naming the valid ones."""
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {name!r}; valid levels: {', '.join(LOG_LEVELS)}")
+    level: LogLevel = LogLevel.levelWithName(key)
+    return level
+
+
+def make_log_filter(level: str) -> ILogFilterPredicate:
+    """Return a predicate passing events at ``level`` or above.
+
+    :param level: one of ``LOG_LEVELS`` (any case; ``warning`` means ``warn``).
+    :raises ValueError: for an unknown level, naming the valid ones.
+    """
+    return LogLevelFilterPredicate(defaultLogLevel=_level(level))
+
+
+def filtered_observer(observer: ILogObserver, level: str) -> ILogObserver:
+    """Wrap ``observer`` so it only sees events at ``level`` or above.
+
+    :raises ValueError: for an unknown level.
+    """
+    return FilteringLogObserver(observer, [make_log_filter(level)])
+
+
+#: The process-wide level of ``json_observer()``; see ``set_log_level``.
+_process_filter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+
+
+def set_log_level(level: str) -> None:
+    """Set the level of every observer made by ``json_observer()`` without ``level``.
+
+    twistd builds the ``--logger`` observer with no arguments, so the level
+    from the configuration reaches it through this process-wide setting.
+
+    :raises ValueError: for an unknown level.
+    """
+    _process_filter.setLogLevelForNamespace("", _level(level))
+
+
+def json_observer(stream: IO[str] | None = None, *, level: str | None = None) -> ILogObserver:
+    """Return an observer writing each event as one JSON line (see the module docstring).
+
+    :param stream: where to write; by default the process's standard output
+        as it is now (twistd calls this before it redirects ``sys.stdout``
+        into the log, which would otherwise loop).
+    :param level: the lowest level written; by default the process level set
+        with ``set_log_level`` (``info`` until then).
+    :raises ValueError: for an unknown level.
+    """
+    predicate = _process_filter if level is None else make_log_filter(level)
+    return FilteringLogObserver(_JsonLineObserver(_output(stream)), [predicate])
+
+
+def _output(stream: IO[str] | None) -> IO[str]:
+    """Return ``stream``, or the real standard output (never a ``LoggingFile``)."""
+    if stream is not None:
+        return stream
+    if isinstance(sys.stdout, LoggingFile) and sys.__stdout__ is not None:
+        return sys.__stdout__
+    return sys.stdout
+
+
+@implementer(ILogObserver)
+class _JsonLineObserver:
+    """Write each event as one JSON object and a newline."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._local = threading.local()
+
+    def __call__(self, event: LogEvent) -> None:
+        if getattr(self._local, "writing", False):
+            return  # the stream itself logged (a redirected stdout): drop, don't loop
+        try:
+            line = _event_to_json(event)
+        except Exception as e:  # never lose the line, never raise into the publisher
+            line = json.dumps(
+                {
+                    "time": _iso_time(event.get("log_time")),
+                    "level": "error",
+                    "namespace": "pushtwisted.logs",
+                    "message": f"could not serialise a log event: {e!r}",
+                }
+            )
+        self._local.writing = True
+        try:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        finally:
+            self._local.writing = False
+
+
+def _event_to_json(event: LogEvent) -> str:
+    """Return the JSON text of one event, secrets hashed."""
+    hashed: dict[str, Any] = {}
+    secrets: dict[str, str] = {}
+    for key, value in event.items():
+        if key.lower() in _SECRET_FIELDS:
+            hashed[key] = _hash_value(value, secrets)
+    safe_event = {**event, **hashed}
+
+    record: dict[str, Any] = {
+        "time": _iso_time(event.get("log_time")),
+        "level": _level_name(event.get("log_level")),
+        "namespace": str(event.get("log_namespace", "")),
+        "message": formatEvent(safe_event),
+    }
+    failure = event.get("log_failure")
+    if isinstance(failure, Failure):
+        if not record["message"]:
+            record["message"] = failure.getErrorMessage()
+        record["traceback"] = failure.getTraceback()
+    for key, value in safe_event.items():
+        if not isinstance(key, str) or key.startswith("log_") or key in _LEGACY_KEYS:
+            continue
+        out_key = f"field_{key}" if key in _RESERVED else key
+        record[out_key] = _json_safe(value, _MAX_DEPTH)
+    if secrets:
+        record = {key: _scrub(value, secrets) for key, value in record.items()}
+    return json.dumps(record, allow_nan=False, ensure_ascii=False)
+
+
+def _hash_value(value: object, secrets: dict[str, str]) -> object:
+    """Return ``value`` hashed (each item of a list), remembering raw -> hash."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_hash_value(item, secrets) for item in value]
+    raw = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    digest = uaid_hash(raw)
+    if len(raw) >= _MIN_SCRUB_LENGTH:
+        secrets[raw] = digest
+    return digest
+
+
+def _scrub(value: Any, secrets: Mapping[str, str]) -> Any:
+    """Replace every raw secret inside the strings of ``value`` by its hash."""
+    if isinstance(value, str):
+        for raw, digest in secrets.items():
+            if raw in value:
+                value = value.replace(raw, digest)
+        return value
+    if isinstance(value, list):
+        return [_scrub(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrub(item, secrets) for key, item in value.items()}
+    return value
+
+
+def _json_safe(value: object, depth: int) -> Any:
+    """Return ``value`` as something ``json.dumps`` writes; ``repr`` the rest."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if depth > 0 and isinstance(value, list | tuple):
+        return [_json_safe(item, depth - 1) for item in value]
+    if depth > 0 and isinstance(value, dict):
+        return {str(key): _json_safe(item, depth - 1) for key, item in value.items()}
+    try:
+        return repr(value)
+    except Exception as e:
+        return f"<unrepresentable {type(value).__name__}: {e!r}>"
+
+
+def _iso_time(stamp: object) -> str:
+    """Return the POSIX time ``stamp`` (or now) as ISO 8601 UTC with a ``Z``."""
+    moment = (
+        datetime.fromtimestamp(stamp, tz=UTC)
+        if isinstance(stamp, int | float)
+        else datetime.now(tz=UTC)
+    )
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _level_name(level: object) -> str:
+    name = getattr(level, "name", None)
+    return name if isinstance(name, str) else "info"

@@ -1,0 +1,202 @@
+"""Tests for ``pushtwisted.metrics.PrometheusMetrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.platform_collector import PlatformCollector
+from twisted.logger import LogEvent, Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+import pushtwisted
+from pushtwisted.metrics import METRIC_NAMES, Metrics, NullMetrics, PrometheusMetrics
+
+
+def _samples(metrics: PrometheusMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Parse ``render()`` into ``{(sample name, labels): value}``."""
+    body, _ = metrics.render()
+    found = {}
+    for family in text_string_to_metric_families(body.decode("utf-8")):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def _value(metrics: PrometheusMetrics, name: str, **labels: str) -> float | None:
+    """Return the value of one sample of ``render()``'s output, or None."""
+    return _samples(metrics).get((name, frozenset(labels.items())))
+
+
+class PrometheusMetricsTests(SynchronousTestCase):
+    """``PrometheusMetrics`` maps our names to Prometheus metrics and never raises."""
+
+    def setUp(self) -> None:
+        self.events: list[LogEvent] = []
+        self.metrics = PrometheusMetrics()
+        self.metrics.log = Logger(observer=self.events.append)  # type: ignore[misc]
+
+    def test_is_a_metrics(self) -> None:
+        """Both implementations satisfy the ``Metrics`` protocol."""
+        implementations: list[Metrics] = [self.metrics, NullMetrics()]
+        for m in implementations:
+            m.increment("hellos")
+            m.gauge("connections", 1)
+            m.observe("storage_latency_seconds", 0.1, operation="ack")
+
+    def test_counter(self) -> None:
+        """``increment`` adds to the ``_total`` counter, by 1 or by ``value``."""
+        self.assertEqual(_value(self.metrics, "pushtwisted_hellos_total"), 0.0)
+        self.metrics.increment("hellos")
+        self.metrics.increment("hellos", 3)
+        self.assertEqual(_value(self.metrics, "pushtwisted_hellos_total"), 4.0)
+
+    def test_labelled_counter(self) -> None:
+        """Labels select the series of a labelled counter."""
+        self.metrics.increment("notifications_rejected", reason="gone")
+        self.metrics.increment("notifications_rejected", reason="gone")
+        self.metrics.increment("notifications_rejected", reason="too_big")
+        self.metrics.increment("endpoint_requests", status="202")
+        name = "pushtwisted_notifications_rejected_total"
+        self.assertEqual(_value(self.metrics, name, reason="gone"), 2.0)
+        self.assertEqual(_value(self.metrics, name, reason="too_big"), 1.0)
+        self.assertEqual(
+            _value(self.metrics, "pushtwisted_endpoint_requests_total", status="202"), 1.0
+        )
+
+    def test_missing_label(self) -> None:
+        """A declared label left out of a call is exported as ``unknown``."""
+        self.metrics.increment("protocol_errors")
+        self.assertEqual(
+            _value(self.metrics, "pushtwisted_protocol_errors_total", reason="unknown"), 1.0
+        )
+
+    def test_gauge(self) -> None:
+        """``gauge`` sets a gauge and ``increment`` moves it either way."""
+        self.metrics.gauge("connections", 7)
+        self.metrics.increment("connections", -2)
+        self.metrics.gauge("storage_queue_depth", 3)
+        self.assertEqual(_value(self.metrics, "pushtwisted_connections"), 5.0)
+        self.assertEqual(_value(self.metrics, "pushtwisted_storage_queue_depth"), 3.0)
+
+    def test_storage_histogram(self) -> None:
+        """``observe`` feeds the storage latency histogram per operation."""
+        self.metrics.observe("storage_latency_seconds", 0.002, operation="update")
+        self.metrics.observe("storage_latency_seconds", 0.2, operation="update")
+        self.metrics.observe("storage_latency_seconds", 3.0, operation="check")
+        name = "pushtwisted_storage_latency_seconds"
+        self.assertEqual(_value(self.metrics, f"{name}_count", operation="update"), 2.0)
+        self.assertAlmostEqual(_value(self.metrics, f"{name}_sum", operation="update"), 0.202)
+        self.assertEqual(
+            _value(self.metrics, f"{name}_bucket", operation="update", le="0.0025"), 1.0
+        )
+        self.assertEqual(_value(self.metrics, f"{name}_bucket", operation="update", le="0.25"), 2.0)
+        self.assertEqual(_value(self.metrics, f"{name}_bucket", operation="check", le="+Inf"), 1.0)
+
+    def test_endpoint_histogram(self) -> None:
+        """``endpoint_latency_seconds`` is exported as the request duration histogram."""
+        self.metrics.observe("endpoint_latency_seconds", 0.04, status="200")
+        name = "pushtwisted_endpoint_request_duration_seconds"
+        self.assertEqual(_value(self.metrics, f"{name}_count", status="200"), 1.0)
+        self.assertEqual(_value(self.metrics, f"{name}_bucket", status="200", le="0.05"), 1.0)
+        self.assertEqual(_value(self.metrics, f"{name}_bucket", status="200", le="0.025"), 0.0)
+
+    def test_unknown_name(self) -> None:
+        """An unknown name is ignored with one warning, however often it is used."""
+        before = _samples(self.metrics)
+        for _ in range(3):
+            self.metrics.increment("no_such_metric")
+            self.metrics.gauge("no_such_metric", 1)
+            self.metrics.observe("no_such_metric", 1)
+        self.assertEqual(
+            {k for k in _samples(self.metrics) if "no_such" in k[0]},
+            set(),
+        )
+        self.assertEqual(len(_samples(self.metrics)), len(before))
+        warnings = [e for e in self.events if e.get("metric") == "no_such_metric"]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["log_level"].name, "warn")
+
+    def test_wrong_call(self) -> None:
+        """A call that does not fit the metric's type is ignored and warned once."""
+        self.metrics.observe("hellos", 1.0)
+        self.metrics.observe("hellos", 1.0)
+        self.metrics.gauge("hellos", 10)
+        self.metrics.increment("storage_latency_seconds", operation="x")
+        self.assertEqual(_value(self.metrics, "pushtwisted_hellos_total"), 0.0)
+        self.assertEqual(len(self.events), 3)
+
+    def test_negative_counter(self) -> None:
+        """A negative increment of a counter is refused without raising."""
+        self.metrics.increment("acks", -1)
+        self.metrics.increment("acks", -1)
+        self.assertEqual(_value(self.metrics, "pushtwisted_acks_total"), 0.0)
+        self.assertEqual(len(self.events), 1)
+        self.assertIn("ValueError", self.events[0]["error"])
+
+    def test_undeclared_label(self) -> None:
+        """Undeclared labels are dropped (warned once); the value still counts."""
+        self.metrics.increment("hellos", node="a")
+        self.metrics.increment("hellos", node="b")
+        self.assertEqual(_value(self.metrics, "pushtwisted_hellos_total"), 2.0)
+        self.assertEqual(len(self.events), 1)
+
+    def test_render(self) -> None:
+        """``render`` returns the text exposition and its content type."""
+        body, content_type = self.metrics.render()
+        self.assertIsInstance(body, bytes)
+        self.assertTrue(content_type.startswith("text/plain; version=0.0.4"))
+        self.assertIn(b"# TYPE pushtwisted_hellos_total counter", body)
+        self.assertIn(b"# HELP pushtwisted_connections ", body)
+
+    def test_build_info(self) -> None:
+        """The version is exported as ``pushtwisted_build_info``."""
+        self.assertEqual(
+            _value(self.metrics, "pushtwisted_build_info", version=pushtwisted.__version__), 1.0
+        )
+
+    def test_process_metrics(self) -> None:
+        """Process, platform and GC collectors are on the registry unless disabled."""
+        names = {name for name, _ in _samples(self.metrics)}
+        self.assertIn("python_info", names)
+        self.assertIn("python_gc_objects_collected_total", names)
+        self.assertIn("process_cpu_seconds_total", names)  # Linux /proc
+        bare = PrometheusMetrics(process_collectors=False)
+        bare_names = {name for name, _ in _samples(bare)}
+        self.assertNotIn("python_info", bare_names)
+        self.assertIn("pushtwisted_hellos_total", bare_names)
+
+    def test_private_registry(self) -> None:
+        """Nothing lands on the global registry, so instances do not collide."""
+        other = PrometheusMetrics()
+        other.increment("hellos")
+        self.assertIsNot(other.registry, REGISTRY)
+        self.assertIsNone(REGISTRY.get_sample_value("pushtwisted_hellos_total"))
+        self.assertEqual(_value(self.metrics, "pushtwisted_hellos_total"), 0.0)
+
+    def test_given_registry(self) -> None:
+        """A registry passed in is used, even one that already has process collectors."""
+        registry = CollectorRegistry()
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        metrics = PrometheusMetrics(registry)
+        metrics.increment("pings")
+        self.assertIs(metrics.registry, registry)
+        self.assertEqual(registry.get_sample_value("pushtwisted_pings_total"), 1.0)
+        self.assertIsNotNone(registry.get_sample_value("process_cpu_seconds_total"))
+
+    def test_names(self) -> None:
+        """Every name maps to a ``pushtwisted_`` metric; counters end in ``_total``."""
+        for ours, theirs in METRIC_NAMES.items():
+            self.assertTrue(theirs.startswith("pushtwisted_"), theirs)
+            if ours not in (
+                "connections",
+                "storage_queue_depth",
+                "endpoint_latency_seconds",
+                "storage_latency_seconds",
+            ):
+                self.assertTrue(theirs.endswith("_total"), theirs)
+        self.assertEqual(
+            METRIC_NAMES["endpoint_latency_seconds"],
+            "pushtwisted_endpoint_request_duration_seconds",
+        )
