@@ -1,0 +1,182 @@
+"""The Autobahn adapter: WebSocket connections in, ``Session`` calls out.
+
+``PushServerProtocol`` is the ``Sender`` of its ``Session``: it maps
+``onConnect``/``onOpen``/``onMessage``/``onClose`` to the session and writes
+the session's text messages.  Text and binary frames are both accepted (a
+binary frame must hold UTF-8).  ``PushServerFactory`` applies
+``[websocket]`` from the config.  A plain HTTP GET (no upgrade) of
+``/status`` answers JSON; anything else 404.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import encode_truncate
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.logger import Logger
+
+from pushtwisted import __version__
+from pushtwisted.node import Node
+from pushtwisted.session import CloseCode, Session
+
+__all__ = ["PushServerProtocol", "PushServerFactory", "SUBPROTOCOL"]
+
+#: The subprotocol Firefox offers; echoed when offered, never required.
+SUBPROTOCOL = "push-notification"
+
+#: Seconds a client has to finish the opening handshake.
+_OPEN_HANDSHAKE_TIMEOUT = 10.0
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_key(value: str) -> str | None:
+    """Return ``scheme://host[:port]`` of an origin, lower-cased, default port dropped."""
+    try:
+        parts = urlsplit(value.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if not scheme or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or _DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _origin_or_raw(value: str) -> str:
+    """Return the origin's normal form, or the lower-cased text when it has none."""
+    return _origin_key(value) or value.strip().lower()
+
+
+class PushServerProtocol(WebSocketServerProtocol):
+    """One client connection: the ``Sender`` of one ``Session``."""
+
+    # Autobahn owns ``log`` (a txaio logger); ours is separate.
+    _log = Logger()
+    factory: PushServerFactory
+    maxMessagePayloadSize: int  # copied from the factory at connectionMade
+    session: Session | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        """Refuse a disallowed Origin (403); accept ``push-notification`` when offered."""
+        allowed = self.factory.allowed_origins
+        if allowed and _origin_or_raw(request.origin or "") not in allowed:
+            self._log.info(
+                "handshake refused: origin {origin!r} not allowed", origin=request.origin
+            )
+            raise ConnectionDeny(  # type: ignore[no-untyped-call]
+                ConnectionDeny.FORBIDDEN, "Origin not allowed"
+            )
+        return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
+
+    def onOpen(self) -> None:
+        """Create the session and start its hello timer."""
+        # The handshake is done: drop its copies (~2 KB per idle connection).
+        self.http_request_data = b""
+        self.http_response_data = ""
+        self.http_headers = {}
+        self.session = Session(self, self.factory.node)
+        self.session.opened()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Pass one message's text to the session; invalid UTF-8 closes with 1007."""
+        if self.session is None:
+            return
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            self._log.info("closing: binary message is not UTF-8")
+            self.factory.node.metrics.increment("protocol_errors", reason="invalid_utf8")
+            self.close(CloseCode.INVALID_PAYLOAD, "Invalid UTF-8")
+            self.session.connection_lost()
+            return
+        self.session.receive(text)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """Tell the session the connection is gone."""
+        if self.session is not None:
+            self.session.connection_lost()
+
+    def send_text(self, text: str) -> bool:
+        """Send one text message; return False when the connection is not open."""
+        if self.state != self.STATE_OPEN:
+            return False
+        payload = text.encode("utf-8")
+        limit = self.maxMessagePayloadSize
+        if 0 < limit < len(payload):
+            # Autobahn refuses to *send* past the incoming limit; a large flush
+            # or echo goes out as a fragmented message instead.
+            self.beginMessage(isBinary=False)
+            self.sendMessageFrame(payload)
+            self.endMessage()
+        else:
+            self.sendMessage(payload, isBinary=False)  # type: ignore[no-untyped-call]
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with any close code (1002 included)."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=int(code), reasonUtf8=encode_truncate(reason, 123))
+
+    def sendServerStatus(self, redirectUrl: str | None = None, redirectAfter: int = 0) -> None:
+        """Answer a plain HTTP GET: JSON status for ``/status``, else 404."""
+        if self.http_request_path in ("/status", "/status/"):
+            clients = len(self.factory.node.registry)
+            body = {"status": "OK", "clients": clients, "version": __version__}
+            self._send_json(200, "OK", body)
+        else:
+            self._send_json(404, "Not Found", {"error": "Not Found"})
+
+    def sendRedirect(self, url: str) -> None:
+        """Serve the status page instead of Autobahn's ``?redirect=`` (no open redirect)."""
+        self.sendServerStatus()
+
+    def _send_json(self, code: int, phrase: str, body: dict[str, Any]) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        head = (
+            f"HTTP/1.1 {code} {phrase}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n"
+            "Cache-Control: no-cache\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        self.sendData(head.encode("ascii") + data)
+
+
+class PushServerFactory(WebSocketServerFactory):
+    """Builds ``PushServerProtocol`` with the options of ``[websocket]``.
+
+    :param node: the node's shared collaborators.
+    :param url: the public WebSocket URL, when known.
+    """
+
+    protocol = PushServerProtocol  # type: ignore[assignment]
+
+    def __init__(self, node: Node, *, url: str | None = None) -> None:
+        super().__init__(  # type: ignore[no-untyped-call]
+            url=url, server=f"pushtwisted/{__version__}", reactor=node.clock
+        )
+        self.node = node
+        ws = node.config.websocket
+        #: Allowed origins in normal form; empty allows every origin.
+        self.allowed_origins = frozenset(_origin_or_raw(origin) for origin in ws.origins)
+        self.setProtocolOptions(  # type: ignore[no-untyped-call]
+            webStatus=True,
+            autoPingInterval=ws.auto_ping_interval,
+            autoPingTimeout=ws.auto_ping_timeout,
+            maxMessagePayloadSize=ws.max_message_size,
+            maxFramePayloadSize=ws.max_message_size,
+            openHandshakeTimeout=_OPEN_HANDSHAKE_TIMEOUT,
+            # Send a close frame (1009, 1007, ...) rather than drop the TCP.
+            failByDrop=False,
+            # Autobahn only checks that the Origin parses; onConnect decides.
+            allowNullOrigin=True,
+        )
