@@ -18,7 +18,6 @@ from pushtwisted.registry import ClientRegistry
 from pushtwisted.storage.interface import Storage
 from pushtwisted.tokens import EndpointCrypto
 
-
 __all__ = ["Node"]
 
 

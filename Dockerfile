@@ -1,0 +1,34 @@
+# pushtwisted: docker build -t pushtwisted . && docker run -p 8080:8080 -p 8081:8081 \
+#   -e SIMPLEPUSH_ENDPOINT_PUBLIC_URL=https://push.example.com -v pushtwisted:/var/lib/pushtwisted pushtwisted
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY pushtwisted ./pushtwisted
+COPY twisted ./twisted
+# Install, then write twisted/plugins/dropin.cache now: the runtime user cannot.
+RUN pip install . \
+    && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
+    && cd / && rm -rf /src
+
+RUN useradd --system --user-group --home-dir /var/lib/pushtwisted --no-create-home pushtwisted \
+    && mkdir -p /var/lib/pushtwisted \
+    && chown pushtwisted:pushtwisted /var/lib/pushtwisted
+
+# Every config key can be set as SIMPLEPUSH_<SECTION>_<KEY> (see config.sample.toml);
+# set SIMPLEPUSH_ENDPOINT_PUBLIC_URL to the URL application servers reach.
+ENV SIMPLEPUSH_STORAGE_PATH=/var/lib/pushtwisted \
+    SIMPLEPUSH_WEBSOCKET_LISTEN=tcp:8080:interface=0.0.0.0 \
+    SIMPLEPUSH_ENDPOINT_LISTEN=tcp:8081:interface=0.0.0.0
+
+VOLUME /var/lib/pushtwisted
+WORKDIR /var/lib/pushtwisted
+USER pushtwisted
+EXPOSE 8080 8081
+
+CMD ["twistd", "-n", "--pidfile=", "simplepush"]

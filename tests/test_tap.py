@@ -1,0 +1,235 @@
+"""Tests for ``pushtwisted.tap``: options, wiring and listeners, on a fake reactor."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+
+from pushtwisted import tap
+from pushtwisted.config import Config, EndpointConfig, StorageConfig, WebSocketConfig
+from pushtwisted.errors import ConfigError
+from pushtwisted.storage.memory import MemoryStorage
+from pushtwisted.tokens import KEY_FILE, EndpointCrypto, generate_key
+from pushtwisted.websocket import PushServerFactory
+
+UAID = "0123456789abcdef0123456789abcdef"
+CHID = "fedcba9876543210fedcba9876543210"
+
+
+class BuildServiceTests(SynchronousTestCase):
+    """``build_service`` wires a node and its listeners from a ``Config``."""
+
+    def config(self, **sections: Any) -> Config:
+        """Return a ``Config`` with a fresh state dir and the given sections."""
+        sections.setdefault("storage", StorageConfig(path=self.mktemp()))
+        return dataclasses.replace(Config(), **sections)
+
+    def start(self, config: Config) -> tuple[MemoryReactorClock, tap.PushService]:
+        """Build and start the service on a fake reactor; stop it at cleanup."""
+        reactor = MemoryReactorClock()
+        service = tap.build_service(config, reactor)
+        assert isinstance(service, tap.PushService)
+        service.startService()
+        self.addCleanup(self.stop, service)
+        return reactor, service
+
+    def stop(self, service: tap.PushService) -> None:
+        """Stop ``service`` if it still runs, checking that stopping completes."""
+        if service.running:
+            self.successResultOf(service.stopService())
+
+    def test_default_listeners(self) -> None:
+        """With the defaults it listens on 127.0.0.1:8080 (WebSocket) and :8081 (endpoint)."""
+        reactor, _ = self.start(self.config())
+        self.assertEqual(
+            [(port, backlog, interface) for port, _, backlog, interface in reactor.tcpServers],
+            [(8080, 1024, "127.0.0.1"), (8081, 1024, "127.0.0.1")],
+        )
+
+    def test_listener_factories(self) -> None:
+        """The WebSocket port gets a ``PushServerFactory``, the endpoint port a web ``Site``."""
+        reactor, _ = self.start(self.config())
+        ws_factory, endpoint_factory = (entry[1] for entry in reactor.tcpServers)
+        self.assertIsInstance(ws_factory, PushServerFactory)
+        self.assertIsInstance(endpoint_factory, Site)
+
+    def test_listen_and_backlog_from_config(self) -> None:
+        """Ports, interfaces and backlogs come from ``listen`` and ``backlog``."""
+        reactor, _ = self.start(
+            self.config(
+                websocket=WebSocketConfig(listen=r"tcp:9001:interface=\:\:1", backlog=17),
+                endpoint=EndpointConfig(listen="tcp:9002", backlog=33),
+            )
+        )
+        self.assertEqual(
+            [(port, backlog, interface) for port, _, backlog, interface in reactor.tcpServers],
+            [(9001, 17, "::1"), (9002, 33, "")],
+        )
+
+    def test_backlog_in_description_wins(self) -> None:
+        """A ``backlog=`` written in the description is kept over the configured one."""
+        reactor, _ = self.start(
+            self.config(websocket=WebSocketConfig(listen="tcp:9001:backlog=5", backlog=17))
+        )
+        self.assertEqual(reactor.tcpServers[0][2], 5)
+
+    def test_unix_listener_gets_backlog(self) -> None:
+        """A ``unix:`` description listens on that path with the configured backlog."""
+        path = self.mktemp()
+        reactor, _ = self.start(
+            self.config(endpoint=EndpointConfig(listen=f"unix:{path}", backlog=12))
+        )
+        [(address, factory, backlog, _, _)] = reactor.unixServers
+        self.assertEqual((address, backlog), (path, 12))
+        self.assertIsInstance(factory, Site)
+
+    def test_backlog_not_added_where_unsupported(self) -> None:
+        """Descriptions whose type takes no backlog (systemd) are left as written."""
+        description = "systemd:domain=INET:index=0"
+        self.assertEqual(tap._with_backlog(description, 10), description)
+
+    def test_backlog_added_to_escaped_description(self) -> None:
+        """An escaped colon does not hide a missing backlog, nor fake a present one."""
+        self.assertEqual(
+            tap._with_backlog(r"unix:/tmp/a\:backlog=1", 9), r"unix:/tmp/a\:backlog=1:backlog=9"
+        )
+
+    def test_invalid_listen_is_config_error(self) -> None:
+        """An unusable endpoint description is a ``ConfigError`` naming the key."""
+        config = self.config(websocket=WebSocketConfig(listen="carrierpigeon:8080"))
+        error = self.assertRaises(ConfigError, tap.build_service, config, MemoryReactorClock())
+        self.assertIn("websocket.listen", str(error))
+
+    def test_missing_tls_key_is_config_error(self) -> None:
+        """An ``ssl:`` description naming a missing key file is a ``ConfigError``."""
+        missing = Path(self.mktemp()).resolve() / "key.pem"
+        config = self.config(endpoint=EndpointConfig(listen=f"ssl:8443:privateKey={missing}"))
+        error = self.assertRaises(ConfigError, tap.build_service, config, MemoryReactorClock())
+        self.assertIn("endpoint.listen", str(error))
+
+    def test_node_holds_config_and_memory_storage(self) -> None:
+        """The node carries the given config and, by default, a ``MemoryStorage``."""
+        config = self.config()
+        _, service = self.start(config)
+        self.assertIs(service.node.config, config)
+        self.assertIsInstance(service.node.storage, MemoryStorage)
+
+    def test_unwired_backend_is_refused(self) -> None:
+        """A backend that build_service cannot build yet is a ``ConfigError``, not memory."""
+        config = self.config(storage=StorageConfig(path=self.mktemp(), backend="sqlite"))
+        error = self.assertRaises(ConfigError, tap.build_service, config, MemoryReactorClock())
+        self.assertIn("storage.backend", str(error))
+
+    def test_stop_service_stops_listening(self) -> None:
+        """Stopping the root service stops every listener."""
+        reactor = MemoryReactorClock()
+        service = tap.build_service(self.config(), reactor)
+        service.startService()
+        self.successResultOf(service.stopService())
+        self.assertFalse(any(child.running for child in service))
+
+    def test_generated_key_is_persisted(self) -> None:
+        """Without configured keys a key is generated and written to the state dir."""
+        config = self.config()
+        _, service = self.start(config)
+        key = (Path(config.storage.path) / KEY_FILE).read_text(encoding="ascii").strip()
+        token = EndpointCrypto([key]).make_token(UAID, CHID)
+        self.assertEqual(service.node.crypto.parse(token), (UAID, CHID))
+
+    def test_generated_key_is_reused(self) -> None:
+        """A second build on the same state dir parses the endpoints of the first."""
+        config = self.config()
+        _, first = self.start(config)
+        token = first.node.crypto.make_token(UAID, CHID)
+        second = tap.build_service(config, MemoryReactorClock())
+        assert isinstance(second, tap.PushService)
+        self.assertEqual(second.node.crypto.parse(token), (UAID, CHID))
+
+    def test_configured_keys_are_used(self) -> None:
+        """Configured keys issue (first) and parse (all) tokens; no key file is written."""
+        new, old = generate_key(), generate_key()
+        config = self.config(crypto=dataclasses.replace(Config().crypto, keys=[new, old]))
+        _, service = self.start(config)
+        issued = service.node.crypto.make_token(UAID, CHID)
+        self.assertEqual(EndpointCrypto([new]).parse(issued), (UAID, CHID))
+        legacy = EndpointCrypto([old]).make_token(UAID, CHID)
+        self.assertEqual(service.node.crypto.parse(legacy), (UAID, CHID))
+        self.assertFalse((Path(config.storage.path) / KEY_FILE).exists())
+
+    def test_bad_configured_key(self) -> None:
+        """A malformed configured key is a ``ConfigError`` naming ``crypto.keys``."""
+        config = self.config(crypto=dataclasses.replace(Config().crypto, keys=["short"]))
+        error = self.assertRaises(ConfigError, tap.build_service, config, MemoryReactorClock())
+        self.assertIn("crypto.keys", str(error))
+
+
+class OptionsTests(SynchronousTestCase):
+    """``tap.Options`` parses the ``simplepush`` command line."""
+
+    def test_default_has_no_config(self) -> None:
+        """Without arguments no config file is named."""
+        options = tap.Options()
+        options.parseOptions([])
+        self.assertIsNone(options["config"])
+
+    def test_long_config(self) -> None:
+        """``--config FILE`` names the file."""
+        options = tap.Options()
+        options.parseOptions(["--config", "push.toml"])
+        self.assertEqual(options["config"], "push.toml")
+
+    def test_short_config(self) -> None:
+        """``-c FILE`` names the file."""
+        options = tap.Options()
+        options.parseOptions(["-c", "push.toml"])
+        self.assertEqual(options["config"], "push.toml")
+
+    def test_unknown_option(self) -> None:
+        """An unknown option is a usage error."""
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--port", "1"])
+
+    def test_extra_argument(self) -> None:
+        """A positional argument is a usage error."""
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["push.toml"])
+
+    def test_help_text(self) -> None:
+        """The help names --config, the sample file and the environment override rule."""
+        text = str(tap.Options())
+        for fragment in ("--config", "config.sample.toml", "SIMPLEPUSH_<SECTION>_<KEY>"):
+            self.assertIn(fragment, text)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """``makeService`` turns a bad configuration into a one-line error and status 1."""
+
+    def make(self, config_text: str | None) -> SystemExit:
+        options = tap.Options()
+        path = self.mktemp()
+        if config_text is not None:
+            Path(path).write_text(config_text, encoding="utf-8")
+        options.parseOptions(["--config", path])
+        return self.assertRaises(SystemExit, tap.makeService, options)
+
+    def test_bad_value(self) -> None:
+        """A bad value exits with ``error: <key>: ...`` (Python prints it and exits 1)."""
+        error = self.make("[websocket]\nbacklog = 0\n")
+        self.assertEqual(error.code, "error: websocket.backlog: must be > 0, got 0")
+
+    def test_missing_file(self) -> None:
+        """A missing file exits with an ``error:`` message naming the problem."""
+        error = self.make(None)
+        assert isinstance(error.code, str)
+        self.assertTrue(error.code.startswith("error: cannot read config file "))
+
+    def test_invalid_toml(self) -> None:
+        """A file that is not TOML exits with an ``error:`` message, not a traceback."""
+        error = self.make("[websocket\n")
+        assert isinstance(error.code, str)
+        self.assertTrue(error.code.startswith("error: "))
+        self.assertIn("invalid TOML", error.code)
