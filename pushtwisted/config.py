@@ -106,9 +106,36 @@ class ClientConfig:
 class StorageConfig:
     """``[storage]``: where registrations and pending updates live."""
 
+    @staticmethod
+    def _servers_problem(servers: list[str]) -> str | None:
+        if not servers:
+            return "must name at least one server"
+        for server in servers:
+            if server.startswith(("unix:", "/")):
+                continue
+            host, sep, port = server.rpartition(":")
+            if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+                return f"{server!r} is not host:port"
+        return None
+
+    @staticmethod
+    def _key_prefix_problem(prefix: str) -> str | None:
+        if len(prefix) > 185:
+            return "must be at most 185 characters"
+        if not all(0x21 <= ord(c) <= 0x7E for c in prefix):
+            return "must be printable ASCII without spaces"
+        return None
+
+    #: ``memory`` (volatile), ``sqlite`` (one file in ``path``) or ``memcached``.
     backend: str = field(
         default="memory",
-        metadata=_check(lambda v: None if v in ("memory",) else "must be one of: memory"),
+        metadata=_check(
+            lambda v: (
+                None
+                if v in ("memory", "sqlite", "memcached")
+                else "must be one of: memory, sqlite, memcached"
+            )
+        ),
     )
     #: State directory (generated token key, embedded database).
     path: str = "pushtwisted-state"
@@ -116,6 +143,37 @@ class StorageConfig:
     store_data: bool = True
     #: Seconds a tombstone of an unregistered channel is kept (410 to PUTs).
     ttl_deleted: float = field(default=86400.0, metadata=_check(_positive))
+    #: memcached servers, ``host:port`` (or ``unix:/path``); keys are spread
+    #: over them by rendezvous hashing.
+    servers: list[str] = field(
+        default_factory=lambda: ["127.0.0.1:11211"], metadata=_check(_servers_problem)
+    )
+    #: Prefix of every memcached key (lets several deployments share servers).
+    key_prefix: str = field(default="", metadata=_check(_key_prefix_problem))
+    #: Threads the storage pool keeps when idle.
+    pool_min_threads: int = field(default=1, metadata=_check(_nonneg))
+    #: Most threads of the storage pool (and memcached connections per server).
+    pool_max_threads: int = field(default=10, metadata=_check(_positive))
+    #: Most storage calls in flight (queued or running); more get 503 at once.
+    queue_limit: int = field(default=1000, metadata=_check(_positive))
+    #: Seconds one storage call may take before it fails (503); also the
+    #: memcached socket timeout and the sqlite busy timeout.
+    timeout: float = field(default=5.0, metadata=_check(_positive))
+    #: Seconds to wait for a memcached connection.
+    connect_timeout: float = field(default=2.0, metadata=_check(_positive))
+    #: memcached: seconds a channel with a pending update lives (refreshed at
+    #: hello and on every update); more than 30 days is fine.
+    ttl_live: float = field(default=2592000.0, metadata=_check(_positive))
+    #: memcached: seconds a registered channel and the user's channel list live
+    #: (refreshed at hello).  Keep it long: an expired channel answers 410.
+    ttl_registered: float = field(default=2592000.0, metadata=_check(_positive))
+
+    def __post_init__(self) -> None:
+        if self.pool_min_threads > self.pool_max_threads:
+            raise ConfigError(
+                "storage.pool_min_threads: must be <= storage.pool_max_threads,"
+                f" got {self.pool_min_threads} > {self.pool_max_threads}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,92 @@
+"""Build the storage backend and its thread pool from ``[storage]``.
+
+``build_thread_pool`` makes the ``ThreadPoolService`` (add it to the service
+tree first, so it stops last); ``build_storage`` picks the backend:
+
+- ``memory``: ``MemoryStorage``, volatile, needs no pool;
+- ``sqlite``: ``SqliteStorage`` on ``<path>/pushtwisted.sqlite3``;
+- ``memcached``: ``MemcachedStorage`` over ``servers``, with a client whose
+  connection pools are sized to the thread pool.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.interfaces import IReactorTime
+
+from pushtwisted.config import StorageConfig
+from pushtwisted.errors import ConfigError
+from pushtwisted.metrics import Metrics
+from pushtwisted.storage.interface import Storage
+from pushtwisted.storage.memcached import MemcachedStorage, make_memcached_client
+from pushtwisted.storage.memory import MemoryStorage
+from pushtwisted.storage.sqlite import DB_FILENAME, SqliteStorage
+from pushtwisted.threadpool import ThreadPoolService
+
+__all__ = ["build_storage", "build_thread_pool", "sqlite_path"]
+
+
+def sqlite_path(config: StorageConfig) -> str:
+    """Return the SQLite database file inside the state directory."""
+    return os.path.join(config.path, DB_FILENAME)
+
+
+def build_thread_pool(
+    config: StorageConfig, *, reactor: IReactorTime, metrics: Metrics
+) -> ThreadPoolService:
+    """Return the storage ``ThreadPoolService`` sized and bounded by ``config``."""
+    return ThreadPoolService(
+        reactor,
+        min_threads=config.pool_min_threads,
+        max_threads=config.pool_max_threads,
+        max_queue=config.queue_limit,
+        timeout=config.timeout,
+        metrics=metrics,
+    )
+
+
+def build_storage(
+    config: StorageConfig,
+    *,
+    reactor: IReactorTime,
+    pool: ThreadPoolService | None,
+    metrics: Metrics,
+) -> Storage:
+    """Return the backend named by ``config.backend``.
+
+    :param pool: runs the blocking calls of ``sqlite`` and ``memcached``;
+        may be None for ``memory``.
+    :param metrics: reserved for backend metrics (the pool reports latency
+        and queue depth already).
+    :raises ConfigError: for an unknown backend, or a pool-less blocking one.
+    """
+    if config.backend == "memory":
+        return MemoryStorage(clock=reactor, tombstone_ttl=config.ttl_deleted)
+    if config.backend not in ("sqlite", "memcached"):
+        raise ConfigError(f"storage.backend: unknown backend {config.backend!r}")
+    if pool is None:
+        raise ConfigError(f"storage.backend: {config.backend} needs the storage thread pool")
+    if config.backend == "sqlite":
+        return SqliteStorage(
+            sqlite_path(config),
+            pool.run,
+            reactor,
+            ttl_deleted=config.ttl_deleted,
+            busy_timeout=config.timeout,
+        )
+    client = make_memcached_client(
+        config.servers,
+        pool_size=config.pool_max_threads,
+        connect_timeout=config.connect_timeout,
+        timeout=config.timeout,
+    )
+    return MemcachedStorage(
+        client,
+        pool.run,
+        reactor,
+        ttl_live=config.ttl_live,
+        ttl_registered=config.ttl_registered,
+        ttl_deleted=config.ttl_deleted,
+        key_prefix=config.key_prefix,
+    )

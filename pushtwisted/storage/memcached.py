@@ -1,0 +1,658 @@
+"""``MemcachedStorage``: the shared backend for clusters (pymemcache).
+
+Record layout (PROTOCOL.md section 5.2, improved as section 16 decides); every
+key starts with the configured ``key_prefix``:
+
+``<uaid>``
+    JSON list of chids, sorted and de-duplicated.  Its presence means the
+    user exists.  It lists every chid that has (or recently had) a record,
+    tombstones included, so ``drop_user`` can delete them all; chids whose
+    record has vanished (expired tombstones, evictions) are pruned at
+    ``fetch_pending`` and when ``register`` checks the channel limit.
+``<uaid>.<chid>``
+    JSON ``{"state", "channel_id", "version", "data", "touched"}`` with
+    ``state`` one of ``live``, ``registered``, ``deleted`` and an expiry by
+    state: ``ttl_live``, ``ttl_registered``, ``ttl_deleted`` (the tombstone).
+
+Every read-modify-write is a ``gets``/``cas`` loop with bounded, jittered
+retries (then ``StorageUnavailable``), so concurrent writers lose nothing:
+an ack clears only when acked >= stored, an update never resurrects a
+tombstone nor overwrites a concurrent unregister, and concurrent registers
+never drop each other's chids.  A chid is added to the list *before* its
+record is created and checked again after; whoever prunes the list checks
+the pruned records again after writing it.  Either side therefore sees the
+other's write, and a live record always ends up listed.  ``max_channels``
+is exact for one writer per UAID (one connection at a time); concurrent
+registers of *different* new chids of one UAID may overshoot it by the
+number in flight, since a record being created is not counted yet.
+
+Expiry: memcached reads an expiry over 30 days as an absolute Unix time, so
+longer TTLs are sent as ``now + ttl`` (``memcached_expire``).  The list and
+the records are refreshed at hello: ``user_exists`` touches the list, and
+``fetch_pending`` touches it and rewrites records written more than half
+their TTL ago, so idle devices keep their registrations.
+
+A miss is a normal result; any error (refused connection, timeout,
+``MemcacheError``, a corrupt value) raises ``StorageUnavailable`` and is
+never read as a miss.  The ``_blocking`` methods run on the storage pool and
+touch only their arguments and the client; ``now`` comes from the reactor
+clock, read on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
+
+from pymemcache.client.hash import HashClient
+from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from pushtwisted.errors import StorageUnavailable, TooManyChannels
+from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
+
+if TYPE_CHECKING:
+    from pushtwisted.threadpool import Runner
+
+__all__ = [
+    "JsonSerde",
+    "MemcacheClient",
+    "MemcachedStorage",
+    "MAX_RELATIVE_EXPIRE",
+    "make_memcached_client",
+    "memcached_expire",
+]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+#: memcached reads a larger expiry as an absolute Unix time (30 days).
+MAX_RELATIVE_EXPIRE = 30 * 24 * 3600
+
+#: memcached's key length limit, prefix included.
+_MAX_KEY = 250
+#: Longest key suffix: ``<32 hex>.<32 hex>``.
+_LONGEST_SUFFIX = 65
+#: gets/cas attempts before giving up with StorageUnavailable.
+_CAS_ATTEMPTS = 64
+
+_LIVE = "live"
+_REGISTERED = "registered"
+_DELETED = "deleted"
+_STATES = frozenset((_LIVE, _REGISTERED, _DELETED))
+
+
+def memcached_expire(ttl: float, now: float) -> int:
+    """Return the memcached ``exptime`` that expires ``ttl`` seconds after ``now``.
+
+    Up to 30 days it is the relative number of seconds (at least 1, since 0
+    means "never"); beyond, memcached expects an absolute Unix time.
+    """
+    seconds = max(1, math.ceil(ttl))
+    if seconds <= MAX_RELATIVE_EXPIRE:
+        return seconds
+    return int(now) + seconds
+
+
+class JsonSerde:
+    """pymemcache serde storing values as plain JSON (flags 0), thread-safe."""
+
+    def serialize(self, key: bytes | str, value: object) -> tuple[bytes, int]:
+        """Encode ``value`` as compact ASCII JSON."""
+        return json.dumps(value, separators=(",", ":")).encode("ascii"), 0
+
+    def deserialize(self, key: bytes | str, value: bytes, flags: int) -> Any:
+        """Decode JSON; raises ``ValueError`` on corrupt data."""
+        return json.loads(value)
+
+
+class _StoreHashClient(HashClient):  # type: ignore[misc]  # pymemcache is untyped
+    """A ``HashClient`` for a *store*: keys never move, and failures raise.
+
+    Stock ``HashClient`` answers the default value (a miss) while a failed
+    server waits out ``retry_timeout``, even with ``ignore_exc=False``, and
+    after ``retry_attempts`` it drops the server from the ring so its keys
+    hash to another server, where they miss too.  For a cache that is fine;
+    here a miss resets a UAID.  This subclass keeps every server on the ring
+    and, for ``retry_timeout`` seconds after a connection failure, fails the
+    server's calls at once with ``MemcacheError`` (no connect attempt, so a
+    dead server does not tie up pool threads); the next call after that
+    tries again, so service resumes within ``retry_timeout`` of the server's
+    return.  When the server went away (not a mere timeout) its pooled
+    connections are dropped too, so stale sockets do not fail once each
+    after it returns.  ``retry_attempts`` and ``dead_timeout`` are unused.
+    """
+
+    #: The clock of the fail-fast window (tests replace it).
+    monotonic: Callable[[], float] = staticmethod(time.monotonic)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._down_until: dict[object, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def _safely_run_func(
+        self, client: Any, func: Callable[..., Any], default_val: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        server = client.server
+        until = self._down_until.get(server)
+        if until is not None and self.monotonic() < until:
+            raise MemcacheError(f"memcached {server} failed less than {self.retry_timeout}s ago")
+        try:
+            result = func(*args, **kwargs)
+        except (OSError, MemcacheUnexpectedCloseError) as e:
+            self._down_until[server] = self.monotonic() + self.retry_timeout
+            if not isinstance(e, TimeoutError):
+                # The server went away: its pooled connections are all dead,
+                # and reusing them after it returns would fail once each.
+                client.close()
+            raise
+        if until is not None:
+            self._down_until.pop(server, None)
+        return result
+
+    def close(self) -> None:
+        """Close every server's connections, whatever its state."""
+        for client in self.clients.values():
+            client.close()
+
+    def set_many(self, *args: Any, **kwargs: Any) -> Any:
+        """Unsupported: stock ``set_many`` reports failures as a key list."""
+        raise NotImplementedError("set_many is not used by pushtwisted")
+
+
+def make_memcached_client(
+    servers: list[str],
+    *,
+    pool_size: int,
+    connect_timeout: float,
+    timeout: float,
+    retry_timeout: float = 1.0,
+) -> HashClient:
+    """Build the thread-safe pymemcache client of ``MemcachedStorage``.
+
+    A ``HashClient`` (rendezvous hashing over ``servers``, each
+    ``host:port``, ``[v6]:port`` or ``unix:/path``) of ``PooledClient``s, each
+    pool holding up to ``pool_size`` connections (size it to the storage
+    pool's ``max_threads``), with socket timeouts, JSON values, errors that
+    raise (``ignore_exc=False``), replies awaited on every store command
+    (``default_noreply=False``, so failed sets are seen) and a fail-fast
+    window of ``retry_timeout`` seconds after a server fails (see
+    ``_StoreHashClient``).
+    """
+    if not servers:
+        raise ValueError("at least one memcached server is needed")
+    return _StoreHashClient(
+        servers,
+        serde=JsonSerde(),
+        connect_timeout=connect_timeout,
+        timeout=timeout,
+        no_delay=True,
+        use_pooling=True,
+        max_pool_size=pool_size,
+        ignore_exc=False,
+        default_noreply=False,
+        retry_attempts=0,
+        retry_timeout=retry_timeout,
+        dead_timeout=retry_timeout,
+    )
+
+
+class MemcacheClient(Protocol):
+    """The part of pymemcache's client API that ``MemcachedStorage`` uses."""
+
+    def get(self, key: str) -> Any:
+        """Return the value or None."""
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        """Return the values of the keys that exist."""
+
+    def gets(self, key: str) -> tuple[Any, Any]:
+        """Return ``(value, cas)`` or ``(None, None)``."""
+
+    def gets_many(self, keys: list[str]) -> dict[str, tuple[Any, Any]]:
+        """Return ``{key: (value, cas)}`` for the keys that exist."""
+
+    def set(self, key: str, value: Any, expire: int = 0, noreply: bool | None = None) -> bool:
+        """Store unconditionally."""
+
+    def add(self, key: str, value: Any, expire: int = 0, noreply: bool | None = None) -> bool:
+        """Store if absent; False when the key exists."""
+
+    def cas(
+        self, key: str, value: Any, cas: Any, expire: int = 0, noreply: bool = False
+    ) -> bool | None:
+        """Store if unchanged: True, False (changed) or None (absent)."""
+
+    def touch(self, key: str, expire: int = 0, noreply: bool | None = None) -> bool:
+        """Set a new expiry; False when the key is absent."""
+
+    def delete(self, key: str, noreply: bool | None = None) -> bool:
+        """Delete; False when the key was absent."""
+
+    def close(self) -> None:
+        """Close every connection."""
+
+
+def _translated(func: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Turn client errors raised by ``func`` into ``StorageUnavailable``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return func(*args, **kwargs)
+        except (MemcacheError, OSError) as e:
+            raise StorageUnavailable(f"memcached: {e!r}") from e
+        except ValueError as e:  # corrupt JSON
+            raise StorageUnavailable(f"memcached: undecodable value: {e}") from e
+
+    return wrapper
+
+
+def _backoff(attempt: int) -> None:
+    """Sleep a little (jittered, growing) after a lost cas race."""
+    time.sleep(random.uniform(0, 0.001) * min(attempt + 1, 10))
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    state: str
+    channel_id: str
+    version: int
+    data: str | None
+    touched: float
+
+    def encode(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "channel_id": self.channel_id,
+            "version": self.version,
+            "data": self.data,
+            "touched": self.touched,
+        }
+
+
+def _decode_record(value: object) -> _Record:
+    if isinstance(value, dict):
+        state = value.get("state")
+        channel_id = value.get("channel_id")
+        version = value.get("version")
+        data = value.get("data")
+        touched = value.get("touched", 0)
+        if (
+            state in _STATES
+            and isinstance(channel_id, str)
+            and isinstance(version, int)
+            and not isinstance(version, bool)
+            and (data is None or isinstance(data, str))
+            and isinstance(touched, (int, float))
+        ):
+            return _Record(str(state), channel_id, version, data, float(touched))
+    raise StorageUnavailable(f"memcached: corrupt channel record {value!r:.80}")
+
+
+def _decode_list(value: object) -> list[str]:
+    if isinstance(value, list) and all(isinstance(c, str) for c in value):
+        return sorted(set(value))
+    raise StorageUnavailable(f"memcached: corrupt channel list {value!r:.80}")
+
+
+class MemcachedStorage:
+    """A ``Storage`` on memcached through a thread-safe pymemcache client.
+
+    :param client: from ``make_memcached_client`` (JSON serde, pooled,
+        ``ignore_exc=False``, ``default_noreply=False``).
+    :param run: the runner of blocking calls (``ThreadPoolService.run``).
+    :param clock: the reactor clock (``now`` for expiries and refreshes).
+    :param ttl_live: seconds a record with a pending update lives.
+    :param ttl_registered: seconds a registered record lives; the user's
+        list lives for the longer of this and ``ttl_live``.  Both are
+        refreshed at hello, so keep them long (days): an expired record is
+        an unregistered channel (410 to the app server).
+    :param ttl_deleted: seconds a tombstone lives.
+    :param key_prefix: prepended to every key (printable ASCII, no spaces,
+        at most 185 characters so keys stay under memcached's 250 bytes).
+    """
+
+    def __init__(
+        self,
+        client: MemcacheClient,
+        run: Runner,
+        clock: IReactorTime,
+        *,
+        ttl_live: float,
+        ttl_registered: float,
+        ttl_deleted: float,
+        key_prefix: str = "",
+    ) -> None:
+        if len(key_prefix) + _LONGEST_SUFFIX > _MAX_KEY:
+            raise ValueError(f"key_prefix longer than {_MAX_KEY - _LONGEST_SUFFIX} characters")
+        if not all(0x21 <= ord(c) <= 0x7E for c in key_prefix):
+            raise ValueError("key_prefix must be printable ASCII without spaces")
+        for name, ttl in (
+            ("ttl_live", ttl_live),
+            ("ttl_registered", ttl_registered),
+            ("ttl_deleted", ttl_deleted),
+        ):
+            if not ttl > 0:
+                raise ValueError(f"{name} must be > 0")
+        self._client = client
+        self._run = run
+        self._clock = clock
+        self._ttl = {_LIVE: ttl_live, _REGISTERED: ttl_registered, _DELETED: ttl_deleted}
+        self._ttl_list = max(ttl_live, ttl_registered)
+        self._prefix = key_prefix
+
+    # -- the asynchronous API (reactor thread) --------------------------------
+
+    def user_exists(self, uaid: str) -> Deferred[bool]:
+        """Fire True when the user's list exists; refreshes its expiry."""
+        return self._run("user_exists", self._user_exists_blocking, uaid, self._clock.seconds())
+
+    def register(self, uaid: str, chid: str, channel_id: str, max_channels: int) -> Deferred[None]:
+        return self._run(
+            "register",
+            self._register_blocking,
+            uaid,
+            chid,
+            channel_id,
+            max_channels,
+            self._clock.seconds(),
+        )
+
+    def unregister(self, uaid: str, chid: str) -> Deferred[None]:
+        return self._run("unregister", self._unregister_blocking, uaid, chid, self._clock.seconds())
+
+    def update(
+        self,
+        uaid: str,
+        chid: str,
+        version: int,
+        data: str | None,
+        only_newer: bool = False,
+    ) -> Deferred[UpdateResult]:
+        return self._run(
+            "update",
+            self._update_blocking,
+            uaid,
+            chid,
+            version,
+            data,
+            only_newer,
+            self._clock.seconds(),
+        )
+
+    def fetch_pending(self, uaid: str) -> Deferred[list[PendingUpdate]]:
+        """Fire with the live updates; refreshes the list's and records' expiry."""
+        return self._run("fetch_pending", self._fetch_pending_blocking, uaid, self._clock.seconds())
+
+    def ack(self, uaid: str, chid: str, version: int) -> Deferred[bool]:
+        return self._run("ack", self._ack_blocking, uaid, chid, version, self._clock.seconds())
+
+    def expired(self, uaid: str, chids: Sequence[str]) -> Deferred[list[str]]:
+        return self._run("expired", self._expired_blocking, uaid, list(chids))
+
+    def drop_user(self, uaid: str) -> Deferred[None]:
+        return self._run("drop_user", self._drop_user_blocking, uaid)
+
+    def check(self) -> Deferred[None]:
+        return self._run("check", self._check_blocking)
+
+    def close(self) -> Deferred[None]:
+        return self._run("close", self._close_blocking)
+
+    # -- keys and expiries -----------------------------------------------------
+
+    def _user_key(self, uaid: str) -> str:
+        return f"{self._prefix}{uaid}"
+
+    def _channel_key(self, uaid: str, chid: str) -> str:
+        return f"{self._prefix}{uaid}.{chid}"
+
+    def _expire(self, state: str, now: float) -> int:
+        return memcached_expire(self._ttl[state], now)
+
+    def _list_expire(self, now: float) -> int:
+        return memcached_expire(self._ttl_list, now)
+
+    # -- the user's list (pool threads) ---------------------------------------
+
+    def _list_add(self, uaid: str, chid: str, max_channels: int, now: float) -> None:
+        """Make sure ``chid`` is listed, first enforcing ``max_channels`` (if > 0).
+
+        When the other listed chids reach the limit their records are read:
+        tombstones do not count, and chids whose record is gone are pruned
+        from the list (and checked again after the write).
+        """
+        key = self._user_key(uaid)
+        for attempt in range(_CAS_ATTEMPTS):
+            value, cas = self._client.gets(key)
+            chids = [] if value is None else _decode_list(value)
+            others = [c for c in chids if c != chid]
+            pruned: list[str] = []
+            if max_channels > 0 and len(others) >= max_channels:
+                keys = {c: self._channel_key(uaid, c) for c in others}
+                records = self._client.get_many(list(keys.values()))
+                pruned = [c for c in others if keys[c] not in records]
+                active = sum(
+                    1
+                    for c in others
+                    if keys[c] in records and _decode_record(records[keys[c]]).state != _DELETED
+                )
+                if active >= max_channels:
+                    raise TooManyChannels(f"UAID holds {active} channels")
+            if chid in chids and not pruned:
+                return
+            new = sorted(set(others).difference(pruned) | {chid})
+            stored: bool | None
+            if value is None:
+                stored = self._client.add(key, new, expire=self._list_expire(now), noreply=False)
+            else:
+                stored = self._client.cas(key, new, cas, expire=self._list_expire(now))
+            if stored:
+                if pruned:
+                    self._recheck_pruned(uaid, pruned, now)
+                return
+            _backoff(attempt)
+        raise StorageUnavailable("memcached: channel list contended, giving up")
+
+    def _prune(self, uaid: str, gone: list[str], now: float) -> None:
+        """Remove chids whose record vanished from the list, then re-check them."""
+        key = self._user_key(uaid)
+        for attempt in range(_CAS_ATTEMPTS):
+            value, cas = self._client.gets(key)
+            if value is None:
+                return
+            chids = _decode_list(value)
+            new = [c for c in chids if c not in gone]
+            if new == chids:
+                return
+            stored = self._client.cas(key, new, cas, expire=self._list_expire(now))
+            if stored is None:
+                return
+            if stored:
+                self._recheck_pruned(uaid, gone, now)
+                return
+            _backoff(attempt)
+        # Pruning is housekeeping: leave it for the next time.
+
+    def _recheck_pruned(self, uaid: str, pruned: list[str], now: float) -> None:
+        """Re-list pruned chids whose record a concurrent register created."""
+        keys = [self._channel_key(uaid, c) for c in pruned]
+        records = self._client.get_many(keys)
+        for chid, key in zip(pruned, keys, strict=True):
+            if key in records:
+                self._list_add(uaid, chid, 0, now)
+
+    # -- blocking operations (pool threads) -----------------------------------
+
+    @_translated
+    def _user_exists_blocking(self, uaid: str, now: float) -> bool:
+        return bool(
+            self._client.touch(self._user_key(uaid), expire=self._list_expire(now), noreply=False)
+        )
+
+    @_translated
+    def _register_blocking(
+        self, uaid: str, chid: str, channel_id: str, max_channels: int, now: float
+    ) -> None:
+        key = self._channel_key(uaid, chid)
+        value, _ = self._client.gets(key)
+        if value is not None and _decode_record(value).state != _DELETED:
+            self._list_add(uaid, chid, 0, now)  # repairs a missing list entry
+            return
+        self._list_add(uaid, chid, max_channels, now)
+        new = _Record(_REGISTERED, channel_id, 0, None, now).encode()
+        expire = self._expire(_REGISTERED, now)
+        for attempt in range(_CAS_ATTEMPTS):
+            value, cas = self._client.gets(key)
+            stored: bool | None
+            if value is None:
+                stored = self._client.add(key, new, expire=expire, noreply=False)
+            elif _decode_record(value).state != _DELETED:
+                break  # a concurrent register created it
+            else:
+                stored = self._client.cas(key, new, cas, expire=expire)
+            if stored:
+                break
+            _backoff(attempt)
+        else:
+            raise StorageUnavailable("memcached: channel record contended, giving up")
+        # A concurrent prune may have removed the chid before the record
+        # existed; check again now that it does.
+        self._list_add(uaid, chid, 0, now)
+
+    @_translated
+    def _unregister_blocking(self, uaid: str, chid: str, now: float) -> None:
+        key = self._channel_key(uaid, chid)
+        for attempt in range(_CAS_ATTEMPTS):
+            value, cas = self._client.gets(key)
+            if value is None:
+                return
+            record = _decode_record(value)
+            if record.state == _DELETED:
+                return
+            tombstone = replace(record, state=_DELETED, data=None, touched=now)
+            if self._client.cas(key, tombstone.encode(), cas, expire=self._expire(_DELETED, now)):
+                return
+            _backoff(attempt)
+        raise StorageUnavailable("memcached: channel record contended, giving up")
+
+    @_translated
+    def _update_blocking(
+        self,
+        uaid: str,
+        chid: str,
+        version: int,
+        data: str | None,
+        only_newer: bool,
+        now: float,
+    ) -> UpdateResult:
+        key = self._channel_key(uaid, chid)
+        for attempt in range(_CAS_ATTEMPTS):
+            value, cas = self._client.gets(key)
+            if value is None:
+                return UpdateResult(outcome=UpdateOutcome.GONE)
+            record = _decode_record(value)
+            if record.state == _DELETED:
+                return UpdateResult(outcome=UpdateOutcome.GONE)
+            if only_newer and version <= record.version:
+                return UpdateResult(outcome=UpdateOutcome.STALE, channel_id=record.channel_id)
+            live = _Record(_LIVE, record.channel_id, version, data, now)
+            if self._client.cas(key, live.encode(), cas, expire=self._expire(_LIVE, now)):
+                return UpdateResult(outcome=UpdateOutcome.STORED, channel_id=record.channel_id)
+            _backoff(attempt)
+        raise StorageUnavailable("memcached: channel record contended, giving up")
+
+    @_translated
+    def _fetch_pending_blocking(self, uaid: str, now: float) -> list[PendingUpdate]:
+        user_key = self._user_key(uaid)
+        value = self._client.get(user_key)
+        if value is None:
+            return []
+        chids = _decode_list(value)
+        self._client.touch(user_key, expire=self._list_expire(now), noreply=False)
+        keys = {c: self._channel_key(uaid, c) for c in chids}
+        found = self._client.gets_many(list(keys.values())) if keys else {}
+        pending: list[PendingUpdate] = []
+        gone: list[str] = []
+        for chid in chids:
+            entry = found.get(keys[chid])
+            if entry is None:
+                gone.append(chid)
+                continue
+            record = _decode_record(entry[0])
+            if record.state == _LIVE:
+                pending.append(
+                    PendingUpdate(
+                        channel_id=record.channel_id, version=record.version, data=record.data
+                    )
+                )
+            ttl = self._ttl[record.state]
+            if record.state != _DELETED and now - record.touched >= ttl / 2:
+                # Refresh; a lost race means someone else just rewrote it.
+                fresh = replace(record, touched=now)
+                self._client.cas(
+                    keys[chid], fresh.encode(), entry[1], expire=self._expire(record.state, now)
+                )
+        if gone:
+            self._prune(uaid, gone, now)
+        return pending
+
+    @_translated
+    def _ack_blocking(self, uaid: str, chid: str, version: int, now: float) -> bool:
+        key = self._channel_key(uaid, chid)
+        for attempt in range(_CAS_ATTEMPTS):
+            value, cas = self._client.gets(key)
+            if value is None:
+                return False
+            record = _decode_record(value)
+            if record.state != _LIVE or version < record.version:
+                return False
+            cleared = _Record(_REGISTERED, record.channel_id, record.version, None, now)
+            if self._client.cas(key, cleared.encode(), cas, expire=self._expire(_REGISTERED, now)):
+                return True
+            _backoff(attempt)
+        raise StorageUnavailable("memcached: channel record contended, giving up")
+
+    @_translated
+    def _expired_blocking(self, uaid: str, chids: list[str]) -> list[str]:
+        keys = {c: self._channel_key(uaid, c) for c in set(chids)}
+        found = self._client.get_many(list(keys.values())) if keys else {}
+        dead = {
+            c for c, k in keys.items() if k in found and _decode_record(found[k]).state == _DELETED
+        }
+        return [c for c in chids if c in dead]
+
+    @_translated
+    def _drop_user_blocking(self, uaid: str) -> None:
+        user_key = self._user_key(uaid)
+        value = self._client.get(user_key)
+        if value is None:
+            return
+        for chid in _decode_list(value):
+            self._client.delete(self._channel_key(uaid, chid), noreply=False)
+        self._client.delete(user_key, noreply=False)
+
+    @_translated
+    def _check_blocking(self) -> None:
+        key = f"{self._prefix}status_{uuid.uuid4().hex}"
+        if not self._client.set(key, "test", expire=6, noreply=False):
+            raise StorageUnavailable("memcached: health probe was not stored")
+        if self._client.get(key) != "test":
+            raise StorageUnavailable("memcached: health probe read back wrong")
+        self._client.delete(key, noreply=False)
+        # A HashClient spreads keys: probe every server, not just this key's.
+        for server in getattr(self._client, "clients", {}).values():
+            server.version()
+
+    @_translated
+    def _close_blocking(self) -> None:
+        self._client.close()
