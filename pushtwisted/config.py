@@ -27,6 +27,7 @@ __all__ = [
     "ClientConfig",
     "StorageConfig",
     "CryptoConfig",
+    "ServerConfig",
     "load_config",
     "parse_config",
     "ENV_PREFIX",
@@ -128,7 +129,7 @@ class StorageConfig:
 
     #: ``memory`` (volatile), ``sqlite`` (one file in ``path``) or ``memcached``.
     backend: str = field(
-        default="memory",
+        default="sqlite",
         metadata=_check(
             lambda v: (
                 None
@@ -139,6 +140,12 @@ class StorageConfig:
     )
     #: State directory (generated token key, embedded database).
     path: str = "pushtwisted-state"
+    #: sqlite: ``full`` syncs every commit to disk (survives power loss);
+    #: ``normal`` syncs at WAL checkpoints (survives a process crash, faster).
+    sqlite_synchronous: str = field(
+        default="full",
+        metadata=_check(lambda v: None if v in ("full", "normal") else "must be full or normal"),
+    )
     #: Keep ``data`` payloads for offline clients; false drops them.
     store_data: bool = True
     #: Seconds a tombstone of an unregistered channel is kept (410 to PUTs).
@@ -183,10 +190,27 @@ class CryptoConfig:
     keys: list[str] = field(default_factory=list)
 
 
+def _log_level_problem(level: str) -> str | None:
+    valid = ("debug", "info", "warn", "warning", "error", "critical")
+    return None if level.lower() in valid else "must be one of: " + ", ".join(valid)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """``[server]``: the process as a whole."""
+
+    #: Lowest level of the events logged (debug, info, warn, error, critical).
+    log_level: str = field(default="info", metadata=_check(_log_level_problem))
+    #: Seconds a SIGTERM/SIGINT shutdown waits for clients to close and for
+    #: in-flight requests and storage calls to finish.
+    shutdown_timeout: float = field(default=10.0, metadata=_check(_nonneg))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration of one pushtwisted node."""
 
+    server: ServerConfig = field(default_factory=ServerConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     client: ClientConfig = field(default_factory=ClientConfig)

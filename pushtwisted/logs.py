@@ -55,6 +55,7 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
+    textFileLogObserver,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -65,6 +66,7 @@ __all__ = [
     "json_observer",
     "make_log_filter",
     "set_log_level",
+    "text_observer",
     "uaid_hash",
 ]
 
@@ -159,6 +161,16 @@ def json_observer(stream: IO[str] | None = None, *, level: str | None = None) ->
     """
     predicate = _process_filter if level is None else make_log_filter(level)
     return FilteringLogObserver(_JsonLineObserver(_output(stream)), [predicate])
+
+
+def text_observer(stream: IO[str] | None = None) -> ILogObserver:
+    """Return Twisted's text observer filtered by the process level.
+
+    For ``twistd --logger pushtwisted.logs.text_observer``: the familiar text
+    lines, but honouring ``[server] log_level`` (twistd's default observer
+    writes every level, debug included).
+    """
+    return FilteringLogObserver(textFileLogObserver(_output(stream)), [_process_filter])
 
 
 def _output(stream: IO[str] | None) -> IO[str]:

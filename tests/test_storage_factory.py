@@ -38,9 +38,9 @@ class FactoryTests(SynchronousTestCase):
         return build_thread_pool(config, reactor=self.reactor, metrics=NullMetrics())
 
     def test_memory(self) -> None:
-        """The default backend is memory and needs no pool."""
+        """The memory backend needs no pool."""
         storage = build_storage(
-            StorageConfig(), reactor=self.reactor, pool=None, metrics=NullMetrics()
+            StorageConfig(backend="memory"), reactor=self.reactor, pool=None, metrics=NullMetrics()
         )
         self.assertIsInstance(storage, MemoryStorage)
 
@@ -87,9 +87,10 @@ class ConfigTests(SynchronousTestCase):
     """The storage keys of ``[storage]``."""
 
     def test_defaults(self) -> None:
-        """Defaults: memory, one local memcached, long TTLs, a bounded pool."""
+        """Defaults: durable sqlite, one local memcached, long TTLs, a bounded pool."""
         config = StorageConfig()
-        self.assertEqual(config.backend, "memory")
+        self.assertEqual(config.backend, "sqlite")
+        self.assertEqual(config.sqlite_synchronous, "full")
         self.assertEqual(config.servers, ["127.0.0.1:11211"])
         self.assertEqual(config.ttl_registered, 30 * 86400)
         self.assertEqual(config.ttl_live, 30 * 86400)

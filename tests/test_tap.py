@@ -6,19 +6,41 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from pushtwisted import tap
-from pushtwisted.config import Config, EndpointConfig, StorageConfig, WebSocketConfig
+from pushtwisted.config import (
+    Config,
+    EndpointConfig,
+    ServerConfig,
+    StorageConfig,
+    WebSocketConfig,
+)
 from pushtwisted.errors import ConfigError
+from pushtwisted.metrics import PrometheusMetrics
+from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.memory import MemoryStorage
+from pushtwisted.storage.sqlite import SqliteStorage
+from pushtwisted.threadpool import ThreadPoolService
 from pushtwisted.tokens import KEY_FILE, EndpointCrypto, generate_key
 from pushtwisted.websocket import PushServerFactory
 
 UAID = "0123456789abcdef0123456789abcdef"
+
+
+@implementer(IReactorFromThreads)
+class _ThreadedMemoryReactor(MemoryReactorClock):
+    """A ``MemoryReactorClock`` that also accepts calls from threads (run inline)."""
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
 CHID = "fedcba9876543210fedcba9876543210"
 
 
@@ -27,7 +49,7 @@ class BuildServiceTests(SynchronousTestCase):
 
     def config(self, **sections: Any) -> Config:
         """Return a ``Config`` with a fresh state dir and the given sections."""
-        sections.setdefault("storage", StorageConfig(path=self.mktemp()))
+        sections.setdefault("storage", StorageConfig(path=self.mktemp(), backend="memory"))
         return dataclasses.replace(Config(), **sections)
 
     def start(self, config: Config) -> tuple[MemoryReactorClock, tap.PushService]:
@@ -120,11 +142,32 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertIs(service.node.config, config)
         self.assertIsInstance(service.node.storage, MemoryStorage)
 
-    def test_unwired_backend_is_refused(self) -> None:
-        """A backend that build_service cannot build yet is a ``ConfigError``, not memory."""
+    def test_sqlite_backend_is_wired_with_its_pool(self) -> None:
+        """``backend = "sqlite"`` builds a SqliteStorage whose calls go to a pool child."""
         config = self.config(storage=StorageConfig(path=self.mktemp(), backend="sqlite"))
-        error = self.assertRaises(ConfigError, tap.build_service, config, MemoryReactorClock())
-        self.assertIn("storage.backend", str(error))
+        service = tap.build_service(config, _ThreadedMemoryReactor())
+        self.assertIsInstance(service.node.storage, SqliteStorage)
+        self.assertIsInstance(service.pool, ThreadPoolService)
+        self.assertIs(list(service)[0], service.pool)
+
+    def test_memcached_backend_is_wired_with_its_pool(self) -> None:
+        """``backend = "memcached"`` builds a MemcachedStorage with the pool (no I/O yet)."""
+        config = self.config(storage=StorageConfig(path=self.mktemp(), backend="memcached"))
+        service = tap.build_service(config, _ThreadedMemoryReactor())
+        self.assertIsInstance(service.node.storage, MemcachedStorage)
+        self.assertIs(list(service)[0], service.pool)
+
+    def test_default_backend_is_sqlite(self) -> None:
+        """With no configuration the durable sqlite backend is chosen."""
+        self.assertEqual(Config().storage.backend, "sqlite")
+
+    def test_endpoint_serves_status_health_and_metrics(self) -> None:
+        """The endpoint listener's root has ``status``, ``health`` and ``metrics`` children."""
+        reactor, service = self.start(self.config())
+        site = reactor.tcpServers[1][1]
+        for name in (b"status", b"health", b"metrics", b"update"):
+            self.assertIn(name, site.resource.children)
+        self.assertIsInstance(service.node.metrics, PrometheusMetrics)
 
     def test_stop_service_stops_listening(self) -> None:
         """Stopping the root service stops every listener."""
@@ -233,3 +276,72 @@ class MakeServiceTests(SynchronousTestCase):
         assert isinstance(error.code, str)
         self.assertTrue(error.code.startswith("error: "))
         self.assertIn("invalid TOML", error.code)
+
+
+class _FakeSession:
+    """A connected client for shutdown tests: records ``shutdown()`` calls."""
+
+    def __init__(self) -> None:
+        self.shutdowns = 0
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+    def replaced(self) -> None:
+        raise AssertionError("not expected")
+
+
+class _ClosingStorage(MemoryStorage):
+    """A ``MemoryStorage`` that counts ``close()`` calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = 0
+
+    def close(self) -> Any:
+        self.closed += 1
+        return super().close()
+
+
+class GracefulShutdownTests(SynchronousTestCase):
+    """Stopping ``PushService`` stops accepting, closes clients, drains, then closes storage."""
+
+    def start(self, timeout: float = 10.0) -> tuple[MemoryReactorClock, tap.PushService]:
+        reactor = MemoryReactorClock()
+        config = dataclasses.replace(
+            Config(),
+            storage=StorageConfig(path=self.mktemp(), backend="memory"),
+            server=ServerConfig(shutdown_timeout=timeout),
+        )
+        service = tap.build_service(config, reactor)
+        storage = _ClosingStorage()
+        service.node = dataclasses.replace(service.node, storage=storage)
+        service.startService()
+        return reactor, service
+
+    def test_clients_are_told_and_stop_waits_for_them(self) -> None:
+        """Each connected client gets ``shutdown()``; the stop waits until they are gone."""
+        reactor, service = self.start()
+        session = _FakeSession()
+        service.node.registry.add(UAID, session)
+        d = service.stopService()
+        self.assertEqual(session.shutdowns, 1)
+        self.assertFalse(any(listener.running for listener in service.listeners))
+        reactor.advance(1)
+        self.assertNoResult(d)
+        service.node.registry.remove(UAID, session)
+        reactor.advance(0.1)
+        self.successResultOf(d)
+        self.assertEqual(service.node.storage.closed, 1)  # type: ignore[attr-defined]
+
+    def test_stop_is_bounded_by_shutdown_timeout(self) -> None:
+        """A client that never goes does not hold the process past ``shutdown_timeout``."""
+        reactor, service = self.start(timeout=3.0)
+        service.node.registry.add(UAID, _FakeSession())
+        d = service.stopService()
+        reactor.advance(2.9)
+        self.assertNoResult(d)
+        reactor.advance(0.2)
+        self.successResultOf(d)
+        self.assertEqual(service.node.storage.closed, 1)  # type: ignore[attr-defined]
+        self.assertFalse(any(child.running for child in service))

@@ -74,6 +74,7 @@ def build_storage(
             reactor,
             ttl_deleted=config.ttl_deleted,
             busy_timeout=config.timeout,
+            synchronous=config.sqlite_synchronous,
         )
     client = make_memcached_client(
         config.servers,

@@ -273,16 +273,32 @@ class EndToEndTests(SynchronousTestCase):
             self.assertEqual(json.loads(response.read())["status"], "OK")
 
     def test_sigterm_shuts_down_cleanly(self) -> None:
-        """SIGTERM stops the server promptly, after a clean shutdown with no traceback.
-
-        twistd finishes the shutdown and then re-raises SIGTERM on itself (the
-        Unix convention, which systemd counts as success), so the status is
-        -SIGTERM rather than 0.
-        """
-        self.connect().hello()
-        self.assertEqual(self.server.stop(), -signal.SIGTERM)
+        """SIGTERM closes clients with 1001 (going away) and the process exits 0."""
+        client = self.connect()
+        client.hello()
+        self.assertEqual(self.server.stop(), 0)
+        client.ws.settimeout(TIMEOUT)
+        opcode, data = client.ws.recv_data(control_frame=True)
+        self.assertEqual(opcode, websocket.ABNF.OPCODE_CLOSE)
+        self.assertEqual(int.from_bytes(data[:2], "big"), 1001)
         self.assertIn("Server Shut Down.", self.server.log)
         self.assertNotIn("Traceback", self.server.log)
+
+    def test_sigterm_during_traffic_loses_no_accepted_update(self) -> None:
+        """Every PUT answered 200/202 before SIGTERM is delivered after the restart."""
+        client, uaid, chid, endpoint = self.registered()
+        client.close()
+        answered = []
+        for version in range(1, 21):
+            status, _ = put(endpoint, f"version={version}".encode())
+            self.assertIn(status, (200, 202))
+            answered.append(version)
+        self.assertEqual(self.server.stop(), 0)
+        self.server.start()
+        again = self.connect()
+        again.hello(uaid, [chid])
+        message = again.recv()
+        self.assertEqual(message["updates"], [{"channelID": chid, "version": answered[-1]}])
 
 
 class RetryTests(SynchronousTestCase):
