@@ -1,0 +1,243 @@
+"""The cluster's directory: which node holds the connection of each UAID.
+
+At hello a node writes ``uaid -> (its router URL, connected_at)``; an
+endpoint that stored an update reads it to find the node to forward to.
+Every write is a compare-and-set on the entry, so:
+
+- ``set_node`` replaces whatever is there and returns exactly the entry it
+  replaced (the node to tell to drop its older socket);
+- ``clear_node`` removes an entry only while it is still the one given (the
+  node's own entry at disconnect, or a dead node's entry that a forward
+  could not reach), so a device that has just reconnected elsewhere is never
+  erased.
+
+``connected_at`` is the holding node's own clock in integer milliseconds; it
+is compared only with other values of that node's clock (see ``router``).
+
+Backends:
+
+- ``MemoryDirectory``: dicts, for unit tests and a node running alone;
+- ``MemcachedDirectory``: the shared directory of a cluster, under the
+  storage ``key_prefix`` as ``<prefix>node:<uaid>``.  memcached's text
+  protocol has no conditional delete, so a cleared entry becomes a short-lived
+  tombstone written with ``cas`` (read back as "no entry").
+
+A miss is a normal result (None); a backend failure errbacks with
+``StorageUnavailable``, never reads as a miss.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
+
+from pymemcache.exceptions import MemcacheError
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from pushtwisted.errors import StorageUnavailable
+from pushtwisted.storage.memcached import MemcacheClient, memcached_expire
+
+if TYPE_CHECKING:
+    from pushtwisted.threadpool import Runner
+
+__all__ = ["Directory", "MemcachedDirectory", "MemoryDirectory", "NodeEntry"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+#: gets/cas attempts before giving up with StorageUnavailable.
+_CAS_ATTEMPTS = 32
+#: Seconds a cleared entry's tombstone lives (any set_node replaces it sooner).
+_TOMBSTONE_TTL = 10
+#: The value of a cleared entry.
+_TOMBSTONE: dict[str, object] = {}
+#: memcached's key length limit.
+_MAX_KEY = 250
+_KEY_TAG = "node:"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeEntry:
+    """Where one UAID is connected.
+
+    :ivar node_url: the holding node's router URL (``[router] public_url``).
+    :ivar connected_at: when the connection's hello succeeded, in integer
+        milliseconds of the holding node's clock.
+    """
+
+    node_url: str
+    connected_at: int
+
+    def encode(self) -> dict[str, object]:
+        """Return the JSON-serialisable form stored in the directory."""
+        return {"node": self.node_url, "connected_at": self.connected_at}
+
+
+def _decode_entry(value: object) -> NodeEntry | None:
+    """Return the entry stored as ``value``; None for a tombstone or a miss.
+
+    :raises StorageUnavailable: for a value that is neither.
+    """
+    if value is None or value == _TOMBSTONE:
+        return None
+    if isinstance(value, dict):
+        node = value.get("node")
+        connected_at = value.get("connected_at")
+        if (
+            isinstance(node, str)
+            and node
+            and isinstance(connected_at, int)
+            and not isinstance(connected_at, bool)
+        ):
+            return NodeEntry(node_url=node, connected_at=connected_at)
+    raise StorageUnavailable(f"memcached: corrupt directory entry {value!r:.80}")
+
+
+class Directory(Protocol):
+    """The shared ``uaid -> NodeEntry`` map (UAIDs in normal form)."""
+
+    def set_node(self, uaid: str, node_url: str, connected_at: int) -> Deferred[NodeEntry | None]:
+        """Make ``node_url`` the holder of ``uaid``; fire with the entry it replaced."""
+
+    def get_node(self, uaid: str) -> Deferred[NodeEntry | None]:
+        """Fire with the current entry of ``uaid``, or None."""
+
+    def clear_node(self, uaid: str, entry: NodeEntry) -> Deferred[bool]:
+        """Remove the entry of ``uaid`` only if it still equals ``entry``.
+
+        Fires True when it was removed, False when it had changed or was gone.
+        """
+
+
+class MemoryDirectory:
+    """A ``Directory`` in a dict: one process only (unit tests, a single node)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, NodeEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def set_node(self, uaid: str, node_url: str, connected_at: int) -> Deferred[NodeEntry | None]:
+        """Replace the entry; fire with the previous one."""
+        previous = self._entries.get(uaid)
+        self._entries[uaid] = NodeEntry(node_url=node_url, connected_at=connected_at)
+        return succeed(previous)
+
+    def get_node(self, uaid: str) -> Deferred[NodeEntry | None]:
+        """Fire with the entry or None."""
+        return succeed(self._entries.get(uaid))
+
+    def clear_node(self, uaid: str, entry: NodeEntry) -> Deferred[bool]:
+        """Remove the entry if it equals ``entry``."""
+        if self._entries.get(uaid) == entry:
+            del self._entries[uaid]
+            return succeed(True)
+        return succeed(False)
+
+
+def _translated(func: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Turn client errors raised by ``func`` into ``StorageUnavailable``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return func(*args, **kwargs)
+        except (MemcacheError, OSError) as e:
+            raise StorageUnavailable(f"memcached: {e!r}") from e
+        except ValueError as e:  # corrupt JSON
+            raise StorageUnavailable(f"memcached: undecodable directory entry: {e}") from e
+
+    return wrapper
+
+
+class MemcachedDirectory:
+    """A ``Directory`` in memcached, shared by every node of a cluster.
+
+    :param client: a thread-safe pymemcache client with the JSON serde
+        (``pushtwisted.storage.memcached.make_memcached_client``).
+    :param run: the runner of blocking calls (``ThreadPoolService.run``).
+    :param clock: the reactor clock (``now`` for long expiries).
+    :param ttl: seconds an entry lives after its hello (clamped for
+        memcached like ``memcached_expire``); use the storage
+        ``ttl_registered``.
+    :param key_prefix: the storage ``key_prefix``; keys are
+        ``<prefix>node:<uaid>``.
+    :raises ValueError: for a non-positive ``ttl`` or a prefix that would make
+        keys too long or contains spaces or control characters.
+    """
+
+    def __init__(
+        self,
+        client: MemcacheClient,
+        run: Runner,
+        clock: IReactorTime,
+        *,
+        ttl: float,
+        key_prefix: str = "",
+    ) -> None:
+        if not ttl > 0:
+            raise ValueError("ttl must be > 0")
+        if len(key_prefix) + len(_KEY_TAG) + 32 > _MAX_KEY:
+            raise ValueError("key_prefix too long for directory keys")
+        if not all(0x21 <= ord(c) <= 0x7E for c in key_prefix):
+            raise ValueError("key_prefix must be printable ASCII without spaces")
+        self._client = client
+        self._run = run
+        self._clock = clock
+        self._ttl = ttl
+        self._prefix = key_prefix
+
+    def _key(self, uaid: str) -> str:
+        return f"{self._prefix}{_KEY_TAG}{uaid}"
+
+    # -- the asynchronous API (reactor thread) --------------------------------
+
+    def set_node(self, uaid: str, node_url: str, connected_at: int) -> Deferred[NodeEntry | None]:
+        """Replace the entry with a compare-and-set loop; fire with the replaced entry."""
+        entry = NodeEntry(node_url=node_url, connected_at=connected_at)
+        expire = memcached_expire(self._ttl, self._clock.seconds())
+        return self._run("directory_set", self._set_blocking, self._key(uaid), entry, expire)
+
+    def get_node(self, uaid: str) -> Deferred[NodeEntry | None]:
+        """Fire with the entry or None."""
+        return self._run("directory_get", self._get_blocking, self._key(uaid))
+
+    def clear_node(self, uaid: str, entry: NodeEntry) -> Deferred[bool]:
+        """Replace the entry by a tombstone if, and only if, it still equals ``entry``."""
+        return self._run("directory_clear", self._clear_blocking, self._key(uaid), entry)
+
+    # -- blocking work (storage pool threads) ---------------------------------
+
+    @_translated
+    def _set_blocking(self, key: str, entry: NodeEntry, expire: int) -> NodeEntry | None:
+        value = entry.encode()
+        for _ in range(_CAS_ATTEMPTS):
+            current, cas = self._client.gets(key)
+            if current is None:
+                if self._client.add(key, value, expire=expire, noreply=False):
+                    return None
+                continue  # another node added it first: read it and replace it
+            try:
+                previous = _decode_entry(current)
+            except StorageUnavailable:
+                previous = None  # a corrupt entry is simply replaced
+            if self._client.cas(key, value, cas, expire=expire):
+                return previous
+        raise StorageUnavailable("memcached: directory entry contended, giving up")
+
+    @_translated
+    def _get_blocking(self, key: str) -> NodeEntry | None:
+        return _decode_entry(self._client.get(key))
+
+    @_translated
+    def _clear_blocking(self, key: str, entry: NodeEntry) -> bool:
+        current, cas = self._client.gets(key)
+        if current is None or _decode_entry(current) != entry:
+            return False
+        # No conditional delete in the text protocol: overwrite with a
+        # tombstone, only if nobody wrote in between.
+        return bool(self._client.cas(key, _TOMBSTONE, cas, expire=_TOMBSTONE_TTL))

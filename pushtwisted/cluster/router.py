@@ -1,0 +1,379 @@
+"""``Router``: deliver an update to its device, on whichever node it is connected.
+
+The endpoint has already *stored* the update when it calls ``route`` (or
+``deliver``), so every failure below ends in "stored" (202): the device gets
+the update at its next hello, or at once if a node is told to check storage.
+Only a confirmed hand-over to a live socket is "delivered" (200).
+
+Decision table of ``route(uaid, channel_id, version, data)``:
+
+====  ==============================================  ==========================================
+step  condition                                       action and outcome
+====  ==============================================  ==========================================
+1     a session on this node holds the UAID and       ``LOCAL`` (200)
+      takes the update
+2     the directory read fails                        ``DIRECTORY_FAILED`` (202)
+3     the entry names another node                    signed ``PUT {node}/push/{uaid}``:
+3a      it answers 200                                ``REMOTE`` (200)
+3b      404: the device is not there (it moved, or    go to 4 (the entry is left alone: the
+        is between hello and ready)                   node that now holds it rewrote it)
+3c      connection refused / host unreachable         ``clear_node(entry)`` (compare-and-set:
+                                                      only while unchanged), then 4
+3d      timeout, another status, another error        go to 4 (a slow node may still hold it)
+4     no entry, this node's own entry (a hello in     re-read the directory once:
+      progress here or a socket just closed), or 3b-d
+4a      a different entry appeared                    tell its node to check storage (this
+                                                      node: ``session.check_storage()``;
+                                                      another: signed ``PUT {node}/notif/{uaid}``)
+                                                      -> ``NOTIFIED`` (202)
+4b      nothing new                                   ``NOT_CONNECTED`` (no node was tried) or
+                                                      ``NODE_FAILED`` (202)
+====  ==============================================  ==========================================
+
+Why no update is lost in the reconnect race: a hello writes the directory
+*before* it reads storage (``on_hello`` before ``fetch_pending``), and the
+endpoint stores *before* it reads the directory.  Whichever of the two reads
+comes second sees the other's write.  The re-read of step 4 covers the
+window where the device moves while a forward is in flight.
+
+Newest connection wins: ``on_hello`` replaces the directory entry and, when
+the replaced entry belonged to another node, sends it
+``DELETE {node}/notif/{uaid}/{connected_at}`` with the *replaced entry's*
+``connected_at``.  That node closes its socket for the UAID only if that
+socket's ``connected_at`` is not newer, so both sides of the comparison come
+from the same node's clock and clock skew between hosts cannot close the
+wrong socket.  The order of directory writes (serialised by memcached's
+compare-and-set) decides which connection is the newest.
+
+Every node-to-node request is signed (``signing``), bounded by ``timeout``
+seconds on the injected clock, and counted in ``router_requests`` by kind and
+result.  The router keeps no per-request state on itself, so concurrent
+requests cannot interfere.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import readBody
+
+from pushtwisted.cluster.directory import Directory, NodeEntry
+from pushtwisted.cluster.signing import RequestSigner
+from pushtwisted.logs import uaid_hash
+from pushtwisted.metrics import Metrics
+from pushtwisted.registry import ClientRegistry
+
+__all__ = [
+    "HTTPClient",
+    "RouteOutcome",
+    "RoutedSession",
+    "Router",
+    "connected_at_ms",
+]
+
+
+def connected_at_ms(seconds: float) -> int:
+    """Return a clock reading (seconds) as the integer milliseconds of ``connected_at``."""
+    return int(seconds * 1000)
+
+
+class HTTPClient(Protocol):
+    """The part of ``treq.client.HTTPClient`` the router uses (``StubTreq`` in tests)."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        """Send a request (``data=`` body bytes, ``headers=``); fire with the response."""
+
+
+class RoutedSession(Protocol):
+    """What the router and the router listener need of a connected session."""
+
+    @property
+    def connected_at(self) -> int | None:
+        """When its hello succeeded, in integer milliseconds of this node's clock."""
+
+    def deliver(self, channel_id: str, version: int, data: str | None) -> bool:
+        """Send a live update; True when it reached an open, ready connection."""
+
+    def check_storage(self) -> Deferred[None]:
+        """Read storage again and send what is pending and not yet sent."""
+
+    def replaced(self) -> None:
+        """Close because a newer connection took the UAID."""
+
+
+class RouteOutcome(enum.Enum):
+    """What ``Router.route`` did with a stored update."""
+
+    #: Handed to a session on this node.
+    LOCAL = "local"
+    #: The node holding the UAID confirmed it handed it over.
+    REMOTE = "remote"
+    #: No node holds the UAID; it waits in storage.
+    NOT_CONNECTED = "not_connected"
+    #: The holding node said "not here", could not be reached or timed out.
+    NODE_FAILED = "node_failed"
+    #: A node appeared on the re-read and was told to check storage.
+    NOTIFIED = "notified"
+    #: The directory could not be read; the update waits in storage.
+    DIRECTORY_FAILED = "directory_failed"
+
+    @property
+    def delivered(self) -> bool:
+        """True when a live socket took the update (the endpoint answers 200)."""
+        return self in (RouteOutcome.LOCAL, RouteOutcome.REMOTE)
+
+
+class _Result(enum.Enum):
+    """The result of one node-to-node request (the ``result`` metric label)."""
+
+    OK = "ok"
+    NOT_FOUND = "not_found"
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+#: Errors meaning "nothing listens there": the entry's node is gone.
+_UNREACHABLE = (ConnectError, DNSLookupError, ConnectionRefusedError)
+
+
+def _timed_out(result: object, timeout: float) -> object:
+    """Whatever the cancelled request failed with, report a timeout."""
+    raise TimeoutError(f"node request took more than {timeout} s")
+
+
+class Router:
+    """Route stored updates to the node holding the device; keep the directory.
+
+    :param node_url: this node's router URL (``[router] public_url``), as
+        written in the directory.
+    :param directory: the shared ``uaid -> node`` directory.
+    :param registry: this node's connected sessions (``RoutedSession``).
+    :param http: a treq ``HTTPClient`` with its own connection pool.
+    :param signer: signs every node-to-node request.
+    :param clock: the reactor's time (timeouts, ``connected_at``).
+    :param timeout: seconds one node-to-node request may take, body included.
+    :param metrics: where routing is counted.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        node_url: str,
+        directory: Directory,
+        registry: ClientRegistry[Any],
+        http: HTTPClient,
+        signer: RequestSigner,
+        clock: IReactorTime,
+        timeout: float,
+        metrics: Metrics,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError("timeout must be > 0")
+        self.node_url = node_url.rstrip("/")
+        self.directory = directory
+        self._registry = registry
+        self._http = http
+        self._signer = signer
+        self._clock = clock
+        self._timeout = timeout
+        self._metrics = metrics
+
+    # -- the endpoint's side ----------------------------------------------------
+
+    def deliver(self, uaid: str, channel_id: str, version: int, data: str | None) -> Deferred[bool]:
+        """Route a stored update; fire True when a live socket took it (see ``route``)."""
+        d = self.route(uaid, channel_id, version, data)
+        return d.addCallback(lambda outcome: outcome.delivered)
+
+    def route(
+        self, uaid: str, channel_id: str, version: int, data: str | None
+    ) -> Deferred[RouteOutcome]:
+        """Route a stored update following the module's decision table; never fails."""
+        return Deferred.fromCoroutine(self._route(uaid, channel_id, version, data))
+
+    async def _route(
+        self, uaid: str, channel_id: str, version: int, data: str | None
+    ) -> RouteOutcome:
+        # 1. A session here.
+        if self._deliver_locally(uaid, channel_id, version, data):
+            return self._outcome(RouteOutcome.LOCAL)
+        # 2. The directory.
+        try:
+            entry = await self.directory.get_node(uaid)
+        except Exception as e:
+            self._directory_failed("get", uaid, e)
+            return self._outcome(RouteOutcome.DIRECTORY_FAILED)
+        tried = False
+        if entry is not None and entry.node_url != self.node_url:
+            # 3. Forward to the node that holds it.
+            tried = True
+            body = json.dumps(
+                {"channelID": channel_id, "version": version, "data": data},
+                separators=(",", ":"),
+            ).encode("utf-8")
+            result = await self._call("push", b"PUT", entry.node_url, f"/push/{uaid}", body)
+            if result is _Result.OK:
+                return self._outcome(RouteOutcome.REMOTE)
+            if result is _Result.UNREACHABLE:
+                await self._clear_dead(uaid, entry)
+        # 4. Re-read once: has the device appeared somewhere else meanwhile?
+        try:
+            fresh = await self.directory.get_node(uaid)
+        except Exception as e:
+            self._directory_failed("get", uaid, e)
+            return self._outcome(RouteOutcome.DIRECTORY_FAILED)
+        if fresh is not None and fresh != entry:
+            await self._check_storage(uaid, fresh)
+            return self._outcome(RouteOutcome.NOTIFIED)
+        return self._outcome(RouteOutcome.NODE_FAILED if tried else RouteOutcome.NOT_CONNECTED)
+
+    def _deliver_locally(self, uaid: str, channel_id: str, version: int, data: str | None) -> bool:
+        session: RoutedSession | None = self._registry.get(uaid)
+        if session is None:
+            return False
+        try:
+            return bool(session.deliver(channel_id, version, data))
+        except Exception:
+            self.log.failure("local delivery failed {uaid_hash}", uaid_hash=uaid_hash(uaid))
+            return False
+
+    async def _clear_dead(self, uaid: str, entry: NodeEntry) -> None:
+        """Clear the entry of a node that refused the connection, if still unchanged."""
+        try:
+            cleared = await self.directory.clear_node(uaid, entry)
+        except Exception as e:
+            self._directory_failed("clear", uaid, e)
+            return
+        self.log.info(
+            "unreachable node {node} {uaid_hash}: entry cleared={cleared}",
+            node=entry.node_url,
+            uaid_hash=uaid_hash(uaid),
+            cleared=cleared,
+        )
+
+    async def _check_storage(self, uaid: str, entry: NodeEntry) -> None:
+        """Tell the node of ``entry`` that storage has something for ``uaid``."""
+        if entry.node_url == self.node_url:
+            session: RoutedSession | None = self._registry.get(uaid)
+            if session is None:
+                return  # its hello is in progress here: it reads storage after the write
+            try:
+                await session.check_storage()
+            except Exception:
+                self.log.failure(
+                    "local check_storage failed {uaid_hash}", uaid_hash=uaid_hash(uaid)
+                )
+            return
+        await self._call("notif", b"PUT", entry.node_url, f"/notif/{uaid}", b"")
+
+    # -- the session's side -----------------------------------------------------
+
+    def on_hello(self, uaid: str, connected_at: int) -> Deferred[None]:
+        """Record this node as the holder of ``uaid``; kick the previous node's socket.
+
+        Fires once the directory entry is written (call it *before* reading
+        storage); the kick is sent in the background.  Errbacks with the
+        directory's error (``StorageUnavailable``) when the write fails.
+        """
+        return Deferred.fromCoroutine(self._on_hello(uaid, connected_at))
+
+    async def _on_hello(self, uaid: str, connected_at: int) -> None:
+        previous = await self.directory.set_node(uaid, self.node_url, connected_at)
+        if previous is None or previous.node_url == self.node_url:
+            # Nobody, or an older socket here: the registry closes that one.
+            return
+        path = f"/notif/{uaid}/{previous.connected_at}"
+        kick = Deferred.fromCoroutine(self._call("kick", b"DELETE", previous.node_url, path, b""))
+        kick.addErrback(lambda f: self.log.failure("kick failed", f))
+
+    def on_disconnect(self, uaid: str, connected_at: int) -> Deferred[bool]:
+        """Remove this node's entry for the connection that closed, if still its own.
+
+        Fires True when the entry was removed; never fails (errors are logged).
+        """
+        entry = NodeEntry(node_url=self.node_url, connected_at=connected_at)
+        d = self.directory.clear_node(uaid, entry)
+
+        def failed(failure: Failure) -> bool:
+            self._directory_failed("clear", uaid, failure.value)
+            return False
+
+        return d.addErrback(failed)
+
+    # -- node-to-node requests --------------------------------------------------
+
+    async def _call(
+        self, kind: str, method: bytes, node_url: str, path: str, body: bytes
+    ) -> _Result:
+        """Send one signed request to another node; return how it went (never raises)."""
+        url = node_url.rstrip("/") + quote(path)
+        started = self._clock.seconds()
+        exchange = Deferred.fromCoroutine(self._exchange(method, url, body))
+        exchange.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
+        try:
+            status = await exchange
+        except Exception as e:
+            result = self._classify(e)
+            self.log.info(
+                "{kind} to {node} failed: {result} ({error})",
+                kind=kind,
+                node=node_url,
+                result=result.value,
+                error=type(e).__name__,
+            )
+        else:
+            result = {200: _Result.OK, 404: _Result.NOT_FOUND}.get(status, _Result.ERROR)
+            if result is _Result.ERROR:
+                self.log.warn(
+                    "{kind} to {node} answered {status}", kind=kind, node=node_url, status=status
+                )
+        self._metrics.increment("router_requests", kind=kind, result=result.value)
+        self._metrics.observe("router_latency_seconds", self._clock.seconds() - started, kind=kind)
+        return result
+
+    async def _exchange(self, method: bytes, url: str, body: bytes) -> int:
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        headers: dict[bytes, bytes] = dict(self._signer.sign(method, target.encode("ascii"), body))
+        kwargs: dict[str, object] = {"headers": headers}
+        if body:
+            headers[b"Content-Type"] = b"application/json"
+            kwargs["data"] = body
+        response = await self._http.request(method.decode("ascii"), url, **kwargs)
+        # Read the body so the connection goes back to the pool.
+        await readBody(response)
+        return int(response.code)
+
+    @staticmethod
+    def _classify(error: BaseException) -> _Result:
+        if isinstance(error, (TimeoutError, CancelledError)):
+            return _Result.TIMEOUT
+        if isinstance(error, _UNREACHABLE):
+            return _Result.UNREACHABLE
+        return _Result.ERROR
+
+    # -- bookkeeping ------------------------------------------------------------
+
+    def _outcome(self, outcome: RouteOutcome) -> RouteOutcome:
+        self._metrics.increment("route_outcomes", outcome=outcome.value)
+        return outcome
+
+    def _directory_failed(self, operation: str, uaid: str, error: BaseException | None) -> None:
+        self._metrics.increment("directory_errors", operation=operation)
+        self.log.warn(
+            "directory {operation} failed {uaid_hash}: {error}",
+            operation=operation,
+            uaid_hash=uaid_hash(uaid),
+            error=str(error),
+        )

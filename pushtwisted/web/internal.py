@@ -1,0 +1,267 @@
+"""The router listener: the node-to-node HTTP API, served on a private port only.
+
+Every request must be signed with the cluster's shared secret
+(``pushtwisted.cluster.signing``); the signature is checked before anything
+else, so an unsigned, stale or wrongly signed request is answered a bare 401
+whatever its path or method, and a device or app server that reaches this
+port learns nothing.  UAIDs are in normal form (32 lower-case hex).
+
+=======================================  =====================================================
+request                                  answer
+=======================================  =====================================================
+``PUT /push/<uaid>``                     200 the local session took the update; 404 no
+JSON ``{"channelID", "version",          session here (or it is closing); 400 the body is
+"data"}``                                not that JSON object
+``PUT /notif/<uaid>``                    200 the local session was told to read storage again
+                                         and send what is pending; 404 no session here
+``DELETE /notif/<uaid>/<connected_at>``  200 the local session, connected at or before
+                                         ``connected_at`` (ms of this node's clock), was
+                                         closed as replaced; 404 no such session; 400 a
+                                         ``connected_at`` that is not an integer
+any request without a good signature     401
+another method on those paths            405 (``Allow``)
+any other path                           404
+=======================================  =====================================================
+
+Every answer is JSON: ``{}`` on success, the one error shape of
+``pushtwisted.web._util`` otherwise.  The access log is off on this listener
+(paths carry UAIDs); each request is logged once with the UAID hashed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from pushtwisted.cluster.router import RoutedSession
+from pushtwisted.cluster.signing import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    RequestSigner,
+    SignatureError,
+)
+from pushtwisted.ids import is_valid_id
+from pushtwisted.logs import uaid_hash
+from pushtwisted.metrics import Metrics
+from pushtwisted.registry import ClientRegistry
+from pushtwisted.web._util import HTTPRequest, JSONResponse, error_body, json_response
+from pushtwisted.web.endpoint import EndpointSite
+
+__all__ = ["InternalResource", "InternalSite", "build_internal_site"]
+
+_MAX_VERSION = 2**63 - 1
+_MAX_CONNECTED_AT_DIGITS = 18
+_UNAUTHORIZED_ERRNO = 109
+
+
+def _error(code: int, errno: int, message: str, **headers: bytes) -> JSONResponse:
+    extra = tuple((name.encode("ascii"), value) for name, value in headers.items())
+    return JSONResponse(code=code, body=error_body(code, errno, message), headers=extra)
+
+
+_UNAUTHORIZED = _error(401, _UNAUTHORIZED_ERRNO, "Unauthorized")
+_NOT_FOUND = _error(404, 102, "Not Found")
+_BAD_BODY = _error(400, 303, "Invalid request body")
+_OK = JSONResponse(code=200)
+
+
+def _not_allowed(allow: bytes) -> JSONResponse:
+    return _error(405, 304, "Method Not Allowed", Allow=allow)
+
+
+@dataclass(frozen=True, slots=True)
+class _Push:
+    """A parsed ``PUT /push`` body."""
+
+    channel_id: str
+    version: int
+    data: str | None
+
+
+def _parse_push(body: bytes) -> _Push | None:
+    """Return the update in a ``PUT /push`` body, or None when it is malformed."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    channel_id = value.get("channelID")
+    version = value.get("version")
+    data = value.get("data")
+    if not isinstance(channel_id, str) or not channel_id:
+        return None
+    if not isinstance(version, int) or isinstance(version, bool):
+        return None
+    if not 0 <= version <= _MAX_VERSION:
+        return None
+    if data is not None and not isinstance(data, str):
+        return None
+    return _Push(channel_id, version, data or None)
+
+
+class InternalResource(Resource):
+    """The whole router listener: check the signature, then dispatch by path.
+
+    :param registry: this node's connected sessions (``RoutedSession``).
+    :param signer: verifies every request's signature.
+    :param metrics: where requests are counted (``router_received``).
+    :param clock: the reactor's time (request latency in the log).
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self,
+        registry: ClientRegistry[Any],
+        signer: RequestSigner,
+        metrics: Metrics,
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._registry = registry
+        self._signer = signer
+        self._metrics = metrics
+        self._clock = clock
+
+    def render(self, request: HTTPRequest) -> int:
+        """Answer one request synchronously (every handler is immediate)."""
+        started = self._clock.seconds()
+        kind, uaid, response = self._answer(request)
+        json_response(request, response.code, response.body, headers=response.headers)
+        self._metrics.increment("router_received", kind=kind, status=str(response.code))
+        self.log.info(
+            "{method} /{kind}/ {status} in {latency}s {uaid_hash}",
+            method=request.method.decode("ascii", "replace"),
+            kind=kind,
+            status=response.code,
+            latency=round(max(0.0, self._clock.seconds() - started), 6),
+            uaid_hash=uaid_hash(uaid) if uaid else "",
+        )
+        return NOT_DONE_YET
+
+    def _answer(self, request: HTTPRequest) -> tuple[str, str | None, JSONResponse]:
+        """Return the metric kind, the UAID (when the path names one) and the answer."""
+        content = request.content
+        if content is not None:
+            content.seek(0)
+        body = content.read() if content is not None else b""
+        try:
+            self._signer.verify(
+                request.method,
+                request.uri,
+                {
+                    TIMESTAMP_HEADER: request.getHeader(TIMESTAMP_HEADER),
+                    SIGNATURE_HEADER: request.getHeader(SIGNATURE_HEADER),
+                },
+                body,
+            )
+        except SignatureError as e:
+            self.log.warn("refused node request: {reason}", reason=str(e))
+            return "unauthorized", None, _UNAUTHORIZED
+        segments = [s.decode("ascii", "replace") for s in request.postpath or []]
+        if len(segments) < 2 or segments[0] not in ("push", "notif") or len(segments) > 3:
+            return "unknown", None, _NOT_FOUND
+        kind, uaid = segments[0], segments[1]
+        if not is_valid_id(uaid) or uaid != uaid.lower() or len(uaid) != 32:
+            return "unknown", None, _NOT_FOUND
+        method = request.method
+        if kind == "push" and len(segments) == 2:
+            if method != b"PUT":
+                return kind, uaid, _not_allowed(b"PUT")
+            return kind, uaid, self._push(uaid, body)
+        if kind == "notif" and len(segments) == 2:
+            if method != b"PUT":
+                return kind, uaid, _not_allowed(b"PUT")
+            return kind, uaid, self._notif(uaid)
+        if kind == "notif":
+            if method != b"DELETE":
+                return "kick", uaid, _not_allowed(b"DELETE")
+            return "kick", uaid, self._kick(uaid, segments[2])
+        return "unknown", None, _NOT_FOUND
+
+    def _session(self, uaid: str) -> RoutedSession | None:
+        session: RoutedSession | None = self._registry.get(uaid)
+        return session
+
+    def _push(self, uaid: str, body: bytes) -> JSONResponse:
+        push = _parse_push(body)
+        if push is None:
+            return _BAD_BODY
+        session = self._session(uaid)
+        if session is None:
+            return _NOT_FOUND
+        delivered = self._safely(
+            lambda: session.deliver(push.channel_id, push.version, push.data), uaid
+        )
+        return _OK if delivered else _NOT_FOUND
+
+    def _notif(self, uaid: str) -> JSONResponse:
+        session = self._session(uaid)
+        if session is None:
+            return _NOT_FOUND
+
+        def check() -> bool:
+            d = session.check_storage()
+            d.addErrback(
+                lambda f: self.log.failure(
+                    "check_storage failed {uaid_hash}", f, uaid_hash=uaid_hash(uaid)
+                )
+            )
+            return True
+
+        return _OK if self._safely(check, uaid) else _NOT_FOUND
+
+    def _kick(self, uaid: str, raw: str) -> JSONResponse:
+        if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_CONNECTED_AT_DIGITS:
+            return _error(400, 303, "Invalid connected_at")
+        connected_at = int(raw)
+        session = self._session(uaid)
+        if session is None:
+            return _NOT_FOUND
+        held_since = session.connected_at
+        if held_since is None or held_since > connected_at:
+            # A newer connection arrived here after the kick was sent: keep it.
+            return _NOT_FOUND
+
+        def kick() -> bool:
+            session.replaced()
+            return True
+
+        return _OK if self._safely(kick, uaid) else _NOT_FOUND
+
+    def _safely(self, call: Callable[[], bool], uaid: str) -> bool:
+        try:
+            return bool(call())
+        except Exception:
+            self.log.failure("node request failed {uaid_hash}", uaid_hash=uaid_hash(uaid))
+            return False
+
+
+class InternalSite(EndpointSite):
+    """The router listener's ``Site``: bodies limited early, no access log."""
+
+    def log(self, request: http.Request) -> None:
+        """Write nothing: ``InternalResource`` logs each request with the UAID hashed."""
+
+
+def build_internal_site(
+    registry: ClientRegistry[Any],
+    signer: RequestSigner,
+    metrics: Metrics,
+    clock: IReactorTime,
+    *,
+    max_body: int = 65536,
+) -> InternalSite:
+    """Return the router listener's ``Site``, timed by ``clock``."""
+    resource = InternalResource(registry, signer, metrics, clock)
+    return InternalSite(resource, max_body=max_body, reactor=clock)

@@ -1,0 +1,340 @@
+"""Tests for ``pushtwisted.web.internal``: the router listener over ``StubTreq``.
+
+Requests are signed like a peer node signs them; the unsigned, stale and
+wrongly signed ones must get a bare 401 whatever their path.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import fail
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from pushtwisted.cluster.signing import RequestSigner
+from pushtwisted.errors import StorageUnavailable
+from pushtwisted.registry import ClientRegistry
+from pushtwisted.web.internal import InternalResource, InternalSite, build_internal_site
+from tests._cluster_fakes import SECRET, FakeSession, RecordingMetrics
+
+NODE = "http://10.0.0.9:3000"
+NOW = 1_700_000_000.0
+
+
+class InternalTestCase(SynchronousTestCase):
+    """A node's router listener resource with a registry of fake sessions."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.registry: ClientRegistry[Any] = ClientRegistry()
+        self.metrics = RecordingMetrics()
+        self.signer = RequestSigner(SECRET, clock=self.clock, max_skew=30)
+        self.resource = InternalResource(self.registry, self.signer, self.metrics, self.clock)
+        self.stub = StubTreq(self.resource)
+        self.uaid = uuid.uuid4().hex
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        *,
+        signer: RequestSigner | None = None,
+        signed: bool = True,
+        headers: dict[bytes, bytes] | None = None,
+    ) -> tuple[int, Any, Any]:
+        """Send one request; return (status, decoded JSON body, response headers)."""
+        all_headers: dict[bytes, bytes] = {}
+        if signed:
+            all_headers.update((signer or self.signer).sign(method.encode(), path.encode(), body))
+        all_headers.update(headers or {})
+        kwargs: dict[str, Any] = {"headers": all_headers}
+        if body:
+            kwargs["data"] = body
+        d = self.stub.request(method, NODE + path, **kwargs)
+        self.stub.flush()
+        response = self.successResultOf(d)
+        content = self.successResultOf(self.stub.content(response))
+        return response.code, json.loads(content), response.headers
+
+    def push_body(self, **fields: Any) -> bytes:
+        body = {"channelID": "chan", "version": 7, "data": "payload"}
+        body.update(fields)
+        return json.dumps(body).encode()
+
+    def connect(self, session: FakeSession) -> FakeSession:
+        self.registry.add(self.uaid, session)
+        return session
+
+
+class SignatureTests(InternalTestCase):
+    """Every request needs a good signature; the 401 says nothing more."""
+
+    def assertUnauthorized(self, status: int, body: Any) -> None:
+        self.assertEqual(status, 401)
+        self.assertEqual(
+            body, {"code": 401, "errno": 109, "error": "Unauthorized", "message": "Unauthorized"}
+        )
+
+    def test_unsigned(self) -> None:
+        """An unsigned request is 401, even for a connected UAID; nothing is delivered."""
+        session = self.connect(FakeSession())
+        status, body, _ = self.request("PUT", f"/push/{self.uaid}", self.push_body(), signed=False)
+        self.assertUnauthorized(status, body)
+        self.assertEqual(session.delivered, [])
+        self.assertEqual(
+            self.metrics.count("router_received", kind="unauthorized", status="401"), 1
+        )
+
+    def test_unsigned_unknown_path(self) -> None:
+        """Unknown paths are 401 too when unsigned: the listener reveals nothing."""
+        for method, path in (("GET", "/"), ("GET", "/status"), ("POST", "/push/x")):
+            status, body, _ = self.request(method, path, signed=False)
+            self.assertUnauthorized(status, body)
+
+    def test_stale(self) -> None:
+        """A request signed more than ``max_skew`` seconds ago is 401."""
+        session = self.connect(FakeSession())
+        old_clock = Clock()
+        old_clock.advance(NOW - 31)
+        old = RequestSigner(SECRET, clock=old_clock)
+        status, body, _ = self.request("PUT", f"/push/{self.uaid}", self.push_body(), signer=old)
+        self.assertUnauthorized(status, body)
+        self.assertEqual(session.delivered, [])
+
+    def test_wrong_secret(self) -> None:
+        """A request signed with another secret is 401."""
+        other = RequestSigner("not-the-secret", clock=self.clock)
+        status, body, _ = self.request("PUT", f"/notif/{self.uaid}", signer=other)
+        self.assertUnauthorized(status, body)
+
+    def test_body_swapped(self) -> None:
+        """A signature of another body is 401 (the body is signed)."""
+        session = self.connect(FakeSession())
+        headers = self.signer.sign(b"PUT", f"/push/{self.uaid}".encode(), self.push_body())
+        status, body, _ = self.request(
+            "PUT", f"/push/{self.uaid}", self.push_body(version=8), signed=False, headers=headers
+        )
+        self.assertUnauthorized(status, body)
+        self.assertEqual(session.delivered, [])
+
+    def test_path_swapped(self) -> None:
+        """A signature for another UAID's path is 401 (the path is signed)."""
+        headers = self.signer.sign(b"PUT", b"/notif/" + b"f" * 32, b"")
+        status, body, _ = self.request("PUT", f"/notif/{self.uaid}", signed=False, headers=headers)
+        self.assertUnauthorized(status, body)
+
+
+class PushTests(InternalTestCase):
+    """``PUT /push/<uaid>``: 200 delivered, 404 not here, 400 bad body."""
+
+    def test_delivered(self) -> None:
+        """A connected session takes the update: 200 ``{}``."""
+        session = self.connect(FakeSession())
+        status, body, _ = self.request("PUT", f"/push/{self.uaid}", self.push_body())
+        self.assertEqual((status, body), (200, {}))
+        self.assertEqual(session.delivered, [("chan", 7, "payload")])
+        self.assertEqual(self.metrics.count("router_received", kind="push", status="200"), 1)
+
+    def test_empty_data_is_none(self) -> None:
+        """``data`` null or empty is delivered as None."""
+        session = self.connect(FakeSession())
+        self.request("PUT", f"/push/{self.uaid}", self.push_body(data=None))
+        self.request("PUT", f"/push/{self.uaid}", self.push_body(data="", version=8))
+        self.assertEqual(session.delivered, [("chan", 7, None), ("chan", 8, None)])
+
+    def test_not_here(self) -> None:
+        """No session for the UAID: 404."""
+        status, body, _ = self.request("PUT", f"/push/{self.uaid}", self.push_body())
+        self.assertEqual(status, 404)
+        self.assertEqual(body["code"], 404)
+
+    def test_session_refuses(self) -> None:
+        """A session that is closing does not take it: 404."""
+        self.connect(FakeSession(accept=False))
+        status, _, _ = self.request("PUT", f"/push/{self.uaid}", self.push_body())
+        self.assertEqual(status, 404)
+
+    def test_session_explodes(self) -> None:
+        """A session that raises is logged and answered 404 (the update stays stored)."""
+        session = self.connect(FakeSession())
+        session.explode = True
+        status, _, _ = self.request("PUT", f"/push/{self.uaid}", self.push_body())
+        self.assertEqual(status, 404)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_bad_bodies(self) -> None:
+        """A body that is not the JSON object with valid fields is 400."""
+        self.connect(FakeSession())
+        bad = [
+            b"not json",
+            b"[]",
+            self.push_body(channelID=""),
+            self.push_body(channelID=5),
+            self.push_body(version="7"),
+            self.push_body(version=True),
+            self.push_body(version=-1),
+            self.push_body(version=2**63),
+            self.push_body(data=5),
+            json.dumps({"version": 1}).encode(),
+        ]
+        for raw in bad:
+            status, body, _ = self.request("PUT", f"/push/{self.uaid}", raw)
+            self.assertEqual((status, body["errno"]), (400, 303), raw)
+
+    def test_empty_body(self) -> None:
+        """No body at all is 400."""
+        status, _, _ = self.request("PUT", f"/push/{self.uaid}")
+        self.assertEqual(status, 400)
+
+    def test_wrong_method(self) -> None:
+        """Another method on ``/push/<uaid>`` is 405 with ``Allow: PUT``."""
+        status, body, headers = self.request("POST", f"/push/{self.uaid}", self.push_body())
+        self.assertEqual((status, body["errno"]), (405, 304))
+        self.assertEqual(headers.getRawHeaders(b"Allow"), [b"PUT"])
+
+
+class NotifTests(InternalTestCase):
+    """``PUT /notif/<uaid>``: the local session reads storage again."""
+
+    def test_check_storage(self) -> None:
+        """A connected session is told to check storage: 200."""
+        session = self.connect(FakeSession())
+        status, body, _ = self.request("PUT", f"/notif/{self.uaid}")
+        self.assertEqual((status, body), (200, {}))
+        self.assertEqual(session.checks, 1)
+
+    def test_check_storage_fails_later(self) -> None:
+        """A check that fails afterwards is logged (the answer was already 200)."""
+        session = self.connect(FakeSession())
+        session.check_result = fail(StorageUnavailable("down"))
+        status, _, _ = self.request("PUT", f"/notif/{self.uaid}")
+        self.assertEqual(status, 200)
+        self.assertEqual(len(self.flushLoggedErrors(StorageUnavailable)), 1)
+
+    def test_check_storage_explodes(self) -> None:
+        """A session that raises at once is 404."""
+        session = self.connect(FakeSession())
+        session.explode = True
+        status, _, _ = self.request("PUT", f"/notif/{self.uaid}")
+        self.assertEqual(status, 404)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_not_here(self) -> None:
+        """No session: 404."""
+        status, _, _ = self.request("PUT", f"/notif/{self.uaid}")
+        self.assertEqual(status, 404)
+
+    def test_wrong_method(self) -> None:
+        """DELETE on ``/notif/<uaid>`` (no connected_at) is 405 ``Allow: PUT``."""
+        status, _, headers = self.request("DELETE", f"/notif/{self.uaid}")
+        self.assertEqual(status, 405)
+        self.assertEqual(headers.getRawHeaders(b"Allow"), [b"PUT"])
+
+
+class KickTests(InternalTestCase):
+    """``DELETE /notif/<uaid>/<connected_at>``: close an older local socket."""
+
+    def test_kick_same(self) -> None:
+        """The session connected at exactly that time is closed as replaced: 200."""
+        session = self.connect(FakeSession(1000))
+        status, body, _ = self.request("DELETE", f"/notif/{self.uaid}/1000")
+        self.assertEqual((status, body), (200, {}))
+        self.assertEqual(session.replaced_count, 1)
+        self.assertEqual(self.metrics.count("router_received", kind="kick", status="200"), 1)
+
+    def test_kick_older(self) -> None:
+        """A session older than ``connected_at`` is closed too."""
+        session = self.connect(FakeSession(900))
+        status, _, _ = self.request("DELETE", f"/notif/{self.uaid}/1000")
+        self.assertEqual(status, 200)
+        self.assertEqual(session.replaced_count, 1)
+
+    def test_newer_kept(self) -> None:
+        """A session newer than ``connected_at`` stays open: 404."""
+        session = self.connect(FakeSession(1001))
+        status, _, _ = self.request("DELETE", f"/notif/{self.uaid}/1000")
+        self.assertEqual(status, 404)
+        self.assertEqual(session.replaced_count, 0)
+
+    def test_not_ready_kept(self) -> None:
+        """A session without ``connected_at`` (not through hello) stays open: 404."""
+        session = self.connect(FakeSession(None))
+        status, _, _ = self.request("DELETE", f"/notif/{self.uaid}/1000")
+        self.assertEqual(status, 404)
+        self.assertEqual(session.replaced_count, 0)
+
+    def test_not_here(self) -> None:
+        """No session: 404."""
+        status, _, _ = self.request("DELETE", f"/notif/{self.uaid}/1000")
+        self.assertEqual(status, 404)
+
+    def test_bad_connected_at(self) -> None:
+        """A ``connected_at`` that is not a decimal integer is 400."""
+        self.connect(FakeSession(1000))
+        for bad in ("abc", "-1", "1.5", "9" * 19):
+            status, _, _ = self.request("DELETE", f"/notif/{self.uaid}/{bad}")
+            self.assertEqual(status, 400, bad)
+
+    def test_wrong_method(self) -> None:
+        """PUT on the kick path is 405 ``Allow: DELETE``."""
+        status, _, headers = self.request("PUT", f"/notif/{self.uaid}/1000")
+        self.assertEqual(status, 405)
+        self.assertEqual(headers.getRawHeaders(b"Allow"), [b"DELETE"])
+
+    def test_session_explodes(self) -> None:
+        """A session whose close raises is logged and answered 404."""
+
+        class Exploding(FakeSession):
+            def replaced(self) -> None:
+                raise RuntimeError("boom")
+
+        self.connect(Exploding(1000))
+        status, _, _ = self.request("DELETE", f"/notif/{self.uaid}/1000")
+        self.assertEqual(status, 404)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class PathTests(InternalTestCase):
+    """Signed requests to paths the listener does not serve are 404."""
+
+    def test_unknown_paths(self) -> None:
+        """Other paths, extra segments and non-normal UAIDs are 404."""
+        dashed = str(uuid.UUID(self.uaid))
+        for path in (
+            "/",
+            "/status",
+            "/push",
+            "/push/",
+            f"/route/{self.uaid}",
+            f"/notif/{self.uaid}/1/2",
+            f"/push/{self.uaid}/1",
+            f"/push/{self.uaid.upper()}",
+            f"/push/{dashed}",
+            "/push/not-a-uaid",
+        ):
+            status, body, _ = self.request("PUT", path, self.push_body())
+            self.assertEqual(status, 404, path)
+            self.assertEqual(body["code"], 404)
+
+
+class SiteTests(SynchronousTestCase):
+    """``build_internal_site`` wraps the resource in an ``InternalSite``."""
+
+    def test_site(self) -> None:
+        """The site limits bodies, writes no access log and uses the given clock."""
+        clock = Clock()
+        signer = RequestSigner(SECRET, clock=clock)
+        site = build_internal_site(
+            ClientRegistry(), signer, RecordingMetrics(), clock, max_body=1234
+        )
+        self.assertIsInstance(site, InternalSite)
+        self.assertIsInstance(site.resource, InternalResource)
+        self.assertEqual(site.max_body, 1234)
+        self.assertIsNone(site.log(DummyRequest([b"push", b"x"])))  # type: ignore[func-returns-value]
