@@ -1,0 +1,537 @@
+"""Result files: machine facts, the JSON schema, target checks, Markdown tables, plots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import SCHEMA
+from bench.server import REPO_ROOT
+from bench.stats import median
+
+__all__ = [
+    "RESULTS_DIR",
+    "TARGETS",
+    "machine_facts",
+    "check_targets",
+    "validate_result",
+    "write_result",
+    "headline",
+    "summary_rows",
+    "markdown_table",
+    "histogram",
+    "plot_latencies",
+]
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# name, scenario, mode (None = any), metric path, op, target, the size it is defined at
+TARGETS: list[dict[str, Any]] = [
+    {
+        "name": "memory per idle connection (KB)",
+        "scenario": "connect",
+        "metric": "kb_per_conn",
+        "op": "<=",
+        "target": 10.0,
+        "size": {"devices": 19500},
+    },
+    {
+        "name": "connection rate (/s)",
+        "scenario": "connect",
+        "metric": "connect_rate",
+        "op": ">=",
+        "target": 3500.0,
+        "size": {"devices": 19500},
+    },
+    {
+        "name": "GC pause (ms)",
+        "scenario": "connect",
+        "metric": "gc_pause_ms",
+        "op": "<=",
+        "target": 50.0,
+        "size": {"devices": 19500},
+    },
+    {
+        "name": "notifications/s saturated",
+        "scenario": "notify",
+        "mode": "saturated",
+        "metric": "throughput",
+        "op": ">=",
+        "target": 5000.0,
+        "size": {"devices": 10000, "backend": "memory"},
+    },
+    {
+        "name": "lost notifications",
+        "scenario": "notify",
+        "metric": "lost",
+        "op": "<=",
+        "target": 0,
+        "size": {},
+    },
+    {
+        "name": "p99 latency at 1,000/s (ms)",
+        "scenario": "notify",
+        "mode": "rate",
+        "metric": "latency.p99",
+        "op": "<=",
+        "target": 5.0,
+        "size": {"rate": 1000.0},
+    },
+    {
+        "name": "churn cycles/s",
+        "scenario": "churn",
+        "metric": "cycles_per_s",
+        "op": ">=",
+        "target": 1200.0,
+        "size": {"devices": 100},
+        "exact": True,
+    },
+    {
+        "name": "churn missing",
+        "scenario": "churn",
+        "metric": "missing",
+        "op": "<=",
+        "target": 0,
+        "size": {},
+    },
+]
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def source_fingerprint(src_root: Path | None = None) -> dict[str, Any]:
+    """What server code a run measured: git HEAD, dirty flag, and a hash of the source files.
+
+    Taken per run, so a tree edited while a long benchmark runs shows up as a
+    changed ``tree_hash`` (and the summary keeps such runs apart).
+    """
+    root = src_root or REPO_ROOT
+    h = hashlib.sha256()
+    files = sorted([*root.glob("pushtwisted/**/*.py"), *root.glob("twisted/plugins/*.py")])
+    for f in files:
+        try:
+            data = f.read_bytes()
+        except OSError:
+            continue
+        h.update(str(f.relative_to(root)).encode() + b"\0" + data + b"\0")
+    status = _git("status", "--porcelain", "--", "pushtwisted", "twisted")
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "tree_hash": h.hexdigest()[:12],
+        "snapshot": src_root is not None,
+    }
+
+
+def machine_facts() -> dict[str, Any]:
+    """CPU, cores, memory, kernel, versions, git commit: what a reader needs to compare runs."""
+    cpuinfo = _read("/proc/cpuinfo")
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
+        platform.processor() or None,
+    )
+    mem_kb = next(
+        (
+            int(ln.split()[1])
+            for ln in _read("/proc/meminfo").splitlines()
+            if ln.startswith("MemTotal")
+        ),
+        None,
+    )
+    status = _git("status", "--porcelain", "--", "pushtwisted", "twisted")
+    import resource
+
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "cpus_allowed": sorted(os.sched_getaffinity(0)),
+        "mem_total_mb": mem_kb // 1024 if mem_kb else None,
+        "kernel": platform.release(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "python_impl": platform.python_implementation(),
+        "twisted": _version("Twisted"),
+        "autobahn": _version("autobahn"),
+        "txaio": _version("txaio"),
+        "uvloop": _version("uvloop"),
+        "pushtwisted": _version("pushtwisted"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "somaxconn": _read("/proc/sys/net/core/somaxconn").strip() or None,
+        "ip_local_port_range": " ".join(_read("/proc/sys/net/ipv4/ip_local_port_range").split())
+        or None,
+        "loadavg": _read("/proc/loadavg").split()[:3],
+    }
+
+
+def _get(metrics: dict[str, Any], path: str) -> Any:
+    cur: Any = metrics
+    for part in path.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets that apply to this result, with the value and whether it is met.
+
+    ``at_target_size`` tells whether the run had the size the target is defined at
+    (a 50-device run meeting the memory target says little).
+    """
+    out = []
+    params = result.get("params", {})
+    for t in TARGETS:
+        if t["scenario"] != result.get("scenario"):
+            continue
+        if t.get("mode") and t["mode"] != params.get("mode"):
+            continue
+        value = _get(result.get("metrics", {}), t["metric"])
+        if value is None:
+            continue
+        met = value <= t["target"] if t["op"] == "<=" else value >= t["target"]
+        at_size = all(
+            (params.get(k) == v) if t.get("exact") else _size_ok(result, params, k, v)
+            for k, v in t["size"].items()
+        )
+        out.append(
+            {
+                "name": t["name"],
+                "value": value,
+                "op": t["op"],
+                "target": t["target"],
+                "met": bool(met),
+                "at_target_size": at_size,
+            }
+        )
+    return out
+
+
+def _size_ok(result: dict[str, Any], params: dict[str, Any], key: str, want: Any) -> bool:
+    """Numbers: the run was at least that big; strings (backend): equal."""
+    have = result.get("backend") if key == "backend" else params.get(key)
+    if isinstance(want, str) or key == "rate":
+        return bool(have == want)
+    return isinstance(have, (int, float)) and bool(have >= want)
+
+
+#: Keys every result has (``validate_result`` checks them).
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "schema": str,
+    "scenario": str,
+    "backend": str,
+    "run_id": str,
+    "repeat_index": int,
+    "started_at": str,
+    "duration_s": (int, float),
+    "command": list,
+    "params": dict,
+    "machine": dict,
+    "server": dict,
+    "generator": dict,
+    "metrics": dict,
+    "failures": dict,
+    "targets": list,
+    "ok": bool,
+}
+
+#: Metrics each scenario must report.
+SCENARIO_METRICS = {
+    "connect": ["connected", "connect_rate", "latency", "kb_per_conn", "ping"],
+    "notify": ["sent", "received", "lost", "duplicates", "throughput", "latency", "statuses"],
+    "churn": ["cycles", "cycles_per_s", "missing", "latency"],
+}
+
+
+def validate_result(result: dict[str, Any]) -> list[str]:
+    """Problems with a result dictionary (empty list when it is well formed)."""
+    errors = []
+    for key, tp in REQUIRED.items():
+        if key not in result:
+            errors.append(f"missing {key}")
+        elif not isinstance(result[key], tp):
+            errors.append(f"{key} has type {type(result[key]).__name__}")
+    if result.get("schema") not in (None, SCHEMA):
+        errors.append(f"schema {result.get('schema')!r} != {SCHEMA!r}")
+    scen = result.get("scenario")
+    if scen in SCENARIO_METRICS and isinstance(result.get("metrics"), dict):
+        for key in SCENARIO_METRICS[scen]:
+            if key not in result["metrics"]:
+                errors.append(f"metrics.{key} missing")
+    elif scen not in SCENARIO_METRICS:
+        errors.append(f"unknown scenario {scen!r}")
+    for k, v in (result.get("failures") or {}).items():
+        if not isinstance(k, str) or not isinstance(v, int):
+            errors.append(f"failures.{k} is not a count")
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        errors.append(f"not JSON: {e}")
+    return errors
+
+
+def write_result(result: dict[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mode = result.get("params", {}).get("mode")
+    scen = result["scenario"] + (f"-{mode}" if mode else "")
+    attempt = result.get("attempt", 0)
+    suffix = f"-a{attempt}" if attempt else ""
+    name = f"{result['run_id']}-{scen}-{result['backend']}-r{result['repeat_index']}{suffix}.json"
+    path = out_dir / name
+    path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+# -- Markdown ------------------------------------------------------------------
+
+# (column title, metric path, format)
+HEADLINES: dict[str, list[tuple[str, str, str]]] = {
+    "connect": [
+        ("connected", "connected", "{:,.0f}"),
+        ("conn/s", "connect_rate", "{:,.0f}"),
+        ("KB/conn", "kb_per_conn", "{:.2f}"),
+        ("ws p50 ms", "latency.ws.p50", "{:.2f}"),
+        ("ws p99 ms", "latency.ws.p99", "{:.2f}"),
+        ("hello p99 ms", "latency.hello.p99", "{:.2f}"),
+        ("register p99 ms", "latency.register.p99", "{:.2f}"),
+        ("total p99 ms", "latency.total.p99", "{:.2f}"),
+        ("ping p99 ms", "ping.latency.p99", "{:.2f}"),
+        ("srv CPU %", "server_cpu_pct", "{:.0f}"),
+        ("gen CPU %", "generator_cpu_pct", "{:.0f}"),
+        ("other CPU %", "machine.other_cpu_pct", "{:.0f}"),
+        ("failures", "failure_count", "{:,.0f}"),
+    ],
+    "notify": [
+        ("devices", "devices", "{:,.0f}"),
+        ("PUTs", "sent", "{:,.0f}"),
+        ("notif/s", "throughput", "{:,.0f}"),
+        ("p50 ms", "latency.p50", "{:.2f}"),
+        ("p95 ms", "latency.p95", "{:.2f}"),
+        ("p99 ms", "latency.p99", "{:.2f}"),
+        ("max ms", "latency.max", "{:.2f}"),
+        ("lost", "lost", "{:,.0f}"),
+        ("dup", "duplicates", "{:,.0f}"),
+        ("stale", "stale", "{:,.0f}"),
+        ("HTTP errors", "http_errors", "{:,.0f}"),
+        ("srv CPU %", "server_cpu_pct", "{:.0f}"),
+        ("gen CPU %", "generator_cpu_pct", "{:.0f}"),
+        ("other CPU %", "machine.other_cpu_pct", "{:.0f}"),
+    ],
+    "churn": [
+        ("devices", "devices", "{:,.0f}"),
+        ("cycles", "cycles", "{:,.0f}"),
+        ("cycles/s", "cycles_per_s", "{:,.0f}"),
+        ("missing", "missing", "{:,.0f}"),
+        ("cycle p50 ms", "latency.p50", "{:.2f}"),
+        ("cycle p99 ms", "latency.p99", "{:.2f}"),
+        ("failures", "failure_count", "{:,.0f}"),
+        ("srv CPU %", "server_cpu_pct", "{:.0f}"),
+        ("gen CPU %", "generator_cpu_pct", "{:.0f}"),
+        ("other CPU %", "machine.other_cpu_pct", "{:.0f}"),
+    ],
+}
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The values of the Markdown columns for one result."""
+    cols = HEADLINES.get(result.get("scenario", ""), [])
+    return {title: _get(result.get("metrics", {}), path) for title, path, _ in cols}
+
+
+def _group_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    p = r.get("params", {})
+    return (
+        r.get("scenario"),
+        p.get("mode") or "",
+        r.get("backend"),
+        p.get("devices"),
+        p.get("puts"),
+        p.get("rate"),
+        p.get("cycles"),
+        bool(r.get("server", {}).get("cpus")),
+        r.get("server", {}).get("source", {}).get("tree_hash"),
+    )
+
+
+def summary_rows(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group results of the same scenario, mode, backend and size; medians of each column.
+
+    Runs marked ``discarded`` (re-run because of machine noise) are left out.
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in results:
+        if r.get("discarded"):
+            continue
+        groups.setdefault(_group_key(r), []).append(r)
+    rows = []
+    for key, rs in groups.items():
+        scen = key[0]
+        values = {}
+        for title, _path, _fmt in HEADLINES.get(scen, []):
+            values[title] = median(headline(r)[title] for r in rs)
+        targets: dict[str, list[dict[str, Any]]] = {}
+        for r in rs:
+            for t in r.get("targets", []):
+                targets.setdefault(t["name"], []).append(t)
+        tsum = []
+        for name, ts in targets.items():
+            med = median(t["value"] for t in ts)
+            t0 = ts[0]
+            met = med is not None and (
+                med <= t0["target"] if t0["op"] == "<=" else med >= t0["target"]
+            )
+            tsum.append(
+                {
+                    "name": name,
+                    "median": med,
+                    "op": t0["op"],
+                    "target": t0["target"],
+                    "met": met,
+                    "at_target_size": all(t["at_target_size"] for t in ts),
+                }
+            )
+        rows.append(
+            {
+                "scenario": scen,
+                "mode": key[1],
+                "backend": key[2],
+                "runs": len(rs),
+                "pinned": key[7],
+                "source": key[8],
+                "values": values,
+                "targets": tsum,
+            }
+        )
+    return rows
+
+
+def _fmt(v: Any, fmt: str) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return "–"
+    try:
+        return fmt.format(v)
+    except (ValueError, TypeError):
+        return str(v)
+
+
+def markdown_table(results: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one table per scenario (medians over repeats), then the targets."""
+    rows = summary_rows(results)
+    out: list[str] = []
+    for scen in ("connect", "notify", "churn"):
+        srows = [r for r in rows if r["scenario"] == scen]
+        if not srows:
+            continue
+        cols = HEADLINES[scen]
+        out.append(f"### {scen}\n")
+        out.append("| backend | mode | code | runs | " + " | ".join(c[0] for c in cols) + " |")
+        out.append("|---|---|---|---|" + "---|" * len(cols))
+        for r in srows:
+            cells = [_fmt(r["values"][title], fmt) for title, _p, fmt in cols]
+            out.append(
+                f"| {r['backend']} | {r['mode'] or '-'} | {r['source'] or '-'} | {r['runs']} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        out.append("")
+    trows = [(r, t) for r in rows for t in r["targets"]]
+    if trows:
+        out.append("### targets (medians)\n")
+        out.append("| target | scenario | backend | median | goal | met | at target size |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r, t in trows:
+            out.append(
+                f"| {t['name']} | {r['scenario']}{'/' + r['mode'] if r['mode'] else ''} | "
+                f"{r['backend']} | {_fmt(t['median'], '{:,.2f}')} | {t['op']} {t['target']:,} | "
+                f"{'yes' if t['met'] else '**no**'} | {'yes' if t['at_target_size'] else 'no'} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+# -- histograms and plots ------------------------------------------------------
+
+
+def histogram(values_s: Iterable[float], buckets_per_decade: int = 10) -> dict[str, Any]:
+    """A log-spaced histogram of latencies (seconds) from 10 µs to 100 s, in ms edges."""
+    lo_exp = -5  # 10 µs
+    nb = 7 * buckets_per_decade
+    counts = [0] * (nb + 1)
+    for v in values_s:
+        if v <= 0:
+            idx = 0
+        else:
+            idx = int((math.log10(v) - lo_exp) * buckets_per_decade)
+            idx = min(max(idx, 0), nb)
+        counts[idx] += 1
+    edges_ms = [round(10 ** (lo_exp + i / buckets_per_decade) * 1000, 6) for i in range(nb + 1)]
+    # Trim empty ends.
+    first = next((i for i, c in enumerate(counts) if c), 0)
+    last = max((i for i, c in enumerate(counts) if c), default=0)
+    return {
+        "lower_edges_ms": edges_ms[first : last + 1],
+        "counts": counts[first : last + 1],
+    }
+
+
+def plot_latencies(series: dict[str, list[float]], title: str, path: Path) -> Path | None:
+    """A latency CDF (log x) as PNG, if matplotlib is installed; None otherwise."""
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        print("bench: --plot needs matplotlib (pip install matplotlib); skipped", file=sys.stderr)
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, vals in series.items():
+        if not vals:
+            continue
+        xs = sorted(v * 1000.0 for v in vals)
+        n = len(xs)
+        ax.plot(xs, [(i + 1) / n for i in range(n)], label=f"{label} (n={n:,})")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log)")
+    ax.set_ylabel("fraction ≤ x")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,462 @@
+"""The scenarios, run from the parent: split work over the workers, merge what they measured."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from bench.group import Progress, WorkerGroup
+from bench.server import _CLK_TCK, cpu_seconds, rss_kb
+from bench.stats import merge_counts, summarize
+
+__all__ = ["Target", "split", "run_connect", "run_notify", "run_churn", "SCENARIOS"]
+
+
+@dataclass
+class Target:
+    """Where the server under test listens, and its PID (for RSS/CPU), if known."""
+
+    ws_host: str
+    ws_port: int
+    pid: int | None = None
+    subprotocol: str | None = None
+    gc_probe: str | None = None
+
+
+@dataclass
+class GenOptions:
+    procs: int = 1
+    cpus: list[int] | None = None
+    ips: list[str] = field(default_factory=lambda: [f"127.0.0.{i}" for i in range(2, 10)])
+    loop: str = "uvloop"
+    timeout: float = 10.0
+    concurrency: int = 200
+    connect_rate: float = 0.0
+    progress_interval: float = 2.0
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` spread over ``parts`` as evenly as possible (earlier parts get the rest)."""
+    base, rest = divmod(total, parts)
+    return [base + (1 if i < rest else 0) for i in range(parts)]
+
+
+def _all(results: list[dict[str, Any]], key: str) -> list[Any]:
+    out: list[Any] = []
+    for r in results:
+        out.extend(r.get(key) or [])
+    return out
+
+
+def _pct(cpu: float | None, elapsed: float) -> float | None:
+    return None if cpu is None or elapsed <= 0 else round(100.0 * cpu / elapsed, 1)
+
+
+def _cpu_busy() -> dict[str, float]:
+    """Busy CPU seconds so far, machine-wide (``all``) and per CPU (``cpu0``...)."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if not line.startswith("cpu"):
+                    break
+                name, *vals = line.split()
+                v = [int(x) for x in vals]
+                # user nice system idle iowait irq softirq steal (guest is in user already)
+                busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
+                out["all" if name == "cpu" else name] = busy / _CLK_TCK
+    except OSError:
+        pass
+    return out
+
+
+class _ServerMeter:
+    """CPU seconds of the server over a phase, and how busy each CPU was (noise check)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.c0 = cpu_seconds(pid) if pid else None
+        self.b0 = _cpu_busy()
+        self.t0 = time.monotonic()
+
+    def used(self) -> float | None:
+        if not self.pid or self.c0 is None:
+            return None
+        c1 = cpu_seconds(self.pid)
+        return None if c1 is None else c1 - self.c0
+
+    def machine(self, generator_cpu_s: float) -> dict[str, Any]:
+        """Per-CPU busy % over the phase, and the CPU used by neither server nor generator.
+
+        ``other_cpu_pct`` (percent of one core) is the noise: other processes on
+        a shared machine.  High values make the run's figures suspect.
+        """
+        b1 = _cpu_busy()
+        elapsed = time.monotonic() - self.t0
+        if elapsed <= 0 or not b1:
+            return {}
+        busy = {k: round(100.0 * (b1[k] - self.b0.get(k, 0.0)) / elapsed, 1) for k in b1}
+        srv = self.used() or 0.0
+        other = (b1.get("all", 0.0) - self.b0.get("all", 0.0)) - srv - generator_cpu_s
+        return {
+            "cpu_busy_pct": busy,
+            "other_cpu_pct": round(max(0.0, 100.0 * other / elapsed), 1),
+            "loadavg": _loadavg(),
+        }
+
+
+def _loadavg() -> list[str]:
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[:3]
+    except OSError:
+        return []
+
+
+async def _start_group(target: Target, gen: GenOptions) -> tuple[WorkerGroup, list[dict[str, Any]]]:
+    group = WorkerGroup(gen.procs, gen.loop)
+    await group.start()
+    # Each worker gets its own slice of source addresses when there are enough.
+    ips = gen.ips or ["127.0.0.1"]
+    per: list[dict[str, Any]] = []
+    for i in range(gen.procs):
+        mine = ips[i :: gen.procs] if len(ips) >= gen.procs else ips
+        per.append(
+            {
+                "ws_host": target.ws_host,
+                "ws_port": target.ws_port,
+                "subprotocol": target.subprotocol,
+                "ips": mine,
+                "cpus": gen.cpus,
+            }
+        )
+    info = await group.call("setup", per)
+    return group, info
+
+
+async def _connect(
+    group: WorkerGroup, gen: GenOptions, n: int, label: str, target: Target
+) -> dict[str, Any]:
+    """Open ``n`` devices over the group; merged connect metrics."""
+    procs = len(group.workers)
+    counts = split(n, procs)
+    conc = split(max(gen.concurrency, procs), procs)
+    start_at = time.monotonic() + 0.2
+    args = [
+        {
+            "n": c,
+            "concurrency": k,
+            "rate": gen.connect_rate / procs if gen.connect_rate else 0.0,
+            "timeout": gen.timeout,
+            "start_at": start_at,
+        }
+        for c, k in zip(counts, conc, strict=True)
+    ]
+    meter = _ServerMeter(target.pid)
+    async with Progress(group, label, n, gen.progress_interval):
+        res = await group.call("connect", args)
+    elapsed = max(r["t_end"] for r in res) - min(r["t_start"] for r in res)
+    ok = sum(r["ok"] for r in res)
+    lat = {
+        k: summarize(v for r in res for v in r["latencies"][k])
+        for k in ("tcp", "ws", "hello", "register", "total")
+    }
+    failures = merge_counts(*(r["failures"] for r in res))
+    endpoint = next((r.get("endpoint") for r in res if r.get("endpoint")), None)
+    gen_cpu = sum(r["cpu_s"] for r in res)
+    return {
+        "machine": meter.machine(gen_cpu),
+        "attempted": n,
+        "connected": ok,
+        "elapsed_s": round(elapsed, 4),
+        "connect_rate": round(ok / elapsed, 1) if elapsed > 0 else None,
+        "latency": lat,
+        "failures": failures,
+        "failure_count": sum(failures.values()),
+        "server_cpu_pct": _pct(meter.used(), elapsed),
+        "generator_cpu_pct": _pct(gen_cpu, elapsed),
+        "generator_sys_pct": _pct(sum(r.get("sys_s", 0.0) for r in res), elapsed),
+        "endpoint": endpoint,
+        "_raw_total": [v for r in res for v in r["latencies"]["total"]],
+    }
+
+
+def _endpoint_addr(endpoint: str | None, failures: dict[str, int] | None = None) -> tuple[str, int]:
+    if not endpoint:
+        raise RuntimeError(f"no device registered (connect failures: {failures or {}})")
+    parts = urlsplit(endpoint)
+    host = parts.hostname or "127.0.0.1"
+    if not (host.startswith("127.") or host in ("localhost", "::1")):
+        raise RuntimeError(f"pushEndpoint {endpoint} is not on loopback; refusing to send load")
+    return ("127.0.0.1" if host == "localhost" else host), parts.port or 80
+
+
+def _gc_probe(url: str | None, http_port: int | None, ws_port: int) -> dict[str, Any] | None:
+    """Optional: GET a loopback URL the server exposes that reports its GC pauses (JSON).
+
+    ``{http_port}`` and ``{ws_port}`` in the URL are replaced by the server's ports.
+    """
+    if not url:
+        return None
+    url = url.replace("{http_port}", str(http_port or "")).replace("{ws_port}", str(ws_port))
+    host = urlsplit(url).hostname or ""
+    if not host.startswith("127.") and host not in ("localhost", "::1"):
+        return {"error": "gc probe must be a loopback URL"}
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            data = json.loads(resp.read())
+    except Exception as e:  # a hook: report, don't fail the run
+        return {"error": f"{type(e).__name__}: {e}"}
+    return data if isinstance(data, dict) else {"value": data}
+
+
+def _gc_pause(gc: dict[str, Any] | None) -> float | None:
+    """``max_pause_ms`` from the probe's JSON, top level or under ``gc``."""
+    if not isinstance(gc, dict):
+        return None
+    for d in (gc, gc.get("gc")):
+        if isinstance(d, dict) and isinstance(d.get("max_pause_ms"), (int, float)):
+            return float(d["max_pause_ms"])
+    return None
+
+
+async def run_connect(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[str, Any]:
+    """connect: N devices hello + register (ramped); hold; ping each; RSS per connection."""
+    n = int(p["devices"])
+    group, info = await _start_group(target, gen)
+    try:
+        await asyncio.sleep(0.5)
+        rss0 = rss_kb(target.pid) if target.pid else None
+        m = await _connect(group, gen, n, "connect", target)
+        rss_connected = rss_kb(target.pid) if target.pid else None
+        hold = float(p.get("hold", 5.0))
+        if hold > 0:
+            print(
+                f"[connect] holding {m['connected']:,} connections for {hold:g}s", file=sys.stderr
+            )
+            await asyncio.sleep(hold)
+        rss_held = rss_kb(target.pid) if target.pid else None
+        stats = await group.call("stats", {})
+        still = sum(s["connected"] for s in stats)
+        async with Progress(group, "ping", still, gen.progress_interval):
+            pres = await group.call(
+                "ping",
+                {"timeout": gen.timeout, "concurrency": max(1, gen.concurrency // gen.procs)},
+            )
+        ping_lat = summarize(v for r in pres for v in r["latencies"])
+        ping_fail = merge_counts(*(r["failures"] for r in pres))
+        http_port = None
+        if m.get("endpoint"):
+            http_port = _endpoint_addr(m["endpoint"])[1]
+        gc = _gc_probe(target.gc_probe, http_port, target.ws_port)
+        raw = m.pop("_raw_total")
+        ok = m["connected"]
+        kb = None
+        if rss0 is not None and rss_held is not None and ok:
+            kb = round((rss_held - rss0) / ok, 3)
+        m.update(
+            {
+                "held": still,
+                "dropped_during_hold": ok - still,
+                "rss_kb": {"before": rss0, "connected": rss_connected, "held": rss_held},
+                "kb_per_conn": kb,
+                "ping": {
+                    "ok": sum(r["ok"] for r in pres),
+                    "failures": ping_fail,
+                    "latency": ping_lat,
+                },
+                "gc": gc,
+                "gc_pause_ms": _gc_pause(gc),
+                "worker_counters": merge_counts(*(s["counters"] for s in stats)),
+            }
+        )
+        failures = merge_counts(m["failures"], {f"ping_{k}": v for k, v in ping_fail.items()})
+        return {
+            "metrics": m,
+            "failures": failures,
+            "generator": {"workers": info},
+            "series": {"connect total": raw, "ping": [v for r in pres for v in r["latencies"]]},
+        }
+    finally:
+        await group.close()
+
+
+async def run_notify(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[str, Any]:
+    """notify: C devices; M PUTs saturated (K in flight) or at a fixed rate.
+
+    Latency is PUT written -> notification received, measured in the worker that
+    owns the device (it also sends that device's PUTs).
+    """
+    c = int(p["devices"])
+    mput = int(p["puts"])
+    rate = float(p.get("rate") or 0.0)
+    inflight = int(p.get("inflight", 64))
+    group, info = await _start_group(target, gen)
+    try:
+        conn = await _connect(group, gen, c, "notify:connect", target)
+        conn.pop("_raw_total")
+        host, port = _endpoint_addr(conn["endpoint"], conn["failures"])
+        stats = await group.call("stats", {})
+        have = [s["connected"] for s in stats]
+        total_have = sum(have)
+        if total_have == 0:
+            raise RuntimeError(f"no device connected: {conn['failures']}")
+        procs = len(group.workers)
+        # PUTs and in-flight slots proportional to each worker's connected devices.
+        puts = [round(mput * h / total_have) for h in have]
+        puts[-1] += mput - sum(puts)
+        slots = split(max(inflight, procs), procs)
+        start_at = time.monotonic() + 0.2
+        args = [
+            {
+                "m": puts[i],
+                "rate": rate * puts[i] / mput if rate and mput else 0.0,
+                "inflight": slots[i],
+                "timeout": gen.timeout,
+                "drain": float(p.get("drain", 10.0)),
+                "http_host": host,
+                "http_port": port,
+                "start_at": start_at,
+            }
+            for i in range(procs)
+        ]
+        meter = _ServerMeter(target.pid)
+        async with Progress(
+            group, f"notify:{'rate' if rate else 'saturated'}", mput, gen.progress_interval
+        ):
+            res = await group.call("notify", args)
+        errs = [r["error"] for r in res if r.get("error")]
+        if errs:
+            raise RuntimeError("; ".join(errs))
+        puts_elapsed = max(r["puts_elapsed"] for r in res)
+        rx_elapsed = max(r["rx_elapsed"] for r in res)
+        elapsed_all = max(r["t_end"] for r in res) - min(r["t_start"] for r in res)
+        sent = sum(r["sent"] for r in res)
+        received = sum(r["received"] for r in res)
+        statuses = merge_counts(*(r["statuses"] for r in res))
+        failures = merge_counts(*(r["failures"] for r in res))
+        http_errors = sum(v for k, v in statuses.items() if k not in ("200", "202")) + sum(
+            failures.values()
+        )
+        lat = [v for r in res for v in r["latencies"]]
+        m = {
+            "devices": total_have,
+            "connect": conn,
+            "machine": meter.machine(sum(r["cpu_s"] for r in res)),
+            "mode": "rate" if rate else "saturated",
+            "sent": sent,
+            "accepted": statuses.get("200", 0) + statuses.get("202", 0),
+            "received": received,
+            "lost": sum(r["lost"] for r in res),
+            "duplicates": sum(r["duplicates"] for r in res),
+            "superseded": sum(r["superseded"] for r in res),
+            "stale": sum(r["stale"] for r in res),
+            "unexpected": sum(r["unexpected"] for r in res),
+            "overlaps": sum(r["overlaps"] for r in res),
+            "statuses": statuses,
+            "http_errors": http_errors,
+            "puts_elapsed_s": round(puts_elapsed, 4),
+            "put_rate": round(sent / puts_elapsed, 1) if puts_elapsed > 0 else None,
+            "throughput": round(received / rx_elapsed, 1) if rx_elapsed > 0 else None,
+            "latency": summarize(lat),
+            "put_latency": summarize(v for r in res for v in r["put_latencies"]),
+            "schedule_lag": summarize(v for r in res for v in r["schedule_lag"]) if rate else None,
+            "server_cpu_pct": _pct(meter.used(), elapsed_all),
+            "generator_cpu_pct": _pct(sum(r["cpu_s"] for r in res), puts_elapsed),
+            "worker_counters": merge_counts(*(r["counters"] for r in res)),
+            "rss_kb": rss_kb(target.pid) if target.pid else None,
+        }
+        fails = merge_counts(
+            failures,
+            {f"http_{k}": v for k, v in statuses.items() if k not in ("200", "202")},
+            conn["failures"],
+        )
+        return {
+            "metrics": m,
+            "failures": fails,
+            "generator": {"workers": info},
+            "series": {"PUT -> notification": lat},
+        }
+    finally:
+        await group.close()
+
+
+async def run_churn(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[str, Any]:
+    """churn: disconnect, PUT while offline, reconnect with the same UAID: the update arrives."""
+    d = int(p["devices"])
+    cycles = int(p["cycles"])
+    group, info = await _start_group(target, gen)
+    try:
+        conn = await _connect(group, gen, d, "churn:connect", target)
+        conn.pop("_raw_total")
+        host, port = _endpoint_addr(conn["endpoint"], conn["failures"])
+        stats = await group.call("stats", {})
+        have = [s["connected"] for s in stats]
+        total_have = sum(have)
+        if total_have == 0:
+            raise RuntimeError(f"no device connected: {conn['failures']}")
+        per = [round(cycles * h / total_have) for h in have]
+        per[-1] += cycles - sum(per)
+        start_at = time.monotonic() + 0.2
+        args = [
+            {
+                "cycles": per[i],
+                "duration": float(p.get("duration", 60.0)),
+                "timeout": gen.timeout,
+                "notif_timeout": float(p.get("notif_timeout", 5.0)),
+                "http_host": host,
+                "http_port": port,
+                "start_at": start_at,
+            }
+            for i in range(len(group.workers))
+        ]
+        meter = _ServerMeter(target.pid)
+        async with Progress(group, "churn", cycles, gen.progress_interval):
+            res = await group.call("churn", args)
+        errs = [r["error"] for r in res if r.get("error")]
+        if errs:
+            raise RuntimeError("; ".join(errs))
+        elapsed = max(r["elapsed"] for r in res)
+        done = sum(r["cycles"] for r in res)
+        failures = merge_counts(*(r["failures"] for r in res))
+        lat = [v for r in res for v in r["latencies"]]
+        m = {
+            "devices": total_have,
+            "connect": conn,
+            "machine": meter.machine(sum(r["cpu_s"] for r in res)),
+            "cycles": done,
+            "attempted": sum(r["attempted"] for r in res),
+            "elapsed_s": round(elapsed, 4),
+            "cycles_per_s": round(done / elapsed, 1) if elapsed > 0 else None,
+            "missing": sum(r["missing"] for r in res),
+            "late": sum(r["late"] for r in res),
+            "received": sum(r["received"] for r in res),
+            "duplicates": sum(r["duplicates"] for r in res),
+            "stale": sum(r["stale"] for r in res),
+            "unexpected": sum(r["unexpected"] for r in res),
+            "statuses": merge_counts(*(r["statuses"] for r in res)),
+            "latency": summarize(lat),
+            "reconnect_latency": summarize(v for r in res for v in r["reconnect_latencies"]),
+            "delivery_latency": summarize(v for r in res for v in r["delivery_latencies"]),
+            "failure_count": sum(failures.values()),
+            "server_cpu_pct": _pct(meter.used(), elapsed),
+            "generator_cpu_pct": _pct(sum(r["cpu_s"] for r in res), elapsed),
+            "worker_counters": merge_counts(*(r["counters"] for r in res)),
+        }
+        return {
+            "metrics": m,
+            "failures": merge_counts(failures, conn["failures"]),
+            "generator": {"workers": info},
+            "series": {"churn cycle": lat},
+        }
+    finally:
+        await group.close()
+
+
+SCENARIOS = {"connect": run_connect, "notify": run_notify, "churn": run_churn}
