@@ -27,6 +27,8 @@ __all__ = [
     "ClientConfig",
     "StorageConfig",
     "CryptoConfig",
+    "MIN_ROUTER_SECRET",
+    "RouterConfig",
     "ServerConfig",
     "load_config",
     "parse_config",
@@ -66,6 +68,8 @@ class WebSocketConfig:
     max_message_size: int = field(default=262144, metadata=_check(_positive))
     #: Listen backlog of the socket.
     backlog: int = field(default=1024, metadata=_check(_positive))
+    #: Share the port with other processes (``SO_REUSEPORT``; ``tcp:`` only).
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,6 +89,8 @@ class EndpointConfig:
     monotonic_versions: bool = False
     #: Listen backlog of the socket.
     backlog: int = field(default=1024, metadata=_check(_positive))
+    #: Share the port with other processes (``SO_REUSEPORT``; ``tcp:`` only).
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,6 +196,55 @@ class CryptoConfig:
     keys: list[str] = field(default_factory=list)
 
 
+#: Shortest ``[router] secret`` accepted.
+MIN_ROUTER_SECRET = 16
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouterConfig:
+    """``[router]``: the node-to-node listener of a cluster (``docs/cluster.md``).
+
+    ``listen`` empty (the default) runs a single node: no directory and no
+    router listener.  With ``listen`` set, ``public_url`` and a ``secret`` of
+    at least ``MIN_ROUTER_SECRET`` characters are required here; the checks
+    that involve other sections (``storage.backend``, ``crypto.keys``) are
+    made by ``tap.build_service``.
+    """
+
+    #: Where the other nodes reach this one (a private address); "" = no cluster.
+    listen: str = ""
+    #: This node's router URL as the other nodes reach it (``http://host:port``).
+    public_url: str = ""
+    #: The shared secret that signs node-to-node requests (the same on every node).
+    secret: str = ""
+    #: Seconds one node-to-node request may take (then the app server gets 202).
+    timeout: float = field(default=2.0, metadata=_check(_positive))
+    #: Seconds a signed request's timestamp may differ from this node's clock.
+    max_skew: float = field(default=30.0, metadata=_check(_nonneg))
+
+    @property
+    def enabled(self) -> bool:
+        """True when this node is part of a cluster (``listen`` is set)."""
+        return bool(self.listen.strip())
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if len(self.secret) < MIN_ROUTER_SECRET:
+            raise ConfigError(
+                f"router.secret: must be at least {MIN_ROUTER_SECRET} characters"
+                " when router.listen is set"
+            )
+        url = self.public_url.strip()
+        if not url:
+            raise ConfigError("router.public_url: must be set when router.listen is set")
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
+            raise ConfigError(
+                f"router.public_url: must be an http:// or https:// URL, got {self.public_url!r}"
+            )
+
+
 def _log_level_problem(level: str) -> str | None:
     valid = ("debug", "info", "warn", "warning", "error", "critical")
     return None if level.lower() in valid else "must be one of: " + ", ".join(valid)
@@ -216,6 +271,7 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     crypto: CryptoConfig = field(default_factory=CryptoConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
 
 
 def _sections() -> dict[str, type]:
@@ -346,4 +402,3 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
     return parse_config(document, environ)
-

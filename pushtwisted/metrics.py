@@ -32,6 +32,23 @@ histograms in seconds):
   ``pushtwisted_storage_latency_seconds{operation}`` histogram
 - ``storage_queue_depth`` (``gauge``) -> ``pushtwisted_storage_queue_depth`` gauge
 
+Cluster (``pushtwisted.cluster.router`` and the router listener,
+``pushtwisted.web.internal``; only with ``[router] listen`` set):
+
+- ``router_requests`` (labels ``kind`` = push, notif or kick; ``result`` =
+  ok, not_found, unreachable, timeout or error) ->
+  ``pushtwisted_router_requests_total{kind,result}``: requests sent to other nodes
+- ``router_latency_seconds`` (``observe``, label ``kind``) ->
+  ``pushtwisted_router_latency_seconds{kind}`` histogram
+- ``router_received`` (labels ``kind`` = push, notif, kick, unauthorized or
+  unknown; ``status``) -> ``pushtwisted_router_received_total{kind,status}``:
+  requests the router listener answered
+- ``route_outcomes`` (label ``outcome`` = local, remote, not_connected,
+  node_failed, notified or directory_failed) ->
+  ``pushtwisted_route_outcomes_total{outcome}``: what became of each stored update
+- ``directory_errors`` (label ``operation`` = get, clear) ->
+  ``pushtwisted_directory_errors_total{operation}``
+
 ``increment`` also works on a gauge (``increment("connections", -1)``).
 A declared label missing from a call is exported as ``"unknown"``; labels
 that are not declared are dropped (with the one-time warning).
@@ -187,6 +204,28 @@ _SPECS: Mapping[str, _Spec] = {
         _Kind.GAUGE,
         "pushtwisted_storage_queue_depth",
         "Storage calls waiting for a thread of the storage pool.",
+    ),
+    "router_requests": _counter(
+        "router_requests", "Requests sent to other nodes, by kind and result.", "kind", "result"
+    ),
+    "router_latency_seconds": _Spec(
+        _Kind.HISTOGRAM,
+        "pushtwisted_router_latency_seconds",
+        "Duration of requests sent to other nodes, by kind.",
+        ("kind",),
+        _ENDPOINT_BUCKETS,
+    ),
+    "router_received": _counter(
+        "router_received",
+        "Requests answered by the router listener, by kind and status.",
+        "kind",
+        "status",
+    ),
+    "route_outcomes": _counter(
+        "route_outcomes", "What became of each stored update, by outcome.", "outcome"
+    ),
+    "directory_errors": _counter(
+        "directory_errors", "Failed reads and writes of the cluster directory.", "operation"
     ),
 }
 

@@ -8,7 +8,7 @@ objects stay small.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -17,6 +17,9 @@ from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.storage.interface import Storage
 from pushtwisted.tokens import EndpointCrypto
+
+if TYPE_CHECKING:
+    from pushtwisted.cluster.router import Router
 
 __all__ = ["Node"]
 
@@ -31,6 +34,7 @@ class Node:
     :ivar crypto: endpoint token issuer and parser.
     :ivar clock: the reactor's time (``task.Clock`` in tests).
     :ivar metrics: where events are counted.
+    :ivar router: the cluster router (``[router] listen`` set), else None.
     """
 
     config: Config
@@ -39,6 +43,7 @@ class Node:
     crypto: EndpointCrypto
     clock: IReactorTime
     metrics: Metrics
+    router: Router | None = None
 
     def endpoint_url(self, uaid: str, chid: str) -> str:
         """Return the pushEndpoint URL for a channel (IDs in normal form)."""

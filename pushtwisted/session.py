@@ -14,8 +14,10 @@ States::
 
 Messages are handled strictly one at a time in arrival order: while one
 awaits storage the next ones are queued.  Every handler is a coroutine,
-wrapped once with ``Deferred.fromCoroutine`` in ``receive``; after each
-``await`` it stops if the session was closed meanwhile.
+run by ``_pump``: its first step directly (a handler that never waits needs
+no Deferred), the rest, if it waits on storage, under
+``Deferred.fromCoroutine``.  After each ``await`` it stops if the session
+was closed meanwhile.
 
 Handlers per (state, message):
 
@@ -33,16 +35,18 @@ CLOSED ignores everything.
 from __future__ import annotations
 
 import enum
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pushtwisted import messages
+from pushtwisted.cluster.router import connected_at_ms
 from pushtwisted.errors import ProtocolViolation, StorageError, TooManyChannels
 from pushtwisted.ids import is_valid_id, new_uaid, normalize_id
 from pushtwisted.logs import uaid_hash
@@ -113,6 +117,7 @@ class Session:
         "_busy",
         "_queue",
         "_sent",
+        "connected_at",
     )
 
     log = Logger()
@@ -131,6 +136,8 @@ class Session:
         self._queue: deque[str] | None = None
         #: Updates sent and not yet acked, by channel ID in normal form.
         self._sent: dict[str, Update] | None = None
+        #: When the hello was recorded in the cluster directory (ms), else None.
+        self.connected_at: int | None = None
 
     # -- connection events ------------------------------------------------
 
@@ -187,6 +194,20 @@ class Session:
         self.log.info("connection replaced {uaid_hash}", uaid_hash=uaid_hash(self.uaid))
         self._close(CloseCode.NORMAL, "Replaced by a newer connection")
 
+    def check_storage(self) -> Deferred[None]:
+        """Read storage again and send pending updates not yet sent on this connection.
+
+        Another node calls this (through the router listener) after it stored
+        an update while this connection's directory entry was being written.
+        """
+        if self.state is not State.READY:
+            return succeed(None)
+        return Deferred.fromCoroutine(self._flush())
+
+    def shutdown(self) -> None:
+        """Close with 1001 (going away): the server stops, the device reconnects elsewhere."""
+        self._close(CloseCode.GOING_AWAY, "Server shutting down")
+
     def connection_lost(self) -> None:
         """Forget the connection: cancel timers, leave the registry, become CLOSED."""
         self._shutdown()
@@ -194,13 +215,26 @@ class Session:
     # -- message pump -------------------------------------------------------
 
     def _pump(self, text: str) -> None:
-        """Handle ``text`` and then every queued message, one at a time."""
+        """Handle ``text`` and then every queued message, one at a time.
+
+        A handler that finishes without waiting (pings, errors, and every
+        handler with the memory backend) runs as one plain coroutine step,
+        with no Deferred per message; one that waits on storage is handed to
+        Twisted's coroutine driver and the queue resumes when it is done.
+        """
         next_text: str | None = text
         while next_text is not None:
             self._busy = True
-            d = Deferred.fromCoroutine(self._dispatch(next_text))
-            d.addErrback(self._crashed)
-            if not d.called:
+            coroutine = self._dispatch(next_text)
+            try:
+                awaited = coroutine.send(None)
+            except StopIteration:
+                pass
+            except Exception:
+                self._crashed(Failure())  # type: ignore[no-untyped-call]
+            else:
+                d = Deferred.fromCoroutine(_finish(coroutine, awaited))
+                d.addErrback(self._crashed)
                 d.addCallback(self._resume)
                 return
             self._busy = False
@@ -270,6 +304,27 @@ class Session:
         if not echo:
             echo = new_uaid()
         normal = normalize_id(echo)
+        if normal == echo:
+            normal = echo  # one string per connection, not two equal ones
+        router = self._node.router
+        if router is not None:
+            # The directory entry is written before storage is read, so an
+            # update stored meanwhile is either routed here or fetched below.
+            connected_at = connected_at_ms(self._node.clock.seconds())
+            try:
+                await router.on_hello(normal, connected_at)
+            except Exception as e:
+                if self._closed():
+                    return
+                self._storage_failed("directory", e)
+                self.state = State.AWAIT_HELLO
+                raise InvalidCommand(
+                    "directory failed during hello", status=503, echo=incoming.echo
+                ) from None
+            if self._closed():
+                router.on_disconnect(normal, connected_at)
+                return
+            self.connected_at = connected_at
         self.uaid = normal
         self._echo_uaid = echo
         self.state = State.READY
@@ -279,7 +334,9 @@ class Session:
         metrics = self._node.metrics
         metrics.increment("hellos")
         metrics.gauge("connections", len(registry))
-        self.log.info(
+        # Debug, not info: one formatted line per connection cost ~10% of the
+        # connection rate; the hellos counter and connections gauge count them.
+        self.log.debug(
             "hello {uaid_hash}",
             uaid_hash=uaid_hash(normal),
             reset=echo != hello.uaid,
@@ -555,6 +612,32 @@ class Session:
             registry = self._node.registry
             registry.remove(self.uaid, self)
             self._node.metrics.gauge("connections", len(registry))
+            router = self._node.router
+            if router is not None and self.connected_at is not None:
+                router.on_disconnect(self.uaid, self.connected_at)
+
+
+@types.coroutine
+def _finish(coroutine: Coroutine[Any, Any, None], awaited: Any) -> Generator[Any, Any, None]:
+    """Continue ``coroutine``, suspended on ``awaited``, under Twisted's driver.
+
+    ``Session._pump`` runs a handler's first step itself; only when that step
+    stops on an unfired Deferred is the rest wrapped with this (a plain
+    pass-through of results and failures in both directions).
+    """
+    while True:
+        try:
+            result = yield awaited
+        except BaseException as e:
+            try:
+                awaited = coroutine.throw(e)
+            except StopIteration:
+                return
+        else:
+            try:
+                awaited = coroutine.send(result)
+            except StopIteration:
+                return
 
 
 def _channel_key(channel_id: str) -> str:

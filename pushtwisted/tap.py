@@ -4,6 +4,11 @@ This is the only module that knows the concrete classes and the only one that
 imports the reactor (inside ``makeService``).  ``build_service(config,
 reactor)`` does the wiring and can be started on a ``MemoryReactorClock`` in
 tests.
+
+With ``[router] listen`` set the node joins a cluster (``docs/cluster.md``):
+it also builds the memcached directory, an HTTP client with its own
+persistent connection pool, the request signer and the ``Router`` (given to
+the ``Node``), and a third listener serving the node-to-node API.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import gc
 import re
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+from treq.client import HTTPClient
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
@@ -22,7 +28,13 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
 
+from pushtwisted.cluster.directory import MemcachedDirectory
+from pushtwisted.cluster.reuseport import ReusePortService, parse_tcp_description
+from pushtwisted.cluster.router import HTTPClient as RouterHTTPClient
+from pushtwisted.cluster.router import Router
+from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.config import Config, load_config
 from pushtwisted.errors import ConfigError
 from pushtwisted.logs import set_log_level
@@ -31,9 +43,11 @@ from pushtwisted.node import Node
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.storage.factory import build_storage, build_thread_pool
 from pushtwisted.storage.interface import Storage
+from pushtwisted.storage.memcached import make_memcached_client
 from pushtwisted.threadpool import ThreadPoolService
 from pushtwisted.tokens import EndpointCrypto, load_or_create_key
 from pushtwisted.web.endpoint import build_endpoint_site
+from pushtwisted.web.internal import build_internal_site
 from pushtwisted.web.status import add_status_children
 from pushtwisted.websocket import PushServerFactory
 
@@ -44,6 +58,10 @@ _BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
 #: Seconds between purges of expired tombstones (sqlite).
 _PURGE_INTERVAL = 3600.0
+#: Idle keep-alive connections kept per other node by the router's HTTP client.
+_ROUTER_PERSISTENT_PER_NODE = 16
+#: Seconds an idle keep-alive connection to another node is kept.
+_ROUTER_IDLE_TIMEOUT = 120
 
 
 class Options(usage.Options):
@@ -68,8 +86,13 @@ class PushService(MultiService):
     Stopping it is a graceful shutdown, in this order: stop accepting on every
     listener; close every client with 1001 (going away) so devices reconnect
     elsewhere; wait, at most ``shutdown_timeout`` seconds, for the clients to
-    go and for in-flight storage calls (accepted PUTs among them) to finish;
-    close the storage; stop the storage thread pool last.
+    go and for in-flight storage calls (accepted PUTs, and in a cluster the
+    directory entries of the closed clients) to finish; close the storage;
+    run ``closers`` in order (the router's HTTP connection pool, the
+    directory's memcached client); stop the storage thread pool last.
+
+    :ivar closers: calls made after the storage is closed; each may return a
+        Deferred, which is waited for; a failure is logged and ignored.
     """
 
     log = Logger()
@@ -86,6 +109,7 @@ class PushService(MultiService):
         self.pool = pool
         self.shutdown_timeout = shutdown_timeout
         self.listeners: list[IService] = []
+        self.closers: list[Callable[[], object]] = []
 
     def startService(self) -> None:
         """Start the children, then open the storage (sqlite creates its schema)."""
@@ -121,6 +145,11 @@ class PushService(MultiService):
             await self.node.storage.close()
         except Exception:
             self.log.failure("storage close failed")
+        for close in self.closers:
+            try:
+                await maybeDeferred(close)
+            except Exception:
+                self.log.failure("closing {closer} failed", closer=close)
         for child in reversed(list(self)):
             if child.running:
                 await maybeDeferred(child.stopService)
@@ -167,23 +196,115 @@ def _listener(description: str, backlog: int, factory: IProtocolFactory, reactor
     return strports.service(_with_backlog(description, backlog), factory, reactor=reactor)
 
 
+def _check_cluster(config: Config) -> None:
+    """Refuse a cluster configuration that cannot work, naming the key.
+
+    ``RouterConfig`` checks its own keys; these involve other sections.
+
+    :raises ConfigError: when ``router.listen`` is set with a backend other
+        than memcached (the directory and the pending updates must be shared)
+        or without ``crypto.keys`` (a key generated per node would make each
+        node's pushEndpoints unreadable by the others).
+    """
+    if not config.router.enabled:
+        return
+    if config.storage.backend != "memcached":
+        raise ConfigError(
+            'router.listen: a cluster needs storage.backend = "memcached" (shared by every'
+            f" node), got {config.storage.backend!r}"
+        )
+    if not config.crypto.keys:
+        raise ConfigError(
+            "crypto.keys: must be set, the same on every node, when router.listen is set"
+        )
+
+
+def _build_router(
+    config: Config,
+    reactor: Any,
+    pool: ThreadPoolService,
+    registry: ClientRegistry[Any],
+    metrics: Metrics,
+) -> tuple[Router, RequestSigner, HTTPConnectionPool, Callable[[], object]]:
+    """Build the cluster's router and what it needs (``[router] listen`` is set).
+
+    :returns: the router, the request signer (shared with the router
+        listener), the HTTP connection pool and a call that closes the
+        directory's memcached client (both closed by ``PushService``).
+    """
+    storage = config.storage
+    client = make_memcached_client(
+        storage.servers,
+        pool_size=storage.pool_max_threads,
+        connect_timeout=storage.connect_timeout,
+        timeout=storage.timeout,
+    )
+    directory = MemcachedDirectory(
+        client,
+        pool.run,
+        reactor,
+        ttl=storage.ttl_registered,
+        key_prefix=storage.key_prefix,
+    )
+    http_pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+    http_pool.maxPersistentPerHost = _ROUTER_PERSISTENT_PER_NODE
+    http_pool.cachedConnectionTimeout = _ROUTER_IDLE_TIMEOUT
+    agent = Agent(  # type: ignore[no-untyped-call]  # Twisted: untyped
+        reactor, connectTimeout=config.router.timeout, pool=http_pool
+    )
+    # treq's ``request`` takes its options as typed keywords, which the
+    # router's structural ``HTTPClient`` (``**kwargs: Any``) cannot express.
+    http = cast(RouterHTTPClient, HTTPClient(agent))
+    signer = RequestSigner(config.router.secret, clock=reactor, max_skew=config.router.max_skew)
+    router = Router(
+        node_url=config.router.public_url.strip(),
+        directory=directory,
+        registry=registry,
+        http=http,
+        signer=signer,
+        clock=reactor,
+        timeout=config.router.timeout,
+        metrics=metrics,
+    )
+
+    def close_directory() -> Deferred[None]:
+        return pool.run("directory_close", client.close)
+
+    return router, signer, http_pool, close_directory
+
+
+def _router_max_body(config: Config) -> int:
+    """Largest ``PUT /push`` body another node may send: the data, JSON-escaped."""
+    # Each character of ``data`` is at most 6 bytes once JSON-escaped (\uXXXX).
+    return max(config.endpoint.max_body, 6 * config.endpoint.max_data + 1024)
+
+
 def build_service(config: Config, reactor: Any) -> PushService:
     """Wire one node from ``config`` and return its (not yet started) root service.
 
     :param reactor: provides ``IReactorTime`` and the listening interfaces the
         configured endpoint descriptions need (``MemoryReactorClock`` in tests).
-    :raises ConfigError: when a token key or a listener description is invalid.
+    :raises ConfigError: when a token key or a listener description is invalid,
+        or a cluster (``router.listen``) is configured without memcached or
+        ``crypto.keys``.
     """
+    _check_cluster(config)
     crypto = EndpointCrypto(_token_keys(config))
     metrics = PrometheusMetrics()
     storage, pool = _build_storage(config, reactor, metrics)
+    registry: ClientRegistry[Any] = ClientRegistry()
+    cluster = None
+    if config.router.enabled:
+        assert pool is not None  # memcached, checked above
+        cluster = _build_router(config, reactor, pool, registry, metrics)
     node = Node(
         config=config,
         storage=storage,
-        registry=ClientRegistry(),
+        registry=registry,
         crypto=crypto,
         clock=reactor,
         metrics=metrics,
+        router=cluster[0] if cluster is not None else None,
     )
     root = PushService(node, pool=pool, shutdown_timeout=config.server.shutdown_timeout)
     if pool is not None:
@@ -195,23 +316,59 @@ def build_service(config: Config, reactor: Any) -> PushService:
         timer.setServiceParent(root)  # type: ignore[no-untyped-call]
     site = build_endpoint_site(node)
     add_status_children(site.resource, node, metrics)
-    listeners: list[tuple[str, str, int, IProtocolFactory]] = [
+    # (section, listen description, backlog, reuse_port, factory)
+    listeners: list[tuple[str, str, int, bool, Any]] = [
         (
-            "websocket.listen",
+            "websocket",
             config.websocket.listen,
             config.websocket.backlog,
+            config.websocket.reuse_port,
             PushServerFactory(node),
         ),
-        ("endpoint.listen", config.endpoint.listen, config.endpoint.backlog, site),
+        (
+            "endpoint",
+            config.endpoint.listen,
+            config.endpoint.backlog,
+            config.endpoint.reuse_port,
+            site,
+        ),
     ]
-    for key, description, backlog, factory in listeners:
-        try:
-            service = _listener(description, backlog, factory, reactor)
-        except (ValueError, TypeError, KeyError, OSError) as e:
-            raise ConfigError(f"{key}: invalid endpoint description {description!r}: {e}") from None
+    if cluster is not None:
+        _, signer, http_pool, close_directory = cluster
+        internal = build_internal_site(
+            registry, signer, metrics, reactor, max_body=_router_max_body(config)
+        )
+        # The router listener takes the endpoint's backlog: it carries its traffic.
+        listeners.append(("router", config.router.listen, config.endpoint.backlog, False, internal))
+        root.closers.append(http_pool.closeCachedConnections)
+        root.closers.append(close_directory)
+    for section, description, backlog, reuse_port, factory in listeners:
+        service = _build_listener(section, description, backlog, reuse_port, factory, reactor)
         service.setServiceParent(root)
         root.listeners.append(service)
     return root
+
+
+def _build_listener(
+    section: str, description: str, backlog: int, reuse_port: bool, factory: Any, reactor: Any
+) -> Any:
+    """Return the service listening on ``description`` (``SO_REUSEPORT`` if asked).
+
+    :raises ConfigError: naming ``<section>.listen`` (or ``<section>.reuse_port``
+        for a description ``reuse_port`` cannot serve).
+    """
+    if reuse_port:
+        try:
+            listen = parse_tcp_description(description, default_backlog=backlog)
+        except ValueError as e:
+            raise ConfigError(f"{section}.reuse_port: {e} (listen = {description!r})") from None
+        return ReusePortService(listen, factory, reactor)
+    try:
+        return _listener(description, backlog, factory, reactor)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise ConfigError(
+            f"{section}.listen: invalid endpoint description {description!r}: {e}"
+        ) from None
 
 
 def _log_errors(call: Callable[[], Deferred[Any]]) -> Callable[[], Deferred[Any]]:

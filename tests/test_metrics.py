@@ -194,9 +194,37 @@ class PrometheusMetricsTests(SynchronousTestCase):
                 "storage_queue_depth",
                 "endpoint_latency_seconds",
                 "storage_latency_seconds",
+                "router_latency_seconds",
             ):
                 self.assertTrue(theirs.endswith("_total"), theirs)
         self.assertEqual(
             METRIC_NAMES["endpoint_latency_seconds"],
             "pushtwisted_endpoint_request_duration_seconds",
+        )
+
+    def test_cluster_names(self) -> None:
+        """The names the cluster router and the router listener emit are declared, with
+        their labels, so none of them is dropped with a warning."""
+        self.metrics.increment("router_requests", kind="push", result="ok")
+        self.metrics.observe("router_latency_seconds", 0.003, kind="push")
+        self.metrics.increment("router_received", kind="push", status="200")
+        self.metrics.increment("route_outcomes", outcome="remote")
+        self.metrics.increment("directory_errors", operation="get")
+        self.assertEqual(self.events, [])
+        self.assertEqual(
+            _value(self.metrics, "pushtwisted_router_requests_total", kind="push", result="ok"),
+            1.0,
+        )
+        self.assertEqual(
+            _value(self.metrics, "pushtwisted_router_latency_seconds_count", kind="push"), 1.0
+        )
+        self.assertEqual(
+            _value(self.metrics, "pushtwisted_router_received_total", kind="push", status="200"),
+            1.0,
+        )
+        self.assertEqual(
+            _value(self.metrics, "pushtwisted_route_outcomes_total", outcome="remote"), 1.0
+        )
+        self.assertEqual(
+            _value(self.metrics, "pushtwisted_directory_errors_total", operation="get"), 1.0
         )

@@ -6,13 +6,19 @@ Parameters ``version`` and ``data`` come from a form body
 the query string.  A body of any other type is not parsed.
 
 Processing order: path, method, parameters, token, storage, live delivery.
+In a cluster (``[router] listen`` set) live delivery goes through
+``pushtwisted.cluster.router.Router``, which finds the device on this node or
+forwards the update to the node that holds it; 200 still means "a live socket
+took it" and 202 "stored" (no node holds the device, or it could not be
+reached in time).
 
 ======  =====  =====================================================
 status  errno  when
 ======  =====  =====================================================
 200            delivered to a connected client, or a stale version
                 (``monotonic_versions``) that was ignored
-202            stored for a client that is not connected here
+202            stored for a client that is not connected (in a
+                cluster: no node confirmed that a live socket took it)
 400     301    ``version`` is not a decimal in 0..2**63-1
 400     303    the body is not UTF-8 or not a well-formed form
 404     102    the token does not decode, or the path is not
@@ -328,22 +334,34 @@ class UpdateResource(Resource):
             return JSONResponse(code=200)
 
         node.metrics.increment("notifications_stored")
-        if self._deliver(uaid, result.channel_id or chid, version, data, exchange):
+        if await self._deliver(uaid, result.channel_id or chid, version, data, exchange):
             node.metrics.increment("notifications_delivered")
             return JSONResponse(code=200)
         return JSONResponse(code=202)
 
-    def _deliver(
+    async def _deliver(
         self, uaid: str, channel_id: str, version: int, data: str | None, exchange: _Exchange
     ) -> bool:
-        """Hand the update to the local session of ``uaid``; True when it took it."""
+        """Hand the stored update to a live socket; True when one took it (200).
+
+        In a cluster (``node.router`` set) the router finds the socket on this
+        node or on another one; otherwise only a session on this node can
+        take it.  Every failure here means 202: the update is stored already,
+        and the client gets it at its next hello or retry.
+        """
+        router = self._node.router
+        if router is not None:
+            try:
+                return bool(await router.deliver(uaid, channel_id, version, data))
+            except Exception:
+                self.log.failure("routing failed {uaid_hash}", uaid_hash=exchange.uaid_hash)
+                return False
         session: Any = self._node.registry.get(uaid)
         if session is None:
             return False
         try:
             return bool(session.deliver(channel_id, version, data))
         except Exception:
-            # The update is stored: the client gets it at its next hello or retry.
             self.log.failure("live delivery failed {uaid_hash}", uaid_hash=exchange.uaid_hash)
             return False
 

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,15 +32,35 @@ __all__ = ["ServerProcess", "free_ports", "twistd_command", "toml_document", "ch
 CODE_ROOT = Path(pushtwisted.__file__).resolve().parent.parent
 
 
+#: Every port ``free_ports`` has returned in this run, so that servers
+#: prepared one after the other (and not started yet) never share a port.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    """Return ``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago.
+
+    A port is never returned twice in one test run (the kernel may hand the
+    same free port to two calls made before either server binds it).
+    """
     sockets = []
+    ports: list[int] = []
     try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
+        with _handed_out_lock:
+            for _ in range(count * 50):
+                if len(ports) == count:
+                    break
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(s)  # held until the end: no duplicates within the call
+                s.bind(("127.0.0.1", 0))
+                port: int = s.getsockname()[1]
+                if port not in _handed_out:
+                    ports.append(port)
+            if len(ports) < count:
+                raise RuntimeError(f"could not find {count} unused free ports")
+            _handed_out.update(ports)
+        return ports
     finally:
         for s in sockets:
             s.close()
@@ -92,7 +113,7 @@ class ServerProcess:
     with ``state/`` (``storage.path``), ``server.toml`` and ``server.log``
     (stdout and stderr of every run, appended), and registers a cleanup that
     kills a process still running.  ``start()`` writes the TOML from
-    ``self.config`` and waits (bounded) until both ports accept connections;
+    ``self.config`` and waits (bounded) until its ports accept connections;
     it fails the test with the log when the server exits or is not ready in
     time.  ``stop()`` sends a signal and waits (bounded) for the exit.
 
@@ -115,6 +136,10 @@ class ServerProcess:
     :param env: extra environment variables for the child (``SIMPLEPUSH_*`` of
         the test runner's own environment are not passed on).
     :param start_timeout: seconds ``start()`` waits for both ports.
+    :param extra_ports: how many more free loopback ports to pick, with the
+        other two (so all are distinct), as ``self.extra_ports``: for more
+        listeners in ``self.config`` (a cluster node's ``[router] listen``).
+        ``start()`` waits until they accept connections too.
     """
 
     def __init__(
@@ -124,6 +149,7 @@ class ServerProcess:
         *,
         env: Mapping[str, str] | None = None,
         start_timeout: float = 20.0,
+        extra_ports: int = 0,
     ) -> None:
         self._testcase = testcase
         self.directory = Path(testcase.mktemp()).resolve()
@@ -131,7 +157,7 @@ class ServerProcess:
         self.config_path = self.directory / "server.toml"
         self.log_path = self.directory / "server.log"
         self.state_dir.mkdir(parents=True)
-        self.ws_port, self.endpoint_port = free_ports(2)
+        self.ws_port, self.endpoint_port, *self.extra_ports = free_ports(2 + extra_ports)
         self.ws_url = f"ws://127.0.0.1:{self.ws_port}/"
         self.endpoint_url = f"http://127.0.0.1:{self.endpoint_port}"
         self.config: dict[str, dict[str, object]] = {
@@ -176,7 +202,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + self.start_timeout
-        waiting = [self.ws_port, self.endpoint_port]
+        waiting = [self.ws_port, self.endpoint_port, *self.extra_ports]
         while waiting:
             if self.process.poll() is not None:
                 self._testcase.fail(

@@ -1,0 +1,268 @@
+"""Tests for the cluster wiring of ``pushtwisted.tap``, on a fake reactor.
+
+With ``[router] listen`` set, ``build_service`` gives the node a ``Router``
+over a memcached directory and opens a third listener (the signed
+node-to-node API); ``reuse_port`` listeners share their port through
+``SO_REUSEPORT``.  Nothing here talks to memcached: building the clients does
+no I/O, and the memcached thread pool is never started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from pathlib import Path
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent, Logger
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import HTTPConnectionPool
+from zope.interface import implementer
+
+from pushtwisted import tap
+from pushtwisted.cluster.directory import MemcachedDirectory
+from pushtwisted.cluster.reuseport import ReusePortService
+from pushtwisted.cluster.router import Router
+from pushtwisted.cluster.signing import RequestSigner
+from pushtwisted.config import (
+    Config,
+    CryptoConfig,
+    EndpointConfig,
+    RouterConfig,
+    StorageConfig,
+    WebSocketConfig,
+)
+from pushtwisted.errors import ConfigError
+from pushtwisted.tokens import KEY_FILE, generate_key
+from pushtwisted.web.internal import InternalSite
+from pushtwisted.websocket import PushServerFactory
+
+SECRET = "a-cluster-secret-of-some-length"
+ROUTER_URL = "http://127.0.0.1:3000"
+
+
+@implementer(IReactorFromThreads)
+class _Reactor(MemoryReactorClock):
+    """A ``MemoryReactorClock`` the storage thread pool accepts (calls run inline)."""
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+class ClusterBuildTests(SynchronousTestCase):
+    """``build_service`` with ``[router] listen`` set."""
+
+    def config(self, **sections: Any) -> Config:
+        """A cluster node's ``Config``: memcached, shared keys, a router listener."""
+        sections.setdefault(
+            "storage", StorageConfig(path=self.mktemp(), backend="memcached", key_prefix="p:")
+        )
+        sections.setdefault("crypto", CryptoConfig(keys=[generate_key()]))
+        sections.setdefault(
+            "router",
+            RouterConfig(
+                listen="tcp:3000:interface=127.0.0.1", public_url=ROUTER_URL + "/", secret=SECRET
+            ),
+        )
+        return dataclasses.replace(Config(), **sections)
+
+    def build(self, config: Config) -> tuple[MemoryReactorClock, tap.PushService]:
+        reactor = _Reactor()
+        return reactor, tap.build_service(config, reactor)
+
+    def start_listeners(self, service: tap.PushService) -> None:
+        """Start only the listeners (the storage thread pool stays down)."""
+        for listener in service.listeners:
+            listener.startService()
+            self.addCleanup(listener.stopService)
+
+    def test_three_listeners(self) -> None:
+        """WebSocket, endpoint and router listeners, in that order; the router one
+        serves the node-to-node ``InternalSite`` with the endpoint's backlog."""
+        reactor, service = self.build(self.config())
+        self.start_listeners(service)
+        self.assertEqual(
+            [(port, backlog, interface) for port, _, backlog, interface in reactor.tcpServers],
+            [(8080, 1024, "127.0.0.1"), (8081, 1024, "127.0.0.1"), (3000, 1024, "127.0.0.1")],
+        )
+        factories = [entry[1] for entry in reactor.tcpServers]
+        self.assertIsInstance(factories[0], PushServerFactory)
+        self.assertIsInstance(factories[2], InternalSite)
+        self.assertEqual(len(service.listeners), 3)
+
+    def test_node_gets_router(self) -> None:
+        """The node's router is a ``Router`` named by ``public_url`` over the memcached
+        directory, sharing the node's registry."""
+        _, service = self.build(self.config())
+        router = service.node.router
+        assert isinstance(router, Router)
+        self.assertEqual(router.node_url, ROUTER_URL)
+        self.assertIsInstance(router.directory, MemcachedDirectory)
+
+    def test_router_listener_checks_the_shared_secret(self) -> None:
+        """The router listener accepts requests signed with ``router.secret`` and refuses
+        others with 401."""
+        reactor, service = self.build(self.config())
+        self.start_listeners(service)
+        site = reactor.tcpServers[2][1]
+        stub = StubTreq(site.resource)
+        path = f"/notif/{uuid.uuid4().hex}"
+
+        def put(secret: str) -> int:
+            headers = RequestSigner(secret, clock=reactor).sign(b"PUT", path.encode())
+            d = stub.request("PUT", "http://node" + path, headers=headers)
+            stub.flush()
+            return int(self.successResultOf(d).code)
+
+        self.assertEqual(put(SECRET), 404)  # signed well: no such session here
+        self.assertEqual(put("another-secret-entirely"), 401)
+
+    def test_closers(self) -> None:
+        """Stopping the node closes the router's persistent HTTP pool, then the
+        directory's memcached client (through the storage pool)."""
+        _, service = self.build(self.config())
+        self.assertEqual(len(service.closers), 2)
+        close_http, close_directory = service.closers
+        pool = getattr(close_http, "__self__", None)
+        self.assertIsInstance(pool, HTTPConnectionPool)
+        assert isinstance(pool, HTTPConnectionPool)
+        self.assertTrue(pool.persistent)
+        calls: list[str] = []
+
+        def run(operation: str, func: Any, *args: Any) -> Deferred[Any]:
+            calls.append(operation)
+            return succeed(func(*args))
+
+        assert service.pool is not None
+        service.pool.run = run  # type: ignore[method-assign]
+        self.successResultOf(close_directory())  # type: ignore[arg-type]
+        self.assertEqual(calls, ["directory_close"])
+
+    def test_single_node_has_no_router(self) -> None:
+        """Without ``router.listen``: no router, two listeners, no closers."""
+        reactor, service = self.build(self.config(router=RouterConfig()))
+        self.start_listeners(service)
+        self.assertIsNone(service.node.router)
+        self.assertEqual(len(reactor.tcpServers), 2)
+        self.assertEqual(service.closers, [])
+
+    def test_backend_must_be_memcached(self) -> None:
+        """A cluster on sqlite or memory is a ``ConfigError`` naming ``router.listen``."""
+        for backend in ("sqlite", "memory"):
+            config = self.config(storage=StorageConfig(path=self.mktemp(), backend=backend))
+            error = self.assertRaises(ConfigError, tap.build_service, config, _Reactor())
+            self.assertIn("router.listen", str(error))
+            self.assertIn("memcached", str(error))
+
+    def test_keys_required(self) -> None:
+        """A cluster without ``crypto.keys`` is a ``ConfigError`` naming it, and no
+        per-node key is generated."""
+        config = self.config(crypto=CryptoConfig())
+        error = self.assertRaises(ConfigError, tap.build_service, config, _Reactor())
+        self.assertIn("crypto.keys", str(error))
+        self.assertFalse((Path(config.storage.path) / KEY_FILE).exists())
+
+    def test_invalid_router_listen(self) -> None:
+        """An unusable router description is a ``ConfigError`` naming ``router.listen``."""
+        router = RouterConfig(listen="carrierpigeon:3000", public_url=ROUTER_URL, secret=SECRET)
+        error = self.assertRaises(
+            ConfigError, tap.build_service, self.config(router=router), _Reactor()
+        )
+        self.assertIn("router.listen", str(error))
+
+
+class ReusePortTests(SynchronousTestCase):
+    """``reuse_port`` turns a ``tcp:`` listener into a ``ReusePortService``."""
+
+    def config(self, **sections: Any) -> Config:
+        sections.setdefault("storage", StorageConfig(path=self.mktemp(), backend="memory"))
+        return dataclasses.replace(Config(), **sections)
+
+    def test_reuse_port_listeners(self) -> None:
+        """Both listeners with ``reuse_port`` bind their own ``SO_REUSEPORT`` sockets
+        (real ones, on free loopback ports) and hand them to the reactor."""
+        config = self.config(
+            websocket=WebSocketConfig(listen="tcp:0:interface=127.0.0.1", reuse_port=True),
+            endpoint=EndpointConfig(listen="tcp:0:interface=127.0.0.1", reuse_port=True, backlog=7),
+        )
+        reactor = MemoryReactorClock()
+        service = tap.build_service(config, reactor)
+        listeners = service.listeners
+        self.assertTrue(all(isinstance(s, ReusePortService) for s in listeners))
+        assert isinstance(listeners[1], ReusePortService)
+        self.assertEqual(listeners[1].listen.backlog, 7)
+        service.startService()
+        self.addCleanup(lambda: self.successResultOf(service.stopService()))
+        self.assertEqual(reactor.tcpServers, [])
+        self.assertEqual(len(reactor.adoptedPorts), 2)
+        self.assertIsInstance(reactor.adoptedPorts[0][2], PushServerFactory)
+
+    def test_only_one_listener(self) -> None:
+        """``reuse_port`` on the endpoint only leaves the WebSocket listener as it was."""
+        config = self.config(
+            endpoint=EndpointConfig(listen="tcp:0:interface=127.0.0.1", reuse_port=True)
+        )
+        reactor = MemoryReactorClock()
+        service = tap.build_service(config, reactor)
+        service.startService()
+        self.addCleanup(lambda: self.successResultOf(service.stopService()))
+        self.assertEqual([entry[0] for entry in reactor.tcpServers], [8080])
+        self.assertEqual(len(reactor.adoptedPorts), 1)
+
+    def test_needs_tcp(self) -> None:
+        """``reuse_port`` with a non-tcp description is a ``ConfigError`` naming
+        ``<section>.reuse_port``."""
+        config = self.config(websocket=WebSocketConfig(listen="unix:/tmp/x.sock", reuse_port=True))
+        error = self.assertRaises(ConfigError, tap.build_service, config, MemoryReactorClock())
+        self.assertIn("websocket.reuse_port", str(error))
+        self.assertIn("unix:/tmp/x.sock", str(error))
+
+
+class _Storage:
+    """Storage stand-in that only records ``close``."""
+
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    def close(self) -> Deferred[None]:
+        self.order.append("storage")
+        return succeed(None)
+
+
+class ClosersTests(SynchronousTestCase):
+    """``PushService.closers`` run after the storage is closed, in order."""
+
+    def test_order_and_failures(self) -> None:
+        """Each closer runs once after the storage close, waited for in order; a failing
+        one is logged and the others still run."""
+        config = dataclasses.replace(
+            Config(), storage=StorageConfig(path=self.mktemp(), backend="memory")
+        )
+        service = tap.build_service(config, MemoryReactorClock())
+        order: list[str] = []
+        service.node = dataclasses.replace(service.node, storage=_Storage(order))  # type: ignore[arg-type]
+        waiting: Deferred[None] = Deferred()
+
+        def first() -> Deferred[None]:
+            order.append("first")
+            return waiting
+
+        def broken() -> Deferred[None]:
+            order.append("broken")
+            return fail(RuntimeError("close failed"))
+
+        service.closers.extend([first, broken, lambda: order.append("last")])
+        events: list[LogEvent] = []
+        service.log = Logger(observer=events.append)  # type: ignore[misc]
+        service.startService()
+        d = service.stopService()
+        self.assertEqual(order, ["storage", "first"])
+        self.assertNoResult(d)
+        waiting.callback(None)
+        self.successResultOf(d)
+        self.assertEqual(order, ["storage", "first", "broken", "last"])
+        self.assertTrue(any("log_failure" in event for event in events))
