@@ -6,6 +6,10 @@ the session's text messages.  Text and binary frames are both accepted (a
 binary frame must hold UTF-8).  ``PushServerFactory`` applies
 ``[websocket]`` from the config.  A plain HTTP GET (no upgrade) of
 ``/status`` answers JSON; anything else 404.
+
+Both classes build on ``pushtwisted._autobahn_tuning``, which removes
+Autobahn's per-connection overhead (memory per idle socket, debug formatting
+per connection and per message) without changing its behaviour.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
 
-from pushtwisted import __version__
+from pushtwisted import __version__, _autobahn_tuning
+from pushtwisted._autobahn_tuning import LeanServerFactory, LeanServerProtocol
 from pushtwisted.node import Node
 from pushtwisted.session import CloseCode, Session
 
@@ -56,14 +60,21 @@ def _origin_or_raw(value: str) -> str:
     return _origin_key(value) or value.strip().lower()
 
 
-class PushServerProtocol(WebSocketServerProtocol):
+class PushServerProtocol(LeanServerProtocol):
     """One client connection: the ``Sender`` of one ``Session``."""
+
+    # A slot, like Autobahn's own state (see _autobahn_tuning).
+    __slots__ = ("session",)
 
     # Autobahn owns ``log`` (a txaio logger); ours is separate.
     _log = Logger()
     factory: PushServerFactory
-    maxMessagePayloadSize: int  # copied from the factory at connectionMade
-    session: Session | None = None
+    maxMessagePayloadSize: int  # a class attribute set by the factory
+    session: Session | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         """Refuse a disallowed Origin (403); accept ``push-notification`` when offered."""
@@ -79,10 +90,6 @@ class PushServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         """Create the session and start its hello timer."""
-        # The handshake is done: drop its copies (~2 KB per idle connection).
-        self.http_request_data = b""
-        self.http_response_data = ""
-        self.http_headers = {}
         self.session = Session(self, self.factory.node)
         self.session.opened()
 
@@ -118,7 +125,7 @@ class PushServerProtocol(WebSocketServerProtocol):
             self.sendMessageFrame(payload)
             self.endMessage()
         else:
-            self.sendMessage(payload, isBinary=False)  # type: ignore[no-untyped-call]
+            self.sendMessage(payload, isBinary=False)
         return True
 
     def close(self, code: int, reason: str) -> None:
@@ -151,19 +158,18 @@ class PushServerProtocol(WebSocketServerProtocol):
         self.sendData(head.encode("ascii") + data)
 
 
-class PushServerFactory(WebSocketServerFactory):
+class PushServerFactory(LeanServerFactory):
     """Builds ``PushServerProtocol`` with the options of ``[websocket]``.
 
     :param node: the node's shared collaborators.
     :param url: the public WebSocket URL, when known.
     """
 
-    protocol = PushServerProtocol  # type: ignore[assignment]
+    protocol = PushServerProtocol
 
     def __init__(self, node: Node, *, url: str | None = None) -> None:
-        super().__init__(  # type: ignore[no-untyped-call]
-            url=url, server=f"pushtwisted/{__version__}", reactor=node.clock
-        )
+        _autobahn_tuning.apply()
+        super().__init__(url=url, server=f"pushtwisted/{__version__}", reactor=node.clock)
         self.node = node
         ws = node.config.websocket
         #: Allowed origins in normal form; empty allows every origin.
@@ -179,4 +185,8 @@ class PushServerFactory(WebSocketServerFactory):
             failByDrop=False,
             # Autobahn only checks that the Origin parses; onConnect decides.
             allowNullOrigin=True,
+            # onMessage decodes every message and closes with 1007 on bad
+            # UTF-8, so Autobahn's incremental validator (an object and C
+            # memory per connection, a call per frame) would only repeat it.
+            utf8validateIncoming=False,
         )

@@ -30,6 +30,11 @@ def incoming(text: str) -> Incoming:
 class DecodeTests(SynchronousTestCase):
     """``decode`` turns text into an ``Incoming`` or refuses it."""
 
+    def test_byte_order_mark(self) -> None:
+        """When the text starts with a byte order mark, it is not JSON (as with json.loads)."""
+        with self.assertRaises(ProtocolViolation):
+            decode('\ufeff{"messageType":"hello"}')
+
     def test_empty(self) -> None:
         """When the text is empty, decode returns None (the message is ignored)."""
         self.assertIsNone(decode(""))
@@ -310,6 +315,58 @@ class BuildTests(SynchronousTestCase):
                 ],
             },
         )
+
+    def test_replies_text_exact(self) -> None:
+        """When replies are built directly, each is byte for byte the compact json.dumps text."""
+        odd = 'a"\\é\ud800\u2028/'
+
+        def dumps(value: object) -> str:
+            return json.dumps(value, separators=(",", ":"))
+
+        for uaid in (UAID, odd):
+            self.assertEqual(
+                messages.hello_reply(uaid),
+                dumps({"messageType": "hello", "uaid": uaid, "status": 200}),
+            )
+            self.assertEqual(
+                messages.register_reply(uaid, odd, f"http://e/{odd}"),
+                dumps(
+                    {
+                        "messageType": "register",
+                        "uaid": uaid,
+                        "status": 200,
+                        "channelID": odd,
+                        "pushEndpoint": f"http://e/{odd}",
+                    }
+                ),
+            )
+            self.assertEqual(
+                messages.unregister_reply(uaid),
+                dumps({"messageType": "unregister", "status": 200, "channelID": uaid}),
+            )
+
+    def test_notification_text_exact(self) -> None:
+        """When built directly, a notification is byte for byte the compact json.dumps text."""
+        updates = [
+            Update(channel_id='a"\\é\ud800\u2028', version=2**63 - 1, data="d\u2603\n"),
+            Update(channel_id=CHID, version=0, data=None),
+            Update(channel_id="", version=5, data=""),
+        ]
+        expected = json.dumps(
+            {
+                "messageType": "notification",
+                "updates": [
+                    {"channelID": updates[0].channel_id, "version": 2**63 - 1, "data": "d\u2603\n"},
+                    {"channelID": CHID, "version": 0},
+                    {"channelID": "", "version": 5},
+                ],
+            },
+            separators=(",", ":"),
+        )
+        text = messages.notification(updates)
+        self.assertEqual(text, expected)
+        text.encode("ascii")
+        self.assertEqual(messages.notification([]), '{"messageType":"notification","updates":[]}')
 
     def test_expired_notification(self) -> None:
         """When building an expired notification, it lists the channels under expired."""

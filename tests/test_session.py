@@ -1046,6 +1046,46 @@ class OrderingTests(SessionCase):
         kinds = [r["messageType"] for r in self.sender.replies]
         self.assertEqual(kinds, ["hello", "notification", "register"])
 
+    def test_late_storage_failure_resumes_queue(self) -> None:
+        """When storage fails after a wait, the reply is 503 and the session and its queue go on."""
+        holding = HoldingStorage(self.memory, ["register"])
+        self.build(storage=holding)
+        self.hello(UAID)
+        self.send({"messageType": "register", "channelID": CHID})
+        self.send("{}")
+        holding.next().fail()
+        self.assertEqual(
+            self.sender.replies,
+            [
+                {"messageType": "register", "channelID": CHID, "status": 503, "error": ERROR},
+                {},
+            ],
+        )
+        self.assertOpen()
+
+    def test_late_crash_closes(self) -> None:
+        """When a handler fails unexpectedly after a storage wait, the session closes with 1011."""
+        holding = HoldingStorage(self.memory, ["register"])
+        self.build(storage=holding)
+        self.hello(UAID)
+        self.send({"messageType": "register", "channelID": CHID})
+        self.send("{}")
+        self.metrics.increment = None  # type: ignore[method-assign, assignment]
+        holding.next().release()
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.assertClosed(CloseCode.INTERNAL_ERROR)
+        self.assertEqual(self.sender.texts, [])
+
+    def test_synchronous_handlers_need_no_deferred(self) -> None:
+        """When storage answers at once, whole exchanges complete within receive()."""
+        self.hello(UAID)
+        self.send({"messageType": "register", "channelID": CHID})
+        self.send({"messageType": "unregister", "channelID": CHID})
+        self.send("{}")
+        kinds = [r.get("messageType") for r in self.sender.replies]
+        self.assertEqual(kinds, ["register", "unregister", None])
+        self.assertFalse(self.session._busy)
+
     def test_queue_overflow(self) -> None:
         """When too many messages pile up behind a pending one, the session closes with 1008."""
         holding = HoldingStorage(self.memory, ["register"])

@@ -214,6 +214,19 @@ class MessageTests(SynchronousTestCase):
         [frame] = self.conn.send(b"\xff\xfe{}", 2)
         self.assertEqual(close_code(frame), 1007)
 
+    def test_text_invalid_utf8(self) -> None:
+        """When a text frame is not UTF-8, the server closes with 1007."""
+        [frame] = self.conn.send(b'{"messageType":"\xc3\x28"}')
+        self.assertEqual(close_code(frame), 1007)
+
+    def test_fragmented_text(self) -> None:
+        """When text fragments split a UTF-8 character, they still make one message."""
+        message = '{"messageType":"hello","channelIDs":[],"x":"\u00e9"}'.encode()
+        cut = message.index(b"\xc3") + 1
+        self.conn.protocol.dataReceived(client_frame(message[:cut], 1, fin=False))
+        [(_, payload, _)] = self.conn.send(message[cut:], opcode=0)
+        self.assertEqual(json.loads(payload)["status"], 200)
+
     def test_oversize(self) -> None:
         """When a message exceeds max_message_size, Autobahn closes with 1009."""
         conn = Connection(ws_config(max_message_size=100))

@@ -1,0 +1,601 @@
+"""Per-connection costs of Autobahn that a push server cannot afford, removed.
+
+A push server holds tens of thousands of mostly idle WebSockets, so every
+byte and every microsecond Autobahn spends per connection or per message
+counts.  Autobahn (tested: ``TESTED_AUTOBAHN``) spends them on things we
+never use.  This module keeps all knowledge of Autobahn's internals in one
+place; ``pushtwisted.websocket`` builds on ``LeanServerProtocol`` and
+``LeanServerFactory``.  Each tuning says WHY next to its code.  The numbers
+(before → after, on the 2-core bench machine) are in the commit message.
+
+1. ``apply()`` makes Autobahn's debug-only string formatting lazy.
+   Autobahn evaluates ``pformat(...)`` (the whole option list of every new
+   connection), ``hltype(...)`` and ``hlval(...)`` as *arguments* of
+   ``log.debug`` calls on every connection, handshake, data chunk and send,
+   even when debug logging is off (the call itself is then a no-op).  That
+   cost about 40% of the connection rate.  ``apply()`` replaces those three
+   module-level names in the Autobahn modules that imported them by stand-ins
+   that only record the call and format when the log event is rendered.
+2. ``LeanServerFactory`` keeps the ~30 protocol options as class attributes
+   of a protocol subclass made for that factory, instead of Autobahn copying
+   them into every connection's ``__dict__``.
+3. ``LeanServerProtocol`` keeps per-connection state in ``__slots__`` and
+   drops what an open, idle connection never needs again (handshake request
+   and headers, transport details, the frame unmasker, a send queue, a
+   traffic counter, a UTF-8 validator, an event list and its dict).
+4. Per message, ``onMessageEnd`` skips firing the ``message`` event (a
+   Deferred and a closure per message) when nobody listens.
+5. ``apply()`` also unmasks small incoming frames with one big-integer XOR
+   instead of a native (cffi) masker object per frame: below ~1 KB the
+   native one's setup costs ~6 us, the XOR ~1 us.  Small outgoing messages
+   are framed and written directly (``sendMessage``).
+6. ``BucketTimer`` replaces txaio's batched timer that Autobahn uses for
+   its handshake, close and auto-ping timeouts: txaio wraps every call in a
+   lambda (a function, a closure tuple and three cells per connection, for
+   the five-minute auto-ping of every idle socket) and removes a cancelled
+   call from its one-second bucket with ``list.remove``, a scan of up to the
+   thousands of connections opened in that second.
+"""
+
+from __future__ import annotations
+
+import pprint
+import struct
+from collections import deque
+from collections.abc import Callable, Mapping
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from types import MappingProxyType, MethodType, ModuleType
+from typing import Any
+
+import autobahn.twisted.websocket as _tx_websocket
+import autobahn.util as _ab_util
+import autobahn.websocket.protocol as _ws_protocol
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
+from autobahn.websocket.xormasker import (  # type: ignore[attr-defined]
+    create_xor_masker as _native_create_xor_masker,
+)
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+__all__ = [
+    "TESTED_AUTOBAHN",
+    "BucketTimer",
+    "check_version",
+    "installed_autobahn",
+    "LazyFormat",
+    "LeanServerFactory",
+    "LeanServerProtocol",
+    "apply",
+]
+
+#: The Autobahn release these tunings were written against and tested with.
+TESTED_AUTOBAHN = "26.10.2"
+
+_log = Logger()
+
+
+class LazyFormat:
+    """A log field that calls ``func(*args, **kwargs)`` only when rendered.
+
+    ``str()``, ``repr()`` and ``format()`` all give the text the wrapped
+    function returns, so a debug log line reads exactly as with Autobahn's
+    eager call.
+    """
+
+    __slots__ = ("_func", "_args", "_kwargs")
+
+    def __init__(
+        self, func: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self._func = func
+        self._args = args
+        self._kwargs = kwargs
+
+    def __str__(self) -> str:
+        return str(self._func(*self._args, **self._kwargs))
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _lazy(func: Callable[..., object]) -> Callable[..., LazyFormat]:
+    """Return a stand-in for ``func`` that defers the call to rendering time."""
+
+    def stand_in(*args: object, **kwargs: Any) -> LazyFormat:
+        return LazyFormat(func, args, kwargs)
+
+    stand_in.__name__ = f"lazy_{func.__name__}"
+    stand_in.__qualname__ = stand_in.__name__
+    stand_in.__doc__ = f"Lazy stand-in for {func.__module__}.{func.__qualname__}."
+    stand_in.__wrapped__ = func  # type: ignore[attr-defined]
+    return stand_in
+
+
+#: Frames shorter than this are unmasked by ``_SmallXorMasker``.
+_SMALL_FRAME = 1024
+
+
+class _SmallXorMasker:
+    """Autobahn's masker interface (``pointer``/``reset``/``process``) in pure Python.
+
+    One ``int`` XOR over the whole chunk: for the short frames a push client
+    sends (hello, register, ack: ~60-200 bytes) it is several times cheaper
+    than creating Autobahn's native masker for every frame.
+    """
+
+    __slots__ = ("_mask", "_ptr")
+
+    def __init__(self, mask: bytes) -> None:
+        self._mask = mask
+        self._ptr = 0
+
+    def pointer(self) -> int:
+        return self._ptr
+
+    def reset(self) -> None:
+        self._ptr = 0
+
+    def process(self, data: bytes) -> bytes:
+        size = len(data)
+        shift = self._ptr & 3
+        self._ptr += size
+        if not size:
+            return b""
+        mask = self._mask[shift:] + self._mask[:shift]
+        key = (mask * (size // 4 + 1))[:size]
+        value = int.from_bytes(data, "little") ^ int.from_bytes(key, "little")
+        return value.to_bytes(size, "little")
+
+
+def _create_xor_masker(mask: bytes, length: int | None = None) -> Any:
+    """Autobahn's ``create_xor_masker``, with small frames unmasked in Python."""
+    if length is not None and length < _SMALL_FRAME:
+        return _SmallXorMasker(mask)
+    return _native_create_xor_masker(mask, length)  # type: ignore[no-untyped-call]
+
+
+#: (module, name, the function Autobahn imported under that name, stand-in).
+_TARGETS: tuple[tuple[ModuleType, str, Callable[..., object], Callable[..., object]], ...] = (
+    (_ws_protocol, "pformat", pprint.pformat, _lazy(pprint.pformat)),
+    (_ws_protocol, "hltype", _ab_util.hltype, _lazy(_ab_util.hltype)),
+    (_ws_protocol, "hlval", _ab_util.hlval, _lazy(_ab_util.hlval)),
+    (_tx_websocket, "hltype", _ab_util.hltype, _lazy(_ab_util.hltype)),
+    (_tx_websocket, "hlval", _ab_util.hlval, _lazy(_ab_util.hlval)),
+    (_ws_protocol, "create_xor_masker", _native_create_xor_masker, _create_xor_masker),
+)
+
+
+def installed_autobahn() -> str:
+    """Return the installed Autobahn version, or ``"unknown"``."""
+    try:
+        return version("autobahn")
+    except PackageNotFoundError:  # pragma: no cover - autobahn is a dependency
+        return "unknown"
+
+
+def check_version(installed: str) -> bool:
+    """Return True when ``installed`` is the tested Autobahn; log a warning if not."""
+    if installed == TESTED_AUTOBAHN:
+        return True
+    _log.warn(
+        "autobahn {installed} is not the tested {tested}: the tunings in "
+        "pushtwisted._autobahn_tuning may not fit it (run tests/test_autobahn_tuning.py)",
+        installed=installed,
+        tested=TESTED_AUTOBAHN,
+    )
+    return False
+
+
+def apply() -> list[str]:
+    """Replace Autobahn's eager debug formatting and small-frame unmasking.
+
+    Returns the ``module.name`` replaced by this call.  Idempotent: a name
+    already replaced is left alone.  A name that is not the function
+    expected (another Autobahn release) is skipped with a warning rather
+    than guessed at.  Called by ``PushServerFactory``.
+    """
+    check_version(installed_autobahn())
+    return _replace(_TARGETS)
+
+
+def _replace(
+    targets: tuple[tuple[Any, str, Callable[..., object], Callable[..., object]], ...],
+) -> list[str]:
+    patched = []
+    for module, name, original, stand_in in targets:
+        current = getattr(module, name, None)
+        if current is stand_in:
+            continue  # already applied
+        if current is not original:
+            _log.warn(
+                "autobahn tuning skipped: {module}.{name} is not {original}",
+                module=module.__name__,
+                name=name,
+                original=f"{original.__module__}.{original.__qualname__}",
+            )
+            continue
+        setattr(module, name, stand_in)
+        patched.append(f"{module.__name__}.{name}")
+    if patched:
+        _log.info("autobahn tuning applied: {names}", names=", ".join(patched))
+    return patched
+
+
+class _Unwatched:
+    """Stands in for a connection's ``is_open``/``is_closed`` Deferred.
+
+    Autobahn resolves them (``txaio.resolve`` calls ``callback``) when the
+    handshake completes and when the connection closes; on the server side
+    nothing in Autobahn or pushtwisted waits on them.  Firing is ignored;
+    trying to wait fails loudly instead of never firing.
+    """
+
+    __slots__ = ()
+
+    def callback(self, result: object = None) -> None:
+        """Ignore the event."""
+
+    def errback(self, fail: object = None) -> None:
+        """Ignore the event."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"is_open/is_closed are not kept by LeanServerProtocol (no {name!r});"
+            " use onOpen/onClose"
+        )
+
+
+_UNWATCHED = _Unwatched()
+
+#: Stands in for the handshake's header and query dicts once the socket is open.
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+#: One traffic counter shared by every connection.  Autobahn only ever adds
+#: to ``trafficStats``; nothing reads it back, and one object per connection
+#: (with a 14-key ``__dict__``) costs ~700 bytes of every idle socket.
+_SHARED_TRAFFIC_STATS = TrafficStats()  # type: ignore[no-untyped-call]
+
+#: Per-connection attributes Autobahn 26.10 sets on a server connection, kept
+#: in slots: a ``__dict__`` with ~70 keys outgrows CPython's shared-key
+#: instance dicts and costs ~3.3 KB per connection, slots ~8 bytes a name.
+#: A name missing here still works (it lands in ``__dict__``);
+#: tests/test_autobahn_tuning.py checks that a whole connection leaves
+#: ``__dict__`` empty, so an Autobahn upgrade that adds state shows up there.
+_SLOTS = tuple(
+    """
+    factory transport connected peer is_open is_closed _transport_details
+    _perMessageCompress _isMessageCompressed trackedTimings trafficStats
+    state send_state data send_queue triggered utf8validator
+    wasMaxFramePayloadSizeExceeded wasMaxMessagePayloadSizeExceeded
+    closedByMe failedByMe droppedByMe wasClean wasNotCleanReason
+    wasServerConnectionDropTimeout wasOpenHandshakeTimeout wasCloseHandshakeTimeout
+    wasServingFlashSocketPolicyFile localCloseCode localCloseReason
+    remoteCloseCode remoteCloseReason openHandshakeTimeoutCall
+    closeHandshakeTimeoutCall autoPingTimeoutCall autoPingPending
+    autoPingPendingCall autoPingPendingSeq autoPingPendingSent
+    http_request_data http_status_line http_headers http_request_uri
+    http_request_path http_request_params http_request_host http_response_data
+    websocket_version websocket_protocols websocket_origin websocket_extensions
+    websocket_protocol_in_use websocket_extensions_in_use _wskey
+    inside_message current_frame current_frame_masker control_frame_data
+    frame_length frame_data message_is_binary message_data
+    message_data_total_length utf8validateIncomingCurrentMessage utf8validateLast
+    send_compressed send_message_opcode send_message_frame_length
+    send_message_frame_mask send_message_frame_masker
+    """.split()
+)
+
+
+#: Handshake state an open connection never reads again (Autobahn keeps the
+#: request and response text, headers and offers for its test suite), and
+#: what stands in for it.  ``http_request_path`` and
+#: ``websocket_protocol_in_use`` are short and kept for the application.
+_RELEASED_AT_OPEN: tuple[tuple[str, object], ...] = (
+    ("http_request_data", None),
+    ("http_response_data", None),
+    ("http_status_line", None),
+    ("http_headers", _EMPTY),
+    ("http_request_params", _EMPTY),
+    ("http_request_uri", None),
+    ("http_request_host", None),
+    ("websocket_origin", None),
+    ("websocket_protocols", ()),
+    ("websocket_extensions", ()),
+    ("websocket_extensions_in_use", ()),
+    ("_wskey", None),
+)
+
+
+class LeanServerProtocol(WebSocketServerProtocol):
+    """``WebSocketServerProtocol`` with its per-connection overhead removed.
+
+    Wire behaviour is Autobahn's; only memory and CPU per connection change.
+    Not kept: ``is_open``/``is_closed`` cannot be waited on (see
+    ``_Unwatched``), and ``trafficStats`` is one shared counter.
+    """
+
+    __slots__ = _SLOTS
+
+    # Options read here; class attributes of the factory's protocol class.
+    logOctets: bool
+    logFrames: bool
+    autoFragmentSize: int
+    maskServerFrames: bool
+    maxMessagePayloadSize: int
+    utf8validateIncoming: bool
+
+    def __init__(self) -> None:
+        # Autobahn's __init__ also calls ``set_valid_events(["message"])``: a
+        # list and a dict per connection, needed only once someone calls
+        # ``on()`` (done there).  The ``TransportDetails()`` it makes is
+        # replaced at connectionMade anyway.
+        self.factory = None
+        self.transport = None
+        self.connected = 0
+        self.peer = None
+        # Two Deferreds per connection (each with its callback list: ~500
+        # bytes and 4 objects for the collector) that Autobahn's server side
+        # only ever fires and nobody here waits on; see _Unwatched.
+        self.is_closed = _UNWATCHED
+        self.is_open = _UNWATCHED
+        self._transport_details = None  # type: ignore[assignment]
+
+    def on(self, event: str, handler: Callable[..., object]) -> None:
+        """Add an event listener (Autobahn's ``ObservableMixin.on``)."""
+        if self._valid_events is None:
+            self.set_valid_events(["message"])  # type: ignore[no-untyped-call]
+        super().on(event, handler)  # type: ignore[no-untyped-call]
+
+    def _connectionMade(self) -> None:
+        super()._connectionMade()
+        # Never read by us; Autobahn only adds to it (see _SHARED_TRAFFIC_STATS).
+        self.trafficStats = _SHARED_TRAFFIC_STATS
+        # A deque (~600 bytes) used only by chopped or "sync" writes, which
+        # this server never makes: made on demand in sendData.
+        self.send_queue = None  # type: ignore[assignment]
+        # Incoming UTF-8 is checked when a message is decoded (1007 on
+        # failure), so the incremental validator is not needed.
+        if not self.utf8validateIncoming:
+            self.utf8validator = None  # type: ignore[assignment]
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Write ``data``; Autobahn's queued path only for chopped or sync writes.
+
+        The fast path is Autobahn's own unqueued branch minus its per-write
+        debug formatting and traffic counting.
+        """
+        if chopsize or sync or self.send_queue:
+            if self.send_queue is None:
+                self.send_queue = deque()
+            super().sendData(data, sync, chopsize)
+            return
+        self.transport.write(data)  # type: ignore[union-attr]
+        if self.logOctets:
+            self.logTxOctets(data, False)
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: int | None = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        """Send one message; a plain one is framed here and written at once.
+
+        Autobahn's ``sendMessage`` → ``sendFrame`` → ``sendData`` chain costs
+        several microseconds per message in argument checks, statistics and
+        generality (fragmenting, compressing, masking, logging).  A server
+        message with none of those is one unmasked RFC 6455 frame: FIN and
+        opcode, the length in 7, 16 or 64 bits, the payload.
+        """
+        size = len(payload)
+        if (
+            self.state != self.STATE_OPEN
+            or fragmentSize is not None
+            or sync
+            or self.send_state != self.SEND_STATE_GROUND
+            or self._perMessageCompress is not None
+            or self.autoFragmentSize
+            or self.maskServerFrames
+            or self.logFrames
+            or self.trackedTimings
+            or 0 < self.maxMessagePayloadSize < size
+        ):
+            super().sendMessage(  # type: ignore[no-untyped-call]
+                payload, isBinary, fragmentSize, sync, doNotCompress
+            )
+            return
+        first = 0x82 if isBinary else 0x81
+        if size < 126:
+            head = bytes((first, size))
+        elif size < 0x10000:
+            head = struct.pack("!BBH", first, 126, size)
+        else:
+            head = struct.pack("!BBQ", first, 127, size)
+        self.sendData(head + payload)
+
+    def _onOpen(self) -> None:
+        super()._onOpen()
+        for name, value in _RELEASED_AT_OPEN:
+            setattr(self, name, value)
+        details = self._transport_details
+        if details is not None and not details.is_secure:
+            # Plain TCP: nothing in it that ``peer`` does not say.
+            self._transport_details = None  # type: ignore[assignment]
+
+    def onFrameEnd(self) -> bool | None:
+        result = super().onFrameEnd()
+        # The unmasker of the frame just ended (an object and C memory) would
+        # otherwise stay until the next frame, which may be hours away.
+        if self.current_frame is None:
+            self.current_frame_masker = None
+        return result
+
+    def onMessageEnd(self) -> None:
+        """Deliver the message; fire ``message`` listeners only if there are any.
+
+        Autobahn's version always fires the event, which costs a Deferred,
+        a closure and a callback per message even with no listener.
+        """
+        if self._listeners is not None:
+            super().onMessageEnd()
+            return
+        if not self.failedByMe:
+            payload = b"".join(self.message_data)
+            if self.trackedTimings:
+                self.trackedTimings.track("onMessage")
+            self._onMessage(payload, self.message_is_binary)
+        self.message_data = None
+
+
+def _as_class_attribute(value: object) -> object:
+    """Wrap a function so it stays a plain function when read from instances."""
+    return staticmethod(value) if hasattr(type(value), "__get__") else value  # type: ignore[arg-type]
+
+
+def _option(name: str) -> property:
+    def get(factory: LeanServerFactory) -> object:
+        return getattr(factory.protocol_class, name)
+
+    def set_(factory: LeanServerFactory, value: object) -> None:
+        setattr(factory.protocol_class, name, _as_class_attribute(value))
+
+    return property(get, set_, doc=f"Protocol option ``{name}`` (a class attribute).")
+
+
+class _BucketCall:
+    """A call due in one bucket of a ``BucketTimer``; ``cancel()`` drops it.
+
+    A bound method is kept as its function and instance: one object less
+    per pending call (every open connection has one, its auto-ping).
+    """
+
+    __slots__ = ("_timer", "_due", "_func", "_self")
+
+    def __init__(self, timer: BucketTimer, due: int, func: Callable[..., object]) -> None:
+        self._timer: BucketTimer | None = timer
+        self._due = due
+        if isinstance(func, MethodType):
+            self._func: Callable[..., object] = func.__func__
+            self._self: object = func.__self__
+        else:
+            self._func = func
+            self._self = _NO_SELF
+
+    def __call__(self) -> object:
+        if self._self is _NO_SELF:
+            return self._func()
+        return self._func(self._self)
+
+    def cancel(self) -> None:
+        """Forget the call (no error when it already ran or was cancelled)."""
+        if self._timer is not None:
+            self._timer._remove(self._due, self)
+            self._timer = None
+
+
+_NO_SELF = object()
+
+
+class BucketTimer:
+    """Timeouts grouped into whole-second buckets, one reactor timer per bucket.
+
+    The same contract as txaio's ``IBatchedTimer`` (``call_later`` returns
+    an object with ``cancel``), which Autobahn uses for per-connection
+    timeouts, with O(1) cancel and no closure per call.  A bucket's calls run
+    in chunks of ``chunk_size``, spread over ``spread`` seconds, so a second
+    in which thousands of sockets connected does not stall the reactor five
+    minutes later when all their auto-pings fall due.
+
+    :param clock: where the bucket timers run (the factory's reactor).
+    """
+
+    def __init__(self, clock: IReactorTime, chunk_size: int = 1000, spread: float = 0.2) -> None:
+        self._clock = clock
+        self._chunk_size = chunk_size
+        self._spread = spread
+        self._buckets: dict[int, tuple[IDelayedCall, dict[_BucketCall, None]]] = {}
+
+    def call_later(
+        self, delay: float, func: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> _BucketCall:
+        """Call ``func(*args, **kwargs)`` in about ``delay`` seconds (the whole second)."""
+        if args or kwargs:
+            func = partial(func, *args, **kwargs)
+        now = self._clock.seconds()
+        due = int(now + delay)
+        bucket = self._buckets.get(due)
+        if bucket is None:
+            timer = self._clock.callLater(max(0.0, due - now), self._run_bucket, due)
+            bucket = self._buckets[due] = (timer, {})
+        call = _BucketCall(self, due, func)
+        bucket[1][call] = None
+        return call
+
+    def _remove(self, due: int, call: _BucketCall) -> None:
+        bucket = self._buckets.get(due)
+        if bucket is not None:
+            bucket[1].pop(call, None)
+            if not bucket[1]:
+                del self._buckets[due]
+                bucket[0].cancel()
+
+    def _run_bucket(self, due: int) -> None:
+        _, calls = self._buckets.pop(due)
+        self._run_chunk(list(calls), 0)
+
+    def _run_chunk(self, calls: list[_BucketCall], start: int) -> None:
+        end = start + self._chunk_size
+        for call in calls[start:end]:
+            if call._timer is None:
+                continue  # cancelled after its bucket started
+            call._timer = None
+            try:
+                call()
+            except Exception:
+                _log.failure("timeout handler failed")
+        if end < len(calls):
+            chunks = -(-len(calls) // self._chunk_size)
+            self._clock.callLater(self._spread / chunks, self._run_chunk, calls, end)
+
+
+class LeanServerFactory(WebSocketServerFactory):
+    """A ``WebSocketServerFactory`` whose protocol options live on a class.
+
+    Autobahn copies every option (``CONFIG_ATTRS``, ~30 of them) from the
+    factory into each new connection's ``__dict__`` so that later changes on
+    the factory do not affect it.  Here the factory makes one subclass of its
+    ``protocol`` (``protocol_class``) and its option attributes read and write
+    that class's attributes; connections carry none of them and the copy loop
+    is empty.  Setting an option, through ``setProtocolOptions`` or directly,
+    applies to open connections too, except ``utf8validateIncoming`` (read
+    when a connection opens).  Autobahn's per-connection debug line that
+    lists the options now lists none: they are the factory's.
+    """
+
+    protocol: type[LeanServerProtocol] = LeanServerProtocol
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        base = type(self).protocol
+        #: The per-factory protocol class carrying the options.
+        self.protocol_class: type[LeanServerProtocol] = type(
+            base.__name__,
+            (base,),
+            {"__slots__": (), "CONFIG_ATTRS": (), "__module__": base.__module__},
+        )
+        self.protocol = self.protocol_class
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        # Autobahn's timeouts (handshake, close, auto-ping): see BucketTimer.
+        # Also runs them on the factory's reactor rather than txaio's global
+        # one, so a test's Clock drives them.
+        self._batched_timer = BucketTimer(self.reactor)
+
+
+for _name in WebSocketServerProtocol.CONFIG_ATTRS:
+    setattr(LeanServerFactory, _name, _option(_name))
+del _name
