@@ -57,7 +57,8 @@ from autobahn.websocket.xormasker import (  # type: ignore[attr-defined]
     create_xor_masker as _native_create_xor_masker,
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+
+from pushtwisted.logs import logger
 
 __all__ = [
     "TESTED_AUTOBAHN",
@@ -73,7 +74,7 @@ __all__ = [
 #: The Autobahn release these tunings were written against and tested with.
 TESTED_AUTOBAHN = "26.10.2"
 
-_log = Logger()
+_log = logger()
 
 
 class LazyFormat:

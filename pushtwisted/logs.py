@@ -51,10 +51,12 @@ from twisted.logger import (
     ILogFilterPredicate,
     ILogObserver,
     LogEvent,
+    Logger,
     LoggingFile,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
+    globalLogPublisher,
     textFileLogObserver,
 )
 from twisted.python.failure import Failure
@@ -66,6 +68,7 @@ __all__ = [
     "json_observer",
     "make_log_filter",
     "set_log_level",
+    "logger",
     "text_observer",
     "uaid_hash",
 ]
@@ -136,6 +139,20 @@ def filtered_observer(observer: ILogObserver, level: str) -> ILogObserver:
 
 #: The process-wide level of ``json_observer()``; see ``set_log_level``.
 _process_filter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+
+
+#: Every pushtwisted event goes through the process level before it reaches
+#: any observer (twistd's default text observer writes every level).
+_filtered_publisher = FilteringLogObserver(globalLogPublisher, [_process_filter])
+
+
+def logger() -> Logger:
+    """Return a ``Logger`` (use as a class attribute) that honours ``set_log_level``.
+
+    Events below the process level are dropped before any observer sees
+    them, whichever observer twistd was given (``--logger`` or its default).
+    """
+    return Logger(observer=_filtered_publisher)
 
 
 def set_log_level(level: str) -> None:

@@ -76,9 +76,9 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from twisted.logger import Logger
 
 import pushtwisted
+from pushtwisted.logs import logger
 
 __all__ = ["Metrics", "NullMetrics", "PrometheusMetrics", "METRIC_NAMES"]
 
@@ -247,7 +247,7 @@ class PrometheusMetrics:
         ``python_info`` and ``python_gc_*`` collectors.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(
         self,

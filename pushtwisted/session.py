@@ -42,14 +42,13 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pushtwisted import messages
 from pushtwisted.cluster.router import connected_at_ms
 from pushtwisted.errors import ProtocolViolation, StorageError, TooManyChannels
 from pushtwisted.ids import is_valid_id, new_uaid, normalize_id
-from pushtwisted.logs import uaid_hash
+from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.messages import Incoming, InvalidCommand, MessageType, Update
 from pushtwisted.node import Node
 
@@ -120,7 +119,7 @@ class Session:
         "connected_at",
     )
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, sender: Sender, node: Node) -> None:
         self._sender = sender

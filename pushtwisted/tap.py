@@ -26,7 +26,6 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -37,7 +36,7 @@ from pushtwisted.cluster.router import Router
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.config import Config, load_config
 from pushtwisted.errors import ConfigError
-from pushtwisted.logs import set_log_level
+from pushtwisted.logs import logger, set_log_level
 from pushtwisted.metrics import Metrics, PrometheusMetrics
 from pushtwisted.node import Node
 from pushtwisted.registry import ClientRegistry
@@ -95,7 +94,7 @@ class PushService(MultiService):
         Deferred, which is waited for; a failure is logged and ignored.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(
         self,

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.logger import Logger
 
 from pushtwisted import __version__, _autobahn_tuning
 from pushtwisted._autobahn_tuning import LeanServerFactory, LeanServerProtocol
+from pushtwisted.logs import logger
 from pushtwisted.node import Node
 from pushtwisted.session import CloseCode, Session
 
@@ -67,7 +67,7 @@ class PushServerProtocol(LeanServerProtocol):
     __slots__ = ("session",)
 
     # Autobahn owns ``log`` (a txaio logger); ours is separate.
-    _log = Logger()
+    _log = logger()
     factory: PushServerFactory
     maxMessagePayloadSize: int  # a class attribute set by the factory
     session: Session | None

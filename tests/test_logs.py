@@ -257,3 +257,25 @@ class LevelTests(SynchronousTestCase):
                 self.assertIn(name, str(ctx.exception))
         with self.assertRaises(ValueError):
             json_observer(io.StringIO(), level="loud")
+
+
+class ProcessLevelTests(SynchronousTestCase):
+    """``logs.logger()`` events honour the process level whatever the observer."""
+
+    def test_debug_dropped_at_info_reaches_observer_at_debug(self) -> None:
+        """At level info a debug event never reaches a global observer; at debug it does."""
+        from twisted.logger import globalLogPublisher
+
+        from pushtwisted.logs import logger, set_log_level
+
+        seen: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        self.addCleanup(set_log_level, "info")
+        log = logger()
+        set_log_level("info")
+        log.debug("hidden {n}", n=1)
+        log.info("shown {n}", n=2)
+        set_log_level("debug")
+        log.debug("now shown {n}", n=3)
+        self.assertEqual([e.get("n") for e in seen], [2, 3])

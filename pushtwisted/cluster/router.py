@@ -61,13 +61,12 @@ from urllib.parse import quote, urlsplit
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import readBody
 
 from pushtwisted.cluster.directory import Directory, NodeEntry
 from pushtwisted.cluster.signing import RequestSigner
-from pushtwisted.logs import uaid_hash
+from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
 
@@ -164,7 +163,7 @@ class Router:
     :param metrics: where routing is counted.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(
         self,

@@ -46,14 +46,13 @@ from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pushtwisted.errors import InvalidToken, StorageError, StorageUnavailable
-from pushtwisted.logs import uaid_hash
+from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.metrics import Metrics
 from pushtwisted.node import Node
 from pushtwisted.storage.interface import UpdateOutcome
@@ -237,7 +236,7 @@ class UpdateResource(Resource):
     """
 
     isLeaf = True
-    log = Logger()
+    log = logger()
 
     def __init__(self, node: Node) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -488,7 +487,7 @@ class EndpointSite(Site):
     """
 
     #: Not ``log``: ``HTTPFactory.log`` is the access-log method.
-    _logger = Logger()
+    _logger = logger()
 
     def __init__(
         self,

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -49,7 +48,7 @@ from pushtwisted.cluster.signing import (
     SignatureError,
 )
 from pushtwisted.ids import is_valid_id
-from pushtwisted.logs import uaid_hash
+from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.web._util import HTTPRequest, JSONResponse, error_body, json_response
@@ -118,7 +117,7 @@ class InternalResource(Resource):
     """
 
     isLeaf = True
-    log = Logger()
+    log = logger()
 
     def __init__(
         self,

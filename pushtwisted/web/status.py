@@ -25,12 +25,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.logger import Logger
 from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 import pushtwisted
 from pushtwisted.errors import StorageError
+from pushtwisted.logs import logger
 from pushtwisted.metrics import PrometheusMetrics
 from pushtwisted.node import Node
 from pushtwisted.web._util import (
@@ -108,7 +108,7 @@ class HealthResource(_ReadOnlyResource):
     :param timeout: seconds the storage check may take before it counts as failed.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, node: Node, timeout: float = 2.0) -> None:
         super().__init__()
@@ -160,7 +160,7 @@ class MetricsResource(_ReadOnlyResource):
     :param metrics: the metrics to render.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, metrics: PrometheusMetrics) -> None:
         super().__init__()
