@@ -4,7 +4,8 @@
 tree first, so it stops last); ``build_storage`` picks the backend:
 
 - ``memory``: ``MemoryStorage``, volatile, needs no pool;
-- ``sqlite``: ``SqliteStorage`` on ``<path>/pushtwisted.sqlite3``;
+- ``sqlite``: ``SqliteStorage`` on ``<path>/pushtwisted.sqlite3``, its write
+  queue bounded by ``queue_limit`` and each write by ``timeout``;
 - ``memcached``: ``MemcachedStorage`` over ``servers``, with a client whose
   connection pools are sized to the thread pool.
 """
@@ -75,6 +76,8 @@ def build_storage(
             ttl_deleted=config.ttl_deleted,
             busy_timeout=config.timeout,
             synchronous=config.sqlite_synchronous,
+            max_pending=config.queue_limit,
+            timeout=config.timeout,
         )
     client = make_memcached_client(
         config.servers,

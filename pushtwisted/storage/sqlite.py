@@ -1,10 +1,27 @@
 """``SqliteStorage``: the embedded, durable backend (stdlib ``sqlite3``).
 
-One database file in WAL mode; every pool thread opens its own connection
-(kept in a ``threading.local``) with a ``busy_timeout``, so readers never
-block the writer and concurrent writers wait instead of failing.  Every
-read-modify-write runs in one ``BEGIN IMMEDIATE`` transaction, which makes it
-atomic across threads and processes sharing the file.
+One database file in WAL mode, with a single writer and group commit:
+
+- **Writes** (``register``, ``unregister``, ``update``, ``ack``,
+  ``drop_user``, plus ``open``, ``purge_expired`` and ``check``) are queued
+  on the reactor thread.  While no batch runs, the queue is drained: up to
+  ``max_batch`` operations go to the runner as *one* call, which executes them
+  on the one writer connection in *one* ``BEGIN IMMEDIATE`` transaction, each
+  inside its own ``SAVEPOINT`` (an operation's error rolls back only that
+  operation), then commits once, so one fsync covers the whole batch.  Each
+  caller's Deferred fires on the reactor thread only after that commit; if
+  the commit fails, every operation of the batch fails.  Operations queued
+  while a batch runs form the next batch.
+- **Reads** (``user_exists``, ``fetch_pending``, ``expired``) run as
+  separate runner calls on read connections (one per pool thread, kept in a
+  ``threading.local``); in WAL mode they never block the writer and see
+  every committed batch.
+
+Past ``max_pending`` queued or running writes, new writes fail at once with
+``StorageBusy``; a write that waits more than ``timeout`` seconds fails with
+``StorageUnavailable`` (it may still be committed).  ``close()`` refuses new
+calls, waits until every queued write is committed, then closes the
+connections.
 
 Tables (schema version 1, kept in ``PRAGMA user_version`` and migrated when
 the first connection opens)::
@@ -22,8 +39,8 @@ expires_at``, where ``now`` is the reactor clock read on the reactor thread
 and passed in.  Expired tombstones are purged at ``open()``, by
 ``purge_expired()`` and per user at each ``unregister``.
 
-The ``_blocking`` methods run on the storage pool.  They touch only their
-arguments, their thread's connection and the connection registry, never
+The ``_blocking`` and ``_op`` methods run on the storage pool.  They touch
+only their arguments, the connections and the connection registry, never
 Twisted; every ``sqlite3.Error`` (or ``OSError``) becomes
 ``StorageUnavailable``.
 """
@@ -34,14 +51,17 @@ import functools
 import os
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError, fail
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
-from pushtwisted.errors import StorageUnavailable, TooManyChannels
+from pushtwisted.errors import StorageBusy, StorageUnavailable, TooManyChannels
 from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
 
 if TYPE_CHECKING:
@@ -82,6 +102,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 #: The schema version this code writes and reads.
 SCHEMA_VERSION = max(_MIGRATIONS)
 
+#: A write operation as the writer runs it: everything but the connection bound.
+_Call = Callable[[sqlite3.Connection], object]
+#: What the writer returns per operation: (True, result) or (False, exception).
+_Outcome = tuple[bool, object]
+
 
 def _translated(func: Callable[_P, _T]) -> Callable[_P, _T]:
     """Turn sqlite3 and OS errors raised by ``func`` into ``StorageUnavailable``."""
@@ -94,6 +119,15 @@ def _translated(func: Callable[_P, _T]) -> Callable[_P, _T]:
             raise StorageUnavailable(f"sqlite: {e}") from e
 
     return wrapper
+
+
+def _as_storage_error(e: BaseException) -> BaseException:
+    """Map sqlite3 and OS errors to ``StorageUnavailable``; keep others."""
+    if isinstance(e, (sqlite3.Error, OSError)):
+        error = StorageUnavailable(f"sqlite: {e}")
+        error.__cause__ = e
+        return error
+    return e
 
 
 @contextmanager
@@ -117,17 +151,35 @@ def _decode_data(raw: bytes | None) -> str | None:
     return None if raw is None else bytes(raw).decode("utf-8", "surrogatepass")
 
 
+@dataclass(slots=True)
+class _WriteOp:
+    """One queued write (reactor thread only)."""
+
+    operation: str
+    call: _Call
+    deferred: Deferred[Any]
+
+
 class SqliteStorage:
-    """A durable ``Storage`` in one SQLite file.
+    """A durable ``Storage`` in one SQLite file, with one writer and group commit.
 
     :param path: the database file; its directory is created if missing.
-        ``:memory:`` is not supported (each thread would get its own).
-    :param run: the runner of blocking calls (``ThreadPoolService.run``).
-    :param clock: the reactor clock; ``seconds()`` dates tombstones.
+        ``:memory:`` is not supported (each connection would get its own).
+    :param run: the runner of blocking calls (``ThreadPoolService.run``); one
+        call per read and one per batch of writes.
+    :param clock: the reactor clock; ``seconds()`` dates tombstones and
+        times writes out.
     :param ttl_deleted: seconds a tombstone of an unregistered channel lives.
-    :param busy_timeout: seconds a connection waits for another writer.
+    :param busy_timeout: seconds a connection waits for another writer
+        (another process, or the schema migration).
     :param synchronous: ``PRAGMA synchronous`` (``FULL`` also survives power
         loss; ``NORMAL`` survives process crashes and is faster in WAL).
+    :param max_pending: most writes queued or running; past it new writes
+        fail at once with ``StorageBusy``.
+    :param max_batch: most writes committed in one transaction.
+    :param timeout: seconds a write may wait for its commit before its
+        Deferred fails with ``StorageUnavailable``; 0 or less waits forever
+        (the runner's own timeout still bounds each batch).
     """
 
     def __init__(
@@ -139,24 +191,51 @@ class SqliteStorage:
         ttl_deleted: float,
         busy_timeout: float = 5.0,
         synchronous: str = "FULL",
+        max_pending: int = 1000,
+        max_batch: int = 256,
+        timeout: float = 0.0,
     ) -> None:
         if path == ":memory:" or path.startswith("file::memory:"):
             raise ValueError("SqliteStorage needs a file; ':memory:' is per connection")
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"bad synchronous mode {synchronous!r}")
+        if max_pending < 1 or max_batch < 1:
+            raise ValueError("max_pending and max_batch must be >= 1")
         self._path = path
         self._run = run
         self._clock = clock
         self._ttl_deleted = ttl_deleted
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous.upper()
+        self._max_pending = max_pending
+        self._max_batch = max_batch
+        self._timeout = timeout
+        # Thread side: read connections, the writer connection, the registry.
         self._local = threading.local()
         self._lock = threading.Lock()
+        #: Reads running on pool threads; close() waits for them, because
+        #: closing a connection another thread is using can crash sqlite3.
+        self._active_reads = 0
+        self._reads_done = threading.Condition(self._lock)
+        self._writer_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
         self._connections: list[sqlite3.Connection] = []
         self._schema_ready = False
         self._closed = False
+        # Reactor side: the write queue.
+        self._queue: deque[_WriteOp] = deque()
+        self._pending = 0
+        self._busy = False
+        self._kicking = False
+        self._closing = False
+        self._drain_waiters: list[Deferred[None]] = []
 
     # -- the asynchronous API (reactor thread) --------------------------------
+
+    @property
+    def pending(self) -> int:
+        """The number of writes queued or running."""
+        return self._pending
 
     def open(self) -> Deferred[None]:
         """Create or migrate the schema and purge expired tombstones.
@@ -164,22 +243,22 @@ class SqliteStorage:
         Optional: the first call of any method opens the database too, but
         calling this at startup surfaces a bad path or a newer schema early.
         """
-        return self._run("open", self._purge_blocking, self._clock.seconds()).addCallback(
+        return self._write("open", self._purge_op, self._clock.seconds()).addCallback(
             lambda _: None
         )
 
     def purge_expired(self) -> Deferred[int]:
         """Delete expired tombstones; fire with how many were deleted."""
-        return self._run("purge_expired", self._purge_blocking, self._clock.seconds())
+        return self._write("purge_expired", self._purge_op, self._clock.seconds())
 
     def user_exists(self, uaid: str) -> Deferred[bool]:
-        return self._run("user_exists", self._user_exists_blocking, uaid)
+        return self._read("user_exists", self._user_exists_blocking, uaid)
 
     def register(self, uaid: str, chid: str, channel_id: str, max_channels: int) -> Deferred[None]:
-        return self._run("register", self._register_blocking, uaid, chid, channel_id, max_channels)
+        return self._write("register", self._register_op, uaid, chid, channel_id, max_channels)
 
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
-        return self._run("unregister", self._unregister_blocking, uaid, chid, self._clock.seconds())
+        return self._write("unregister", self._unregister_op, uaid, chid, self._clock.seconds())
 
     def update(
         self,
@@ -189,43 +268,158 @@ class SqliteStorage:
         data: str | None,
         only_newer: bool = False,
     ) -> Deferred[UpdateResult]:
-        return self._run("update", self._update_blocking, uaid, chid, version, data, only_newer)
+        return self._write("update", self._update_op, uaid, chid, version, data, only_newer)
 
     def fetch_pending(self, uaid: str) -> Deferred[list[PendingUpdate]]:
-        return self._run("fetch_pending", self._fetch_pending_blocking, uaid)
+        return self._read("fetch_pending", self._fetch_pending_blocking, uaid)
 
     def ack(self, uaid: str, chid: str, version: int) -> Deferred[bool]:
-        return self._run("ack", self._ack_blocking, uaid, chid, version)
+        return self._write("ack", self._ack_op, uaid, chid, version)
 
     def expired(self, uaid: str, chids: Sequence[str]) -> Deferred[list[str]]:
-        return self._run(
+        return self._read(
             "expired", self._expired_blocking, uaid, list(chids), self._clock.seconds()
         )
 
     def drop_user(self, uaid: str) -> Deferred[None]:
-        return self._run("drop_user", self._drop_user_blocking, uaid)
+        return self._write("drop_user", self._drop_user_op, uaid)
 
     def check(self) -> Deferred[None]:
-        return self._run("check", self._check_blocking)
+        """Probe the writer: fire once a (batched) write transaction committed."""
+        return self._write("check", self._check_op)
 
     def close(self) -> Deferred[None]:
-        """Close every thread's connection; later calls fail ``StorageUnavailable``."""
-        return self._run("close", self._close_blocking)
+        """Refuse new calls, commit every queued write, then close the connections.
+
+        Later calls fail with ``StorageUnavailable``.
+        """
+        return Deferred.fromCoroutine(self._close())
+
+    async def _close(self) -> None:
+        self._closing = True
+        if self._busy or self._queue:
+            waiter: Deferred[None] = Deferred()
+            self._drain_waiters.append(waiter)
+            await waiter
+        await self._run("close", self._close_blocking)
+
+    # -- the write queue (reactor thread) -------------------------------------
+
+    def _read(
+        self, operation: str, func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> Deferred[_T]:
+        if self._closing:
+            return fail(StorageUnavailable("sqlite storage is closed"))
+        return self._run(operation, self._guarded_read, functools.partial(func, *args, **kwargs))
+
+    def _guarded_read(self, call: Callable[[], _T]) -> _T:
+        """Run one read (pool thread), counted so that close() never races it."""
+        with self._lock:
+            if self._closed:
+                raise StorageUnavailable("sqlite storage is closed")
+            self._active_reads += 1
+        try:
+            return call()
+        finally:
+            with self._lock:
+                self._active_reads -= 1
+                self._reads_done.notify_all()
+
+    def _write(
+        self,
+        operation: str,
+        func: Callable[Concatenate[sqlite3.Connection, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> Deferred[_T]:
+        """Queue ``func(writer_connection, *args)``; fire after its batch commits."""
+        if self._closing:
+            return fail(StorageUnavailable("sqlite storage is closed"))
+        if self._pending >= self._max_pending:
+            return fail(StorageBusy(f"sqlite write queue full ({self._pending} writes pending)"))
+        d: Deferred[_T] = Deferred()
+
+        def call(conn: sqlite3.Connection) -> _T:
+            return func(conn, *args, **kwargs)
+
+        self._queue.append(_WriteOp(operation, call, d))
+        self._pending += 1
+        if self._timeout > 0:
+            d.addTimeout(self._timeout, self._clock)
+            d.addErrback(self._timed_out, operation)
+        self._kick()
+        return d
+
+    def _timed_out(self, failure: Failure, operation: str) -> Failure:
+        if isinstance(failure.value, TimeoutError):
+            raise StorageUnavailable(
+                f"sqlite {operation} took more than {self._timeout} s"
+            ) from failure.value
+        return failure
+
+    def _kick(self) -> None:
+        """Start batches while writes are queued and none runs.
+
+        A loop rather than recursion: with an inline runner a batch finishes
+        (and its callers queue more writes) inside ``self._run``.
+        """
+        if self._kicking:
+            return
+        self._kicking = True
+        try:
+            while self._queue and not self._busy:
+                batch: list[_WriteOp] = []
+                while self._queue and len(batch) < self._max_batch:
+                    op = self._queue.popleft()
+                    if op.deferred.called:  # timed out or cancelled while queued
+                        self._pending -= 1
+                        continue
+                    batch.append(op)
+                if not batch:
+                    continue
+                self._busy = True
+                calls = [op.call for op in batch]
+                self._run("write_batch", self._batch_blocking, calls).addBoth(
+                    self._batch_done, batch
+                )
+        finally:
+            self._kicking = False
+        if not self._busy and not self._queue and self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _batch_done(self, result: list[_Outcome] | Failure, batch: list[_WriteOp]) -> None:
+        """Deliver each operation's outcome (its batch has committed, or failed)."""
+        if isinstance(result, Failure):
+            error = result.value
+            outcomes: list[_Outcome] = [(False, error)] * len(batch)
+        else:
+            outcomes = result
+        for op, (ok, value) in zip(batch, outcomes, strict=True):
+            self._pending -= 1
+            if op.deferred.called:
+                continue
+            if ok:
+                op.deferred.callback(value)
+            else:
+                assert isinstance(value, BaseException)
+                op.deferred.errback(value)
+        self._busy = False
+        self._kick()
 
     # -- connections (pool threads) ------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        """Return this thread's connection, opening it (and the schema) if new."""
+    def _connect(self) -> sqlite3.Connection:
+        """Open, configure and register a new connection (migrating the schema once)."""
         if self._closed:
             raise StorageUnavailable("sqlite storage is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
         directory = os.path.dirname(self._path)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        # check_same_thread=False only so that close() may close every
-        # thread's connection; each connection is used by its own thread only.
+        # check_same_thread=False so that close() may close every connection,
+        # and so that the writer connection may serve batches on any pool
+        # thread (one at a time, under _writer_lock).
         conn = sqlite3.connect(
             self._path,
             timeout=self._busy_timeout,
@@ -247,7 +441,15 @@ class SqliteStorage:
                 conn.close()
                 raise StorageUnavailable("sqlite storage is closed")
             self._connections.append(conn)
-        self._local.conn = conn
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        """Return this thread's read connection, opening it if new."""
+        if self._closed:
+            raise StorageUnavailable("sqlite storage is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
         return conn
 
     @staticmethod
@@ -264,79 +466,161 @@ class SqliteStorage:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {version}")
 
-    # -- blocking operations (pool threads) -----------------------------------
+    # -- the writer (pool threads, one batch at a time) -----------------------
 
-    @_translated
-    def _purge_blocking(self, now: float) -> int:
-        conn = self._conn()
+    def _batch_blocking(self, calls: list[_Call]) -> list[_Outcome]:
+        """Run ``calls`` in one transaction, one savepoint each; commit once.
+
+        Returns one outcome per call, in order.  An operation's error
+        (``TooManyChannels``, a constraint, ...) rolls back that operation
+        only.  When the transaction itself fails (cannot begin, an error
+        that aborted it, the commit), every call fails: nothing of the batch
+        is committed.
+        """
+        with self._writer_lock:
+            try:
+                if self._closed:
+                    raise StorageUnavailable("sqlite storage is closed")
+                conn = self._writer
+                if conn is None:
+                    conn = self._writer = self._connect()
+                conn.execute("BEGIN IMMEDIATE")
+            except Exception as e:
+                return [(False, _as_storage_error(e))] * len(calls)
+            outcomes: list[_Outcome] = []
+            try:
+                for call in calls:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        value = call(conn)
+                    except Exception as e:
+                        # Fails (and so fails the batch) when the error has
+                        # already rolled back the whole transaction.
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        outcomes.append((False, _as_storage_error(e)))
+                    else:
+                        conn.execute("RELEASE op")
+                        outcomes.append((True, value))
+                conn.execute("COMMIT")
+            except Exception as e:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                return [(False, _as_storage_error(e))] * len(calls)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return outcomes
+
+    def _write_one_blocking(self, call: _Call) -> object:
+        """Run one write as its own batch (blocking callers and tests)."""
+        ((ok, value),) = self._batch_blocking([call])
+        if not ok:
+            assert isinstance(value, BaseException)
+            raise value
+        return value
+
+    # -- write operations (inside the writer's transaction) -------------------
+
+    @staticmethod
+    def _purge_op(conn: sqlite3.Connection, now: float) -> int:
         cursor = conn.execute(
             "DELETE FROM channels WHERE state = ? AND expires_at <= ?", (_DELETED, now)
         )
         return cursor.rowcount
 
+    @staticmethod
+    def _register_op(
+        conn: sqlite3.Connection, uaid: str, chid: str, channel_id: str, max_channels: int
+    ) -> None:
+        conn.execute("INSERT OR IGNORE INTO users (uaid) VALUES (?)", (uaid,))
+        row = conn.execute(
+            "SELECT state FROM channels WHERE uaid = ? AND chid = ?", (uaid, chid)
+        ).fetchone()
+        if row is not None and row[0] != _DELETED:
+            return
+        if max_channels > 0:
+            (active,) = conn.execute(
+                "SELECT count(*) FROM channels WHERE uaid = ? AND state != ?",
+                (uaid, _DELETED),
+            ).fetchone()
+            if active >= max_channels:
+                raise TooManyChannels(f"UAID holds {active} channels")
+        conn.execute(
+            "INSERT OR REPLACE INTO channels"
+            " (uaid, chid, channel_id, state, version, data, expires_at)"
+            " VALUES (?, ?, ?, ?, '0', NULL, NULL)",
+            (uaid, chid, channel_id, _REGISTERED),
+        )
+
+    def _unregister_op(self, conn: sqlite3.Connection, uaid: str, chid: str, now: float) -> None:
+        conn.execute(
+            "DELETE FROM channels WHERE uaid = ? AND state = ? AND expires_at <= ?",
+            (uaid, _DELETED, now),
+        )
+        conn.execute(
+            "UPDATE channels SET state = ?, data = NULL, expires_at = ?"
+            " WHERE uaid = ? AND chid = ? AND state != ?",
+            (_DELETED, now + self._ttl_deleted, uaid, chid, _DELETED),
+        )
+
+    @staticmethod
+    def _update_op(
+        conn: sqlite3.Connection,
+        uaid: str,
+        chid: str,
+        version: int,
+        data: str | None,
+        only_newer: bool,
+    ) -> UpdateResult:
+        row = conn.execute(
+            "SELECT state, channel_id, version FROM channels WHERE uaid = ? AND chid = ?",
+            (uaid, chid),
+        ).fetchone()
+        if row is None or row[0] == _DELETED:
+            return UpdateResult(outcome=UpdateOutcome.GONE)
+        _state, channel_id, stored = row
+        if only_newer and version <= int(stored):
+            return UpdateResult(outcome=UpdateOutcome.STALE, channel_id=channel_id)
+        conn.execute(
+            "UPDATE channels SET state = ?, version = ?, data = ? WHERE uaid = ? AND chid = ?",
+            (_LIVE, str(version), _encode_data(data), uaid, chid),
+        )
+        return UpdateResult(outcome=UpdateOutcome.STORED, channel_id=channel_id)
+
+    @staticmethod
+    def _ack_op(conn: sqlite3.Connection, uaid: str, chid: str, version: int) -> bool:
+        row = conn.execute(
+            "SELECT state, version FROM channels WHERE uaid = ? AND chid = ?", (uaid, chid)
+        ).fetchone()
+        if row is None or row[0] != _LIVE or version < int(row[1]):
+            return False
+        conn.execute(
+            "UPDATE channels SET state = ?, data = NULL WHERE uaid = ? AND chid = ?",
+            (_REGISTERED, uaid, chid),
+        )
+        return True
+
+    @staticmethod
+    def _drop_user_op(conn: sqlite3.Connection, uaid: str) -> None:
+        conn.execute("DELETE FROM channels WHERE uaid = ?", (uaid,))
+        conn.execute("DELETE FROM users WHERE uaid = ?", (uaid,))
+
+    @staticmethod
+    def _check_op(conn: sqlite3.Connection) -> None:
+        # The batch holds the write lock already: writes can proceed.
+        conn.execute("SELECT count(*) FROM users WHERE uaid = ''").fetchone()
+
+    # -- blocking entry points (pool threads) ---------------------------------
+
     @_translated
     def _user_exists_blocking(self, uaid: str) -> bool:
         row = self._conn().execute("SELECT 1 FROM users WHERE uaid = ?", (uaid,)).fetchone()
         return row is not None
-
-    @_translated
-    def _register_blocking(self, uaid: str, chid: str, channel_id: str, max_channels: int) -> None:
-        conn = self._conn()
-        with _immediate(conn):
-            conn.execute("INSERT OR IGNORE INTO users (uaid) VALUES (?)", (uaid,))
-            row = conn.execute(
-                "SELECT state FROM channels WHERE uaid = ? AND chid = ?", (uaid, chid)
-            ).fetchone()
-            if row is not None and row[0] != _DELETED:
-                return
-            if max_channels > 0:
-                (active,) = conn.execute(
-                    "SELECT count(*) FROM channels WHERE uaid = ? AND state != ?",
-                    (uaid, _DELETED),
-                ).fetchone()
-                if active >= max_channels:
-                    raise TooManyChannels(f"UAID holds {active} channels")
-            conn.execute(
-                "INSERT OR REPLACE INTO channels"
-                " (uaid, chid, channel_id, state, version, data, expires_at)"
-                " VALUES (?, ?, ?, ?, '0', NULL, NULL)",
-                (uaid, chid, channel_id, _REGISTERED),
-            )
-
-    @_translated
-    def _unregister_blocking(self, uaid: str, chid: str, now: float) -> None:
-        conn = self._conn()
-        with _immediate(conn):
-            conn.execute(
-                "DELETE FROM channels WHERE uaid = ? AND state = ? AND expires_at <= ?",
-                (uaid, _DELETED, now),
-            )
-            conn.execute(
-                "UPDATE channels SET state = ?, data = NULL, expires_at = ?"
-                " WHERE uaid = ? AND chid = ? AND state != ?",
-                (_DELETED, now + self._ttl_deleted, uaid, chid, _DELETED),
-            )
-
-    @_translated
-    def _update_blocking(
-        self, uaid: str, chid: str, version: int, data: str | None, only_newer: bool
-    ) -> UpdateResult:
-        conn = self._conn()
-        with _immediate(conn):
-            row = conn.execute(
-                "SELECT state, channel_id, version FROM channels WHERE uaid = ? AND chid = ?",
-                (uaid, chid),
-            ).fetchone()
-            if row is None or row[0] == _DELETED:
-                return UpdateResult(outcome=UpdateOutcome.GONE)
-            state, channel_id, stored = row
-            if only_newer and version <= int(stored):
-                return UpdateResult(outcome=UpdateOutcome.STALE, channel_id=channel_id)
-            conn.execute(
-                "UPDATE channels SET state = ?, version = ?, data = ? WHERE uaid = ? AND chid = ?",
-                (_LIVE, str(version), _encode_data(data), uaid, chid),
-            )
-        return UpdateResult(outcome=UpdateOutcome.STORED, channel_id=channel_id)
 
     @_translated
     def _fetch_pending_blocking(self, uaid: str) -> list[PendingUpdate]:
@@ -349,21 +633,6 @@ class SqliteStorage:
             PendingUpdate(channel_id=channel_id, version=int(version), data=_decode_data(data))
             for channel_id, version, data in rows
         ]
-
-    @_translated
-    def _ack_blocking(self, uaid: str, chid: str, version: int) -> bool:
-        conn = self._conn()
-        with _immediate(conn):
-            row = conn.execute(
-                "SELECT state, version FROM channels WHERE uaid = ? AND chid = ?", (uaid, chid)
-            ).fetchone()
-            if row is None or row[0] != _LIVE or version < int(row[1]):
-                return False
-            conn.execute(
-                "UPDATE channels SET state = ?, data = NULL WHERE uaid = ? AND chid = ?",
-                (_REGISTERED, uaid, chid),
-            )
-        return True
 
     @_translated
     def _expired_blocking(self, uaid: str, chids: list[str], now: float) -> list[str]:
@@ -381,23 +650,34 @@ class SqliteStorage:
             found.update(chid for (chid,) in rows)
         return [chid for chid in chids if chid in found]
 
-    @_translated
-    def _drop_user_blocking(self, uaid: str) -> None:
-        conn = self._conn()
-        with _immediate(conn):
-            conn.execute("DELETE FROM channels WHERE uaid = ?", (uaid,))
-            conn.execute("DELETE FROM users WHERE uaid = ?", (uaid,))
+    def _update_blocking(
+        self, uaid: str, chid: str, version: int, data: str | None, only_newer: bool
+    ) -> UpdateResult:
+        result = self._write_one_blocking(
+            functools.partial(
+                self._update_op,
+                uaid=uaid,
+                chid=chid,
+                version=version,
+                data=data,
+                only_newer=only_newer,
+            )
+        )
+        assert isinstance(result, UpdateResult)
+        return result
 
-    @_translated
-    def _check_blocking(self) -> None:
-        conn = self._conn()
-        # Taking the write lock proves that writes can proceed, not just reads.
-        with _immediate(conn):
-            conn.execute("SELECT count(*) FROM users WHERE uaid = ''").fetchone()
+    def _ack_blocking(self, uaid: str, chid: str, version: int) -> bool:
+        return bool(
+            self._write_one_blocking(
+                functools.partial(self._ack_op, uaid=uaid, chid=chid, version=version)
+            )
+        )
 
     def _close_blocking(self) -> None:
-        with self._lock:
+        with self._writer_lock, self._lock:
             self._closed = True
+            self._reads_done.wait_for(lambda: self._active_reads == 0, timeout=self._busy_timeout)
+            self._writer = None
             connections, self._connections = self._connections, []
         for conn in connections:
             try:

@@ -1,0 +1,288 @@
+"""Group commit in ``SqliteStorage``: batching, isolation, bounds and draining.
+
+A ``ManualRunner`` holds every blocking call until the test runs it, so a
+test can queue writes while the writer is busy and look at what is pending.
+A trace callback on the writer connection counts its transactions.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from pushtwisted.errors import StorageBusy, StorageUnavailable, TooManyChannels
+from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
+from pushtwisted.storage.sqlite import SqliteStorage
+from tests.test_storage_contract import EPOCH, new_id
+
+
+class ManualRunner:
+    """A runner that queues each call until ``run_next`` runs it on the spot."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+
+    def __call__(self, operation: str, func: Callable[..., Any], /, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((operation, func, args, d))
+        return d
+
+    @property
+    def operations(self) -> list[str]:
+        return [operation for operation, _, _, _ in self.calls]
+
+    def run_next(self) -> None:
+        _, func, args, d = self.calls.pop(0)
+        try:
+            result = func(*args)
+        except BaseException as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+    def fail_next(self, error: BaseException) -> None:
+        """Fail the next call without running it (as a pool timeout would)."""
+        _, _, _, d = self.calls.pop(0)
+        d.errback(error)
+
+    def run_all(self) -> None:
+        while self.calls:
+            self.run_next()
+
+
+class BatchingTests(SynchronousTestCase):
+    """Writes queued while a batch runs are committed together, after the commit."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(EPOCH)
+        self.runner = ManualRunner()
+        self.path = os.path.join(self.mktemp(), "db.sqlite3")
+        self.statements: list[str] = []
+
+    def make(self, **kwargs: Any) -> SqliteStorage:
+        storage = SqliteStorage(self.path, self.runner, self.clock, ttl_deleted=100, **kwargs)
+        self.successResultOf(self.settle(storage.open()))
+        writer = storage._writer
+        assert writer is not None
+        writer.set_trace_callback(self.statements.append)
+        self.addCleanup(lambda: self.settle(storage.close()))
+        return storage
+
+    def settle(self, d: Deferred[Any]) -> Deferred[Any]:
+        self.runner.run_all()
+        return d
+
+    def commits(self) -> int:
+        return sum(1 for s in self.statements if s == "COMMIT")
+
+    def peek(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        """Read with a connection of our own: sees only committed data."""
+        conn = sqlite3.connect(self.path)
+        try:
+            return list(conn.execute(sql, params))
+        finally:
+            conn.close()
+
+    def test_queued_writes_share_one_commit(self) -> None:
+        """Writes queued while a batch runs form the next batch: one transaction."""
+        storage = self.make()
+        uaid = new_id()
+        chids = [new_id() for _ in range(5)]
+        first = storage.register(uaid, chids[0], "C0", 0)
+        self.assertEqual(self.runner.operations, ["write_batch"])
+        rest = [storage.register(uaid, c, f"C{i}", 0) for i, c in enumerate(chids[1:], 1)]
+        updates = [storage.update(uaid, c, 7, "x") for c in chids]
+        # Still one runner call: the writer is busy, the rest waits in the queue.
+        self.assertEqual(self.runner.operations, ["write_batch"])
+        self.assertEqual(storage.pending, 1 + 4 + 5)
+        for d in [first, *rest, *updates]:
+            self.assertNoResult(d)
+
+        self.runner.run_next()
+        self.successResultOf(first)
+        self.assertEqual(self.commits(), 1)
+        self.assertEqual(self.runner.operations, ["write_batch"])
+        for d in [*rest, *updates]:
+            self.assertNoResult(d)
+
+        self.runner.run_next()
+        self.assertEqual(self.commits(), 2)
+        self.assertEqual(sum(1 for s in self.statements if s == "BEGIN IMMEDIATE"), 2)
+        for d in rest:
+            self.assertIsNone(self.successResultOf(d))
+        for d, i in zip(updates, range(5), strict=True):
+            self.assertEqual(
+                self.successResultOf(d),
+                UpdateResult(outcome=UpdateOutcome.STORED, channel_id=f"C{i}"),
+            )
+        self.assertEqual(storage.pending, 0)
+        self.assertEqual(self.runner.calls, [])
+
+    def test_max_batch(self) -> None:
+        """No batch holds more than ``max_batch`` writes."""
+        storage = self.make(max_batch=2)
+        uaid = new_id()
+        busy = storage.register(uaid, new_id(), "B", 0)
+        queued = [storage.register(uaid, new_id(), "Q", 0) for _ in range(5)]
+        self.runner.run_next()
+        self.successResultOf(busy)
+        sizes = []
+        while self.runner.calls:
+            sizes.append(len(self.runner.calls[0][2][0]))
+            self.runner.run_next()
+        self.assertEqual(sizes, [2, 2, 1])
+        for d in queued:
+            self.successResultOf(d)
+
+    def test_failing_op_fails_alone(self) -> None:
+        """An operation that fails in a batch is rolled back; the others commit."""
+        storage = self.make()
+        uaid, full, extra, other = new_id(), new_id(), new_id(), new_id()
+        busy = storage.register(uaid, full, "Full", 1)
+        before = storage.update(uaid, full, 1, None)
+        too_many = storage.register(uaid, extra, "Extra", 1)
+        other_user = storage.register(other, new_id(), "Other", 1)
+        after = storage.update(uaid, full, 2, "two")
+        self.runner.run_next()
+        self.successResultOf(busy)
+        self.runner.run_next()
+        self.assertEqual(self.commits(), 2)
+        self.assertEqual(self.successResultOf(before).outcome, UpdateOutcome.STORED)
+        self.failureResultOf(too_many, TooManyChannels)
+        self.successResultOf(other_user)
+        self.assertEqual(self.successResultOf(after).outcome, UpdateOutcome.STORED)
+        self.assertEqual(self.peek("SELECT chid FROM channels WHERE chid = ?", extra), [])
+        self.assertEqual(self.peek("SELECT version FROM channels WHERE chid = ?", full), [("2",)])
+
+    def test_results_fire_after_commit(self) -> None:
+        """When a caller's Deferred fires, its write is visible to other connections."""
+        storage = self.make()
+        uaid, chid = new_id(), new_id()
+        self.successResultOf(self.settle(storage.register(uaid, chid, "C", 0)))
+        busy = storage.ack(uaid, chid, 0)
+        seen: list[list[tuple[Any, ...]]] = []
+        update = storage.update(uaid, chid, 9, "nine")
+        update.addCallback(
+            lambda _: seen.append(
+                self.peek("SELECT state, version FROM channels WHERE chid = ?", chid)
+            )
+        )
+        self.runner.run_next()
+        self.successResultOf(busy)
+        self.assertNoResult(update)
+        self.assertEqual(seen, [])
+        self.runner.run_next()
+        self.assertEqual(seen, [[(1, "9")]])
+
+    def test_failed_batch_fails_every_op(self) -> None:
+        """When the batch call itself fails, every write of it fails; later ones run."""
+        storage = self.make()
+        uaid, chid = new_id(), new_id()
+        busy = storage.register(uaid, chid, "C", 0)
+        queued = [storage.update(uaid, chid, v, None) for v in (1, 2)]
+        self.runner.run_next()
+        self.successResultOf(busy)
+        self.runner.fail_next(StorageUnavailable("pool gone"))
+        for d in queued:
+            self.failureResultOf(d, StorageUnavailable)
+        self.assertEqual(storage.pending, 0)
+        later = self.settle(storage.update(uaid, chid, 3, None))
+        self.assertEqual(self.successResultOf(later).outcome, UpdateOutcome.STORED)
+
+    def test_commit_failure_fails_every_op(self) -> None:
+        """When the batch cannot take the write lock or commit, every write of it fails."""
+        storage = self.make()
+        uaid, chid = new_id(), new_id()
+        self.successResultOf(self.settle(storage.register(uaid, chid, "C", 0)))
+        blocker = sqlite3.connect(self.path, timeout=0)
+        self.addCleanup(blocker.close)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        writer = storage._writer
+        assert writer is not None
+        writer.execute("PRAGMA busy_timeout = 0")
+        writes = [storage.update(uaid, chid, v, None) for v in (1, 2)]
+        self.runner.run_all()
+        for d in writes:
+            self.failureResultOf(d, StorageUnavailable)
+        blocker.execute("ROLLBACK")
+        again = self.settle(storage.update(uaid, chid, 3, None))
+        self.assertEqual(self.successResultOf(again).outcome, UpdateOutcome.STORED)
+
+    def test_busy_past_bound(self) -> None:
+        """Past ``max_pending`` writes queued or running, new writes fail at once."""
+        storage = self.make(max_pending=3)
+        uaid, chid = new_id(), new_id()
+        accepted = [storage.register(uaid, chid, "C", 0) for _ in range(3)]
+        self.failureResultOf(storage.update(uaid, chid, 1, None), StorageBusy)
+        self.failureResultOf(storage.ack(uaid, chid, 1), StorageUnavailable)
+        # Reads do not queue behind the writer.
+        self.assertEqual(self.runner.operations, ["write_batch"])
+        reads = storage.fetch_pending(uaid)
+        self.assertEqual(self.runner.operations, ["write_batch", "fetch_pending"])
+        self.runner.run_all()
+        for d in accepted:
+            self.successResultOf(d)
+        self.assertEqual(self.successResultOf(reads), [])
+        self.assertEqual(storage.pending, 0)
+        self.successResultOf(self.settle(storage.update(uaid, chid, 1, None)))
+
+    def test_timeout(self) -> None:
+        """A write waiting past ``timeout`` fails; still queued, it is never run."""
+        storage = self.make(timeout=5)
+        uaid, chid = new_id(), new_id()
+        busy = storage.register(uaid, chid, "C", 0)
+        late = storage.update(uaid, chid, 1, "late")
+        self.clock.advance(5)
+        self.failureResultOf(busy, StorageUnavailable)
+        self.failureResultOf(late, StorageUnavailable)
+        self.runner.run_all()
+        self.assertEqual(storage.pending, 0)
+        # The running batch committed anyway; the queued write was dropped.
+        self.assertEqual(
+            self.peek("SELECT state, data FROM channels WHERE chid = ?", chid), [(2, None)]
+        )
+
+    def test_close_drains(self) -> None:
+        """``close`` commits every queued write before closing; new calls fail."""
+        storage = self.make()
+        uaid, chid = new_id(), new_id()
+        busy = storage.register(uaid, chid, "C", 0)
+        queued = storage.update(uaid, chid, 4, "four")
+        closed = storage.close()
+        self.assertNoResult(closed)
+        self.failureResultOf(storage.update(uaid, chid, 5, None), StorageUnavailable)
+        self.failureResultOf(storage.fetch_pending(uaid), StorageUnavailable)
+        self.runner.run_next()
+        self.successResultOf(busy)
+        self.assertNoResult(closed)
+        self.runner.run_next()
+        self.assertEqual(self.successResultOf(queued).outcome, UpdateOutcome.STORED)
+        self.assertEqual(self.runner.operations, ["close"])
+        self.runner.run_next()
+        self.successResultOf(closed)
+
+        again = SqliteStorage(self.path, self.runner, self.clock, ttl_deleted=100)
+        self.addCleanup(lambda: self.settle(again.close()))
+        self.assertEqual(
+            self.successResultOf(self.settle(again.fetch_pending(uaid))),
+            [PendingUpdate(channel_id="C", version=4, data="four")],
+        )
+
+    def test_blocking_writes_use_the_writer(self) -> None:
+        """The blocking entry points (used from pool threads) commit on the writer."""
+        storage = self.make()
+        uaid, chid = new_id(), new_id()
+        self.successResultOf(self.settle(storage.register(uaid, chid, "C", 0)))
+        commits = self.commits()
+        self.assertEqual(
+            storage._update_blocking(uaid, chid, 3, None, False).outcome, UpdateOutcome.STORED
+        )
+        self.assertTrue(storage._ack_blocking(uaid, chid, 3))
+        self.assertEqual(self.commits(), commits + 2)
