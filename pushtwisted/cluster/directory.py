@@ -28,17 +28,14 @@ A miss is a normal result (None); a backend failure errbacks with
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
-from pymemcache.exceptions import MemcacheError
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import StorageUnavailable
-from pushtwisted.storage.memcached import MemcacheClient, memcached_expire
+from pushtwisted.storage.memcached import MemcacheClient, memcached_expire, translate_errors
 
 if TYPE_CHECKING:
     from pushtwisted.threadpool import Runner
@@ -139,21 +136,6 @@ class MemoryDirectory:
         return succeed(False)
 
 
-def _translated(func: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Turn client errors raised by ``func`` into ``StorageUnavailable``."""
-
-    @functools.wraps(func)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return func(*args, **kwargs)
-        except (MemcacheError, OSError) as e:
-            raise StorageUnavailable(f"memcached: {e!r}") from e
-        except ValueError as e:  # corrupt JSON
-            raise StorageUnavailable(f"memcached: undecodable directory entry: {e}") from e
-
-    return wrapper
-
-
 class MemcachedDirectory:
     """A ``Directory`` in memcached, shared by every node of a cluster.
 
@@ -212,7 +194,7 @@ class MemcachedDirectory:
 
     # -- blocking work (storage pool threads) ---------------------------------
 
-    @_translated
+    @translate_errors
     def _set_blocking(self, key: str, entry: NodeEntry, expire: int) -> NodeEntry | None:
         value = entry.encode()
         for _ in range(_CAS_ATTEMPTS):
@@ -229,11 +211,11 @@ class MemcachedDirectory:
                 return previous
         raise StorageUnavailable("memcached: directory entry contended, giving up")
 
-    @_translated
+    @translate_errors
     def _get_blocking(self, key: str) -> NodeEntry | None:
         return _decode_entry(self._client.get(key))
 
-    @_translated
+    @translate_errors
     def _clear_blocking(self, key: str, entry: NodeEntry) -> bool:
         current, cas = self._client.gets(key)
         if current is None or _decode_entry(current) != entry:

@@ -69,6 +69,7 @@ __all__ = [
     "MAX_RELATIVE_EXPIRE",
     "make_memcached_client",
     "memcached_expire",
+    "translate_errors",
 ]
 
 _P = ParamSpec("_P")
@@ -241,7 +242,7 @@ class MemcacheClient(Protocol):
         """Close every connection."""
 
 
-def _translated(func: Callable[_P, _T]) -> Callable[_P, _T]:
+def translate_errors(func: Callable[_P, _T]) -> Callable[_P, _T]:
     """Turn client errors raised by ``func`` into ``StorageUnavailable``."""
 
     @functools.wraps(func)
@@ -493,13 +494,13 @@ class MemcachedStorage:
 
     # -- blocking operations (pool threads) -----------------------------------
 
-    @_translated
+    @translate_errors
     def _user_exists_blocking(self, uaid: str, now: float) -> bool:
         return bool(
             self._client.touch(self._user_key(uaid), expire=self._list_expire(now), noreply=False)
         )
 
-    @_translated
+    @translate_errors
     def _register_blocking(
         self, uaid: str, chid: str, channel_id: str, max_channels: int, now: float
     ) -> None:
@@ -529,7 +530,7 @@ class MemcachedStorage:
         # existed; check again now that it does.
         self._list_add(uaid, chid, 0, now)
 
-    @_translated
+    @translate_errors
     def _unregister_blocking(self, uaid: str, chid: str, now: float) -> None:
         key = self._channel_key(uaid, chid)
         for attempt in range(_CAS_ATTEMPTS):
@@ -545,7 +546,7 @@ class MemcachedStorage:
             _backoff(attempt)
         raise StorageUnavailable("memcached: channel record contended, giving up")
 
-    @_translated
+    @translate_errors
     def _update_blocking(
         self,
         uaid: str,
@@ -571,7 +572,7 @@ class MemcachedStorage:
             _backoff(attempt)
         raise StorageUnavailable("memcached: channel record contended, giving up")
 
-    @_translated
+    @translate_errors
     def _fetch_pending_blocking(self, uaid: str, now: float) -> list[PendingUpdate]:
         user_key = self._user_key(uaid)
         value = self._client.get(user_key)
@@ -606,7 +607,7 @@ class MemcachedStorage:
             self._prune(uaid, gone, now)
         return pending
 
-    @_translated
+    @translate_errors
     def _ack_blocking(self, uaid: str, chid: str, version: int, now: float) -> bool:
         key = self._channel_key(uaid, chid)
         for attempt in range(_CAS_ATTEMPTS):
@@ -622,7 +623,7 @@ class MemcachedStorage:
             _backoff(attempt)
         raise StorageUnavailable("memcached: channel record contended, giving up")
 
-    @_translated
+    @translate_errors
     def _expired_blocking(self, uaid: str, chids: list[str]) -> list[str]:
         keys = {c: self._channel_key(uaid, c) for c in set(chids)}
         found = self._client.get_many(list(keys.values())) if keys else {}
@@ -631,7 +632,7 @@ class MemcachedStorage:
         }
         return [c for c in chids if c in dead]
 
-    @_translated
+    @translate_errors
     def _drop_user_blocking(self, uaid: str) -> None:
         user_key = self._user_key(uaid)
         value = self._client.get(user_key)
@@ -641,7 +642,7 @@ class MemcachedStorage:
             self._client.delete(self._channel_key(uaid, chid), noreply=False)
         self._client.delete(user_key, noreply=False)
 
-    @_translated
+    @translate_errors
     def _check_blocking(self) -> None:
         key = f"{self._prefix}status_{uuid.uuid4().hex}"
         if not self._client.set(key, "test", expire=6, noreply=False):
@@ -653,6 +654,6 @@ class MemcachedStorage:
         for server in getattr(self._client, "clients", {}).values():
             server.version()
 
-    @_translated
+    @translate_errors
     def _close_blocking(self) -> None:
         self._client.close()
