@@ -70,6 +70,10 @@ class WebSocketConfig:
     backlog: int = field(default=1024, metadata=_check(_positive))
     #: Share the port with other processes (``SO_REUSEPORT``; ``tcp:`` only).
     reuse_port: bool = False
+    #: Most open connections; more are accepted and closed at once. 0 = no limit.
+    max_connections: int = field(default=0, metadata=_check(_nonneg))
+    #: Seconds a new socket has to finish the WebSocket opening handshake; 0 = off.
+    handshake_timeout: float = field(default=10.0, metadata=_check(_nonneg))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +95,8 @@ class EndpointConfig:
     backlog: int = field(default=1024, metadata=_check(_positive))
     #: Share the port with other processes (``SO_REUSEPORT``; ``tcp:`` only).
     reuse_port: bool = False
+    #: Most open connections; more are accepted and closed at once. 0 = no limit.
+    max_connections: int = field(default=0, metadata=_check(_nonneg))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,6 +113,11 @@ class ClientConfig:
     max_channels: int = field(default=200, metadata=_check(_nonneg))
     #: Send ``expired`` after hello for listed channels that were unregistered.
     report_expired: bool = False
+    #: Most messages a client may send per second on average; faster closes
+    #: the connection with 1008.  0 = no limit.
+    max_messages_per_second: float = field(default=20.0, metadata=_check(_nonneg))
+    #: Messages a client may send at once above that rate (the burst).
+    max_messages_burst: int = field(default=40, metadata=_check(_positive))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

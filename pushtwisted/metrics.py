@@ -12,6 +12,9 @@ histograms in seconds):
 
 - ``connections`` (``gauge``) -> ``pushtwisted_connections`` gauge
 - ``handshakes`` -> ``pushtwisted_handshakes_total``
+- ``connections_refused`` (label ``listener`` = websocket or endpoint) ->
+  ``pushtwisted_connections_refused_total{listener}``: connections closed at
+  once because the listener had ``max_connections`` open
 - ``hellos`` -> ``pushtwisted_hellos_total``
 - ``registers`` -> ``pushtwisted_registers_total``
 - ``unregisters`` -> ``pushtwisted_unregisters_total``
@@ -161,6 +164,11 @@ _SPECS: Mapping[str, _Spec] = {
         _Kind.GAUGE, "pushtwisted_connections", "Open client WebSocket connections."
     ),
     "handshakes": _counter("handshakes", "WebSocket handshakes completed."),
+    "connections_refused": _counter(
+        "connections_refused",
+        "Connections closed at once because the listener was full, by listener.",
+        "listener",
+    ),
     "hellos": _counter("hellos", "Successful hello messages."),
     "registers": _counter("registers", "Successful register messages."),
     "unregisters": _counter("unregisters", "Unregister messages handled."),

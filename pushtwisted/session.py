@@ -117,6 +117,8 @@ class Session:
         "_queue",
         "_sent",
         "connected_at",
+        "_tokens",
+        "_tokens_at",
     )
 
     log = logger()
@@ -137,6 +139,9 @@ class Session:
         self._sent: dict[str, Update] | None = None
         #: When the hello was recorded in the cluster directory (ms), else None.
         self.connected_at: int | None = None
+        #: The message rate limit's token bucket: tokens left, and when counted.
+        self._tokens = float(node.config.client.max_messages_burst)
+        self._tokens_at = node.clock.seconds()
 
     # -- connection events ------------------------------------------------
 
@@ -153,6 +158,19 @@ class Session:
         """
         if self.state is State.CLOSED:
             return
+        if not self._within_rate():
+            client = self._node.config.client
+            self._violation(
+                "too_many_messages",
+                f"more than {client.max_messages_per_second:g} messages per second"
+                f" (burst {client.max_messages_burst})",
+            )
+            self.log.warn(
+                "closing {uaid_hash}: client sends messages too fast",
+                uaid_hash=uaid_hash(self.uaid),
+            )
+            self._close(CloseCode.POLICY_VIOLATION, "Too many messages")
+            return
         if self._busy:
             if self._queue is None:
                 self._queue = deque()
@@ -165,6 +183,27 @@ class Session:
             self._queue.append(text)
             return
         self._pump(text)
+
+    def _within_rate(self) -> bool:
+        """Take one token for a message; False when the client is over its rate.
+
+        A token bucket of ``max_messages_burst`` tokens refilled at
+        ``max_messages_per_second`` (``[client]``), computed on arrival: no timer.
+        """
+        client = self._node.config.client
+        rate = client.max_messages_per_second
+        if rate <= 0:
+            return True
+        now = self._node.clock.seconds()
+        tokens = min(
+            float(client.max_messages_burst), self._tokens + (now - self._tokens_at) * rate
+        )
+        self._tokens_at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
 
     def deliver(self, channel_id: str, version: int, data: str | None) -> bool:
         """Send a live update; return True when it reached an open, READY connection.

@@ -4,8 +4,10 @@
 ``onConnect``/``onOpen``/``onMessage``/``onClose`` to the session and writes
 the session's text messages.  Text and binary frames are both accepted (a
 binary frame must hold UTF-8).  ``PushServerFactory`` applies
-``[websocket]`` from the config.  A plain HTTP GET (no upgrade) of
-``/status`` answers JSON; anything else 404.
+``[websocket]`` from the config, ``max_connections`` included (past it a
+new connection is closed at once).  A plain HTTP GET (no upgrade) of
+``/status`` (liveness) or ``/health`` (readiness: the storage check of
+``pushtwisted.web.status``, 200 or 503) answers JSON; anything else 404.
 
 Both classes build on ``pushtwisted._autobahn_tuning``, which removes
 Autobahn's per-connection overhead (memory per idle socket, debug formatting
@@ -20,20 +22,23 @@ from urllib.parse import urlsplit
 
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 from pushtwisted import __version__, _autobahn_tuning
 from pushtwisted._autobahn_tuning import LeanServerFactory, LeanServerProtocol
+from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.logs import logger
 from pushtwisted.node import Node
 from pushtwisted.session import CloseCode, Session
+from pushtwisted.web.status import HEALTH_TIMEOUT, check_health
 
 __all__ = ["PushServerProtocol", "PushServerFactory", "SUBPROTOCOL"]
 
 #: The subprotocol Firefox offers; echoed when offered, never required.
 SUBPROTOCOL = "push-notification"
-
-#: Seconds a client has to finish the opening handshake.
-_OPEN_HANDSHAKE_TIMEOUT = 10.0
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -112,6 +117,15 @@ class PushServerProtocol(LeanServerProtocol):
         if self.session is not None:
             self.session.connection_lost()
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Let Autobahn handle the loss, then free this connection's place on the listener."""
+        try:
+            super().connectionLost(reason)
+        finally:
+            factory = self.factory
+            factory.health_pending.discard(self)
+            factory.limit.release()
+
     def send_text(self, text: str) -> bool:
         """Send one text message; return False when the connection is not open."""
         if self.state != self.STATE_OPEN:
@@ -134,13 +148,40 @@ class PushServerProtocol(LeanServerProtocol):
             self.sendCloseFrame(code=int(code), reasonUtf8=encode_truncate(reason, 123))
 
     def sendServerStatus(self, redirectUrl: str | None = None, redirectAfter: int = 0) -> None:
-        """Answer a plain HTTP GET: JSON status for ``/status``, else 404."""
-        if self.http_request_path in ("/status", "/status/"):
+        """Answer a plain HTTP GET: ``/status`` (liveness), ``/health`` (readiness), else 404."""
+        path = self.http_request_path
+        if path in ("/status", "/status/"):
             clients = len(self.factory.node.registry)
             body = {"status": "OK", "clients": clients, "version": __version__}
             self._send_json(200, "OK", body)
+        elif path in ("/health", "/health/"):
+            self._send_health()
         else:
             self._send_json(404, "Not Found", {"error": "Not Found"})
+
+    def _send_health(self) -> None:
+        """Probe storage, then answer and close (Autobahn's close waits for it)."""
+        factory = self.factory
+        factory.health_pending.add(self)
+        d = Deferred.fromCoroutine(check_health(factory.node, factory.health_timeout))
+
+        def answer(result: tuple[int, dict[str, Any]]) -> None:
+            if self not in factory.health_pending:
+                return  # the client went away meanwhile
+            factory.health_pending.discard(self)
+            code, body = result
+            phrase = "OK" if code == 200 else "Service Unavailable"
+            self._send_json(code, phrase, body)
+            self.dropConnection(abort=False)
+
+        d.addCallback(answer)
+        d.addErrback(lambda f: self._log.failure("health answer failed", f))
+
+    def dropConnection(self, abort: bool = False) -> None:
+        """Close the TCP connection, unless a ``/health`` answer is still to be sent."""
+        if not abort and self in self.factory.health_pending:
+            return
+        super().dropConnection(abort)
 
     def sendRedirect(self, url: str) -> None:
         """Serve the status page instead of Autobahn's ``?redirect=`` (no open redirect)."""
@@ -172,6 +213,12 @@ class PushServerFactory(LeanServerFactory):
         super().__init__(url=url, server=f"pushtwisted/{__version__}", reactor=node.clock)
         self.node = node
         ws = node.config.websocket
+        #: The open connections of this listener, against ``[websocket] max_connections``.
+        self.limit = ConnectionLimit("websocket", ws.max_connections, node.clock, node.metrics)
+        #: Plain-HTTP ``/health`` requests waiting for the storage check.
+        self.health_pending: set[PushServerProtocol] = set()
+        #: Seconds the ``/health`` storage check may take.
+        self.health_timeout = HEALTH_TIMEOUT
         #: Allowed origins in normal form; empty allows every origin.
         self.allowed_origins = frozenset(_origin_or_raw(origin) for origin in ws.origins)
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
@@ -180,7 +227,7 @@ class PushServerFactory(LeanServerFactory):
             autoPingTimeout=ws.auto_ping_timeout,
             maxMessagePayloadSize=ws.max_message_size,
             maxFramePayloadSize=ws.max_message_size,
-            openHandshakeTimeout=_OPEN_HANDSHAKE_TIMEOUT,
+            openHandshakeTimeout=ws.handshake_timeout,
             # Send a close frame (1009, 1007, ...) rather than drop the TCP.
             failByDrop=False,
             # Autobahn only checks that the Origin parses; onConnect decides.
@@ -190,3 +237,13 @@ class PushServerFactory(LeanServerFactory):
             # memory per connection, a call per frame) would only repeat it.
             utf8validateIncoming=False,
         )
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        """Return a new connection's protocol, or None (close it) when the listener is full."""
+        if not self.limit.acquire():
+            return None
+        try:
+            return super().buildProtocol(addr)
+        except BaseException:
+            self.limit.release()
+            raise

@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.config import ClientConfig, Config
@@ -742,6 +743,61 @@ class AckTests(SessionCase):
         self.assertEqual(self.sender.events, [])
         self.clock.advance(60)
         self.assertEqual(self.sender.replies[0]["updates"], [{"channelID": CHID, "version": 5}])
+
+
+class RateLimitTests(SessionCase):
+    """``[client] max_messages_per_second`` and ``max_messages_burst``."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.build(client_config(max_messages_per_second=2.0, max_messages_burst=3))
+        self.hello(UAID)  # one token
+
+    def ack(self) -> None:
+        self.send({"messageType": "ack", "updates": []})
+
+    def test_burst_allowed(self) -> None:
+        """When a client sends up to the burst at once, every message is handled."""
+        self.ack()
+        self.ack()
+        self.assertOpen()
+
+    def test_over_rate_closes_1008(self) -> None:
+        """When a client sends past the burst, the session closes with 1008 and logs it."""
+        events: list[dict[str, Any]] = []
+        self.patch(Session, "log", Logger(observer=events.append))
+        self.ack()
+        self.ack()
+        self.ack()
+        self.assertClosed(CloseCode.POLICY_VIOLATION, "Too many messages")
+        self.assertEqual(
+            self.metrics.labelled[("protocol_errors", (("reason", "too_many_messages"),))], 1
+        )
+        self.assertTrue(any("too fast" in e.get("log_format", "") for e in events), events)
+
+    def test_refills_with_time(self) -> None:
+        """When the client slows to the rate, it may go on sending forever."""
+        for _ in range(20):
+            self.clock.advance(0.5)
+            self.ack()
+        self.ack()
+        self.ack()
+        self.assertOpen()
+
+    def test_off(self) -> None:
+        """When max_messages_per_second is 0, there is no limit."""
+        self.build(client_config(max_messages_per_second=0.0, max_messages_burst=1))
+        self.hello(UAID)
+        for _ in range(100):
+            self.ack()
+        self.assertOpen()
+
+    def test_defaults(self) -> None:
+        """By default a client may send 20 messages a second with a burst of 40."""
+        self.assertEqual(
+            (ClientConfig().max_messages_per_second, ClientConfig().max_messages_burst),
+            (20.0, 40),
+        )
 
 
 class PingTests(SessionCase):

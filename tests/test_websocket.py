@@ -300,7 +300,7 @@ class StatusTests(SynchronousTestCase):
 
     def test_not_found(self) -> None:
         """When another path is fetched without upgrade, the server answers JSON 404."""
-        for path in ("/", "/health", "/status/x", "/?redirect=http://evil.test/"):
+        for path in ("/", "/healthz", "/status/x", "/?redirect=http://evil.test/"):
             response = Connection().request(path)
             self.assertTrue(response.startswith("HTTP/1.1 404 "), response)
             self.assertNotIn("Location", response)

@@ -46,14 +46,18 @@ from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value
 from typing import Any
 
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.errors import InvalidToken, StorageError, StorageUnavailable
 from pushtwisted.logs import logger, uaid_hash
-from pushtwisted.metrics import Metrics
+from pushtwisted.metrics import Metrics, NullMetrics
 from pushtwisted.node import Node
 from pushtwisted.storage.interface import UpdateOutcome
 from pushtwisted.web._util import (
@@ -471,6 +475,23 @@ class _BodyLimitedRequest(Request):
         self._site.reject_oversize(self.channel, declared)
 
 
+class _CountedChannel(HTTPChannel):
+    """An ``HTTPChannel`` that frees its place on its ``EndpointSite`` when lost.
+
+    HTTP/1.x only, like the ``Site`` default without ALPN (this listener
+    offers no HTTP/2).
+    """
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Let ``HTTPChannel`` handle the loss, then release the site's connection slot."""
+        try:
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        finally:
+            site = getattr(self, "site", None)
+            if isinstance(site, EndpointSite):
+                site.limit.release()
+
+
 class EndpointSite(Site):
     """A ``Site`` that answers 413 to request bodies over ``max_body`` bytes, early.
 
@@ -483,11 +504,15 @@ class EndpointSite(Site):
     :param max_body: the largest request body accepted, in bytes.
     :param cors: add the CORS headers to the early 413 too.
     :param metrics: where early rejections are counted (none by default).
+    :param max_connections: the most open connections; past it a new one is
+        closed at once (``connections_refused{listener="endpoint"}``).  0 = no limit.
     :param kwargs: passed to ``Site`` (``reactor``, ``timeout``...).
     """
 
     #: Not ``log``: ``HTTPFactory.log`` is the access-log method.
     _logger = logger()
+    # Twisted types ``protocol`` as its (private) HTTP/1.1-or-2 switcher.
+    protocol = _CountedChannel  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -496,12 +521,28 @@ class EndpointSite(Site):
         max_body: int,
         cors: bool = False,
         metrics: Metrics | None = None,
+        max_connections: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(root, requestFactory=_BodyLimitedRequest, **kwargs)  # type: ignore[no-untyped-call]
         self.max_body = max_body
         self._cors = cors
         self._metrics = metrics
+        #: The open connections, against ``max_connections``.
+        self.limit = ConnectionLimit(
+            "endpoint", max_connections, self.reactor, metrics or NullMetrics()
+        )
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        """Return a new connection's channel, or None (close it) when the listener is full."""
+        if not self.limit.acquire():
+            return None
+        try:
+            channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self.limit.release()
+            raise
+        return channel
 
     def reject_oversize(self, channel: HTTPChannel, declared: int | None) -> None:
         """Write a 413 JSON answer straight to ``channel`` and close it."""
@@ -545,5 +586,6 @@ def build_endpoint_site(node: Node) -> EndpointSite:
         max_body=endpoint.max_body,
         cors=endpoint.cors,
         metrics=node.metrics,
+        max_connections=endpoint.max_connections,
         reactor=node.clock,
     )

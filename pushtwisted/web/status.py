@@ -42,10 +42,19 @@ from pushtwisted.web._util import (
     render_async,
 )
 
-__all__ = ["HealthResource", "MetricsResource", "StatusResource", "add_status_children"]
+__all__ = [
+    "HealthResource",
+    "MetricsResource",
+    "StatusResource",
+    "add_status_children",
+    "check_health",
+    "HEALTH_TIMEOUT",
+]
 
 _ALLOWED = (b"GET", b"HEAD")
 _NO_STORE = (b"Cache-Control", b"no-store")
+#: Seconds the ``/health`` storage check may take by default.
+HEALTH_TIMEOUT = 2.0
 #: Longest storage failure reason put in a ``/health`` answer.
 _MAX_REASON = 200
 
@@ -108,9 +117,7 @@ class HealthResource(_ReadOnlyResource):
     :param timeout: seconds the storage check may take before it counts as failed.
     """
 
-    log = logger()
-
-    def __init__(self, node: Node, timeout: float = 2.0) -> None:
+    def __init__(self, node: Node, timeout: float = HEALTH_TIMEOUT) -> None:
         super().__init__()
         self._node = node
         self._timeout = timeout
@@ -120,32 +127,48 @@ class HealthResource(_ReadOnlyResource):
         return render_async(request, self._health())
 
     async def _health(self) -> JSONResponse:
-        storage = await self._check_storage()
-        healthy = storage == "OK"
-        body = {
-            "status": "OK" if healthy else "FAIL",
-            "storage": storage,
-            "version": pushtwisted.__version__,
-            "clients": len(self._node.registry),
-        }
-        return JSONResponse(code=200 if healthy else 503, body=body, headers=(_NO_STORE,))
+        code, body = await check_health(self._node, self._timeout)
+        return JSONResponse(code=code, body=body, headers=(_NO_STORE,))
 
-    async def _check_storage(self) -> str:
-        """Return ``"OK"`` or ``"unavailable: <reason>"``."""
-        check: Deferred[Any] = maybeDeferred(self._node.storage.check)
-        check.addTimeout(self._timeout, self._node.clock)
-        try:
-            await check
-        except DeferredTimeout:
-            self.log.warn("storage check timed out after {timeout}s", timeout=self._timeout)
-            return f"unavailable: no answer within {self._timeout:g}s"
-        except StorageError as e:
-            self.log.warn("storage check failed: {error}", error=str(e))
-            return f"unavailable: {_reason(e)}"
-        except Exception:
-            self.log.failure("storage check raised")
-            return "unavailable: internal error"
-        return "OK"
+
+_log = logger()
+
+
+async def check_health(node: Node, timeout: float) -> tuple[int, dict[str, Any]]:
+    """Probe ``node``'s storage; return the ``/health`` status code and JSON body.
+
+    200 ``{"status": "OK", "storage": "OK", ...}`` when ``Storage.check()``
+    succeeds within ``timeout`` seconds (on the node's clock), else 503
+    ``{"status": "FAIL", "storage": "unavailable: <reason>", ...}``.  Never raises.
+    Shared by ``HealthResource`` and the WebSocket listener's plain-HTTP ``/health``.
+    """
+    storage = await _check_storage(node, timeout)
+    healthy = storage == "OK"
+    body = {
+        "status": "OK" if healthy else "FAIL",
+        "storage": storage,
+        "version": pushtwisted.__version__,
+        "clients": len(node.registry),
+    }
+    return (200 if healthy else 503), body
+
+
+async def _check_storage(node: Node, timeout: float) -> str:
+    """Return ``"OK"`` or ``"unavailable: <reason>"``."""
+    check: Deferred[Any] = maybeDeferred(node.storage.check)
+    check.addTimeout(timeout, node.clock)
+    try:
+        await check
+    except DeferredTimeout:
+        _log.warn("storage check timed out after {timeout}s", timeout=timeout)
+        return f"unavailable: no answer within {timeout:g}s"
+    except StorageError as e:
+        _log.warn("storage check failed: {error}", error=str(e))
+        return f"unavailable: {_reason(e)}"
+    except Exception:
+        _log.failure("storage check raised")
+        return "unavailable: internal error"
+    return "OK"
 
 
 def _reason(error: BaseException) -> str:
@@ -185,7 +208,7 @@ def add_status_children(
     node: Node,
     metrics: PrometheusMetrics | None = None,
     *,
-    health_timeout: float = 2.0,
+    health_timeout: float = HEALTH_TIMEOUT,
 ) -> None:
     """Put ``status`` and ``health`` (and ``metrics`` when given) under ``root``."""
     root.putChild(b"status", StatusResource(node))
