@@ -67,6 +67,26 @@ class _RestartMixin:
         status, _ = put(endpoint, b"version=43")
         self.assertEqual(status, 200)  # type: ignore[attr-defined]
 
+    def test_answered_updates_survive_sigkill(self) -> None:
+        """Updates answered 202 survive a SIGKILL (no graceful shutdown) of the server."""
+        server = ServerProcess(self, {"storage": dict(self.backend)})  # type: ignore[arg-type]
+        server.start()
+        client = self.connect(server)
+        uaid = client.hello()
+        chids = [str(uuid.uuid4()) for _ in range(5)]
+        endpoints = [client.register(chid) for chid in chids]
+        client.close()
+        for version, endpoint in enumerate(endpoints, 1):
+            status, _ = put(endpoint, f"version={version}".encode())
+            self.assertEqual(status, 202)  # type: ignore[attr-defined]
+        self.assertEqual(server.stop(signal.SIGKILL), -signal.SIGKILL)  # type: ignore[attr-defined]
+
+        server.start()
+        again = self.connect(server)
+        self.assertEqual(again.hello(uaid, chids), uaid)  # type: ignore[attr-defined]
+        got = sorted((u["channelID"], u["version"]) for u in again.recv()["updates"])
+        self.assertEqual(got, sorted(zip(chids, range(1, 6), strict=True)))  # type: ignore[attr-defined]
+
 
 class SqliteRestartTests(_RestartMixin, SynchronousTestCase):
     """Restart with the embedded sqlite store (the default)."""
