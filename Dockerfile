@@ -31,4 +31,5 @@ WORKDIR /var/lib/pushtwisted
 USER pushtwisted
 EXPOSE 8080 8081
 
-CMD ["twistd", "-n", "--pidfile=", "simplepush"]
+# JSON-lines logs on stdout, honouring [server] log_level.
+CMD ["twistd", "-n", "--pidfile=", "--logger=pushtwisted.logs.json_observer", "simplepush"]
