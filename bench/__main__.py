@@ -29,7 +29,13 @@ from bench.results import (
     write_result,
 )
 from bench.scenarios import SCENARIOS, GenOptions, Target
-from bench.server import snapshot_source, start_server, stop_server
+from bench.server import (
+    snapshot_source,
+    start_cluster,
+    start_server,
+    stop_cluster,
+    stop_server,
+)
 
 SCENARIO_NAMES = ("connect", "notify", "notify-rate", "churn")
 
@@ -78,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start a server, run scenarios, write results")
     run.add_argument("--backend", default="memory", choices=["memory", "sqlite", "memcached"])
+    run.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="memcached only: N server processes configured as a cluster (shared token key "
+        "and router secret, one private memcached); devices are spread over the nodes' "
+        "WebSocket ports and every PUT goes to a random node's endpoint",
+    )
     run.add_argument(
         "--scenario",
         default="all",
@@ -229,6 +244,51 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def check_nodes(args: argparse.Namespace) -> None:
+    """``--nodes``: at least 1; more than 1 needs the memcached backend and its own servers."""
+    n = getattr(args, "nodes", 1)
+    if n < 1:
+        raise SystemExit("--nodes must be at least 1")
+    if n > 1:
+        if args.backend != "memcached":
+            raise SystemExit(
+                f"--nodes {n} needs --backend memcached (a cluster shares memcached), "
+                f"not {args.backend}"
+            )
+        if args.target:
+            raise SystemExit("--nodes cannot be combined with --target")
+
+
+def _start(
+    args: argparse.Namespace, server_cpus: list[int] | None, extra: dict[str, dict[str, Any]]
+) -> Any:
+    """The server under test: one process, or ``--nodes N`` of them as a cluster."""
+    if args.nodes > 1:
+        return start_cluster(
+            args.nodes,
+            cpus=server_cpus,
+            launcher=args.launcher,
+            extra_config=extra,
+            keep_state=args.keep_state,
+            src_root=args.src_root,
+        )
+    return start_server(
+        args.backend,
+        cpus=server_cpus,
+        launcher=args.launcher,
+        extra_config=extra,
+        keep_state=args.keep_state,
+        src_root=args.src_root,
+    )
+
+
+def _stop(server: Any) -> None:
+    if hasattr(server, "nodes"):
+        stop_cluster(server)
+    else:
+        stop_server(server)
+
+
 def _parse_extra_config(items: list[str]) -> dict[str, dict[str, Any]]:
     import tomllib
 
@@ -320,6 +380,7 @@ async def _run_one(
     extra_config: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     p = scenario_params(args, name)
+    p["nodes"] = args.nodes
     scen = "notify" if name.startswith("notify") else name
     gen = _gen_options(args, int(p["devices"]), gen_cpus)
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -345,19 +406,17 @@ async def _run_one(
             }
         else:
             if server is None:
-                server = start_server(
-                    args.backend,
-                    cpus=server_cpus,
-                    launcher=args.launcher,
-                    extra_config=extra_config,
-                    keep_state=args.keep_state,
-                    src_root=args.src_root,
-                )
+                server = _start(args, server_cpus, extra_config)
                 own_server = True
             target = Target(
                 "127.0.0.1", server.ws_port, server.pid, args.subprotocol, args.gc_probe
             )
+            if hasattr(server, "nodes"):
+                target.pids = server.pids
+                target.ws_ports = server.ws_ports
+                target.http_ports = server.http_ports
             server_info = {
+                "nodes": args.nodes,
                 "source": source_fingerprint(args.src_root),
                 "pid": server.pid,
                 "cpus": server.cpus,
@@ -367,8 +426,17 @@ async def _run_one(
                 "http_port": server.http_port,
                 "memcached_port": server.memcached_port,
             }
+            if hasattr(server, "nodes"):
+                server_info.update(
+                    {
+                        "pids": server.pids,
+                        "ws_ports": server.ws_ports,
+                        "http_ports": server.http_ports,
+                        "accounting": "RSS and CPU summed over the node PIDs (not memcached)",
+                    }
+                )
         print(
-            f"== {name} run {rep + 1}/{args.repeat} backend={args.backend} "
+            f"== {name} run {rep + 1}/{args.repeat} backend={args.backend} nodes={args.nodes} "
             f"params={json.dumps(p)} procs={gen.procs}",
             file=sys.stderr,
             flush=True,
@@ -391,7 +459,7 @@ async def _run_one(
         if error and server is not None:
             server_info["log_tail"] = server.log_tail(40)
         if own_server and server is not None:
-            stop_server(server)
+            _stop(server)
             server_info["exit_code"] = server.info.get("exit_code")
     gen_info = {
         "procs": gen.procs,
@@ -407,6 +475,7 @@ async def _run_one(
         "schema": SCHEMA,
         "scenario": scen,
         "backend": args.backend,
+        "nodes": args.nodes,
         "run_id": run_id,
         "repeat_index": rep,
         "attempt": attempt,
@@ -447,6 +516,7 @@ async def _run_one(
 
 async def cmd_run(args: argparse.Namespace) -> int:
     names = _scenarios(args.scenario)
+    check_nodes(args)
     server_cpus = _cpus(args.server_cpus)
     gen_cpus = _cpus(args.gen_cpus)
     if args.pin:
@@ -481,14 +551,7 @@ async def _run_all(
     results = []
     shared = None
     if args.reuse_server and not args.target:
-        shared = start_server(
-            args.backend,
-            cpus=server_cpus,
-            launcher=args.launcher,
-            extra_config=extra,
-            keep_state=args.keep_state,
-            src_root=args.src_root,
-        )
+        shared = _start(args, server_cpus, extra)
     try:
         for name in names:
             for rep in range(args.repeat):
@@ -518,7 +581,7 @@ async def _run_all(
                     print(f"{name} run {rep + 1}: {r['discarded']}; again", file=sys.stderr)
     finally:
         if shared is not None:
-            stop_server(shared)
+            _stop(shared)
     table = markdown_table(results)
     dirty = " (dirty)" if machine["git_dirty"] else ""
     header = (
@@ -526,7 +589,8 @@ async def _run_all(
         f"`{shlex.join(['python', '-m', 'bench', *sys.argv[1:]])}`\n\n"
         f"{machine['cpu_model']}, {machine['cores']} cores, Python {machine['python']}, "
         f"Twisted {machine['twisted']}, Autobahn {machine['autobahn']}, "
-        f"commit {(machine['git_commit'] or '?')[:10]}{dirty}\n\n"
+        f"commit {(machine['git_commit'] or '?')[:10]}{dirty}"
+        f"{f', {args.nodes} server nodes' if args.nodes > 1 else ''}\n\n"
     )
     failed = [r for r in results if not r["ok"] and not r.get("discarded")]
     kept = [r for r in results if not r.get("discarded")]

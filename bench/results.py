@@ -382,7 +382,13 @@ def _group_key(r: dict[str, Any]) -> tuple[Any, ...]:
         p.get("cycles"),
         bool(r.get("server", {}).get("cpus")),
         r.get("server", {}).get("source", {}).get("tree_hash"),
+        result_nodes(r),
     )
+
+
+def result_nodes(r: dict[str, Any]) -> int:
+    """Server processes of a run (1 for results written before ``--nodes``)."""
+    return int(r.get("nodes") or r.get("params", {}).get("nodes") or 1)
 
 
 def summary_rows(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -430,6 +436,7 @@ def summary_rows(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "runs": len(rs),
                 "pinned": key[7],
                 "source": key[8],
+                "nodes": key[9],
                 "values": values,
                 "targets": tsum,
             }
@@ -458,14 +465,15 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
             continue
         cols = HEADLINES[scen]
         out.append(f"### {scen}\n")
-        out.append("| backend | mode | code | runs | " + " | ".join(c[0] for c in cols) + " |")
-        out.append("|---|---|---|---|" + "---|" * len(cols))
+        out.append(
+            "| backend | nodes | mode | code | runs | " + " | ".join(c[0] for c in cols) + " |"
+        )
+        out.append("|---|---|---|---|---|" + "---|" * len(cols))
         for r in srows:
             cells = [_fmt(r["values"][title], fmt) for title, _p, fmt in cols]
             out.append(
-                f"| {r['backend']} | {r['mode'] or '-'} | {r['source'] or '-'} | {r['runs']} | "
-                + " | ".join(cells)
-                + " |"
+                f"| {r['backend']} | {r['nodes']} | {r['mode'] or '-'} | {r['source'] or '-'} | "
+                f"{r['runs']} | " + " | ".join(cells) + " |"
             )
         out.append("")
     trows = [(r, t) for r in rows for t in r["targets"]]

@@ -27,6 +27,24 @@ class Target:
     pid: int | None = None
     subprotocol: str | None = None
     gc_probe: str | None = None
+    #: A cluster (``--nodes N``): every node's PID (RSS/CPU are summed over them), its
+    #: WebSocket port (devices are spread over them) and endpoint port (each PUT goes
+    #: to a random one).  Empty: the single server above.
+    pids: list[int] = field(default_factory=list)
+    ws_ports: list[int] = field(default_factory=list)
+    http_ports: list[int] = field(default_factory=list)
+
+    def all_pids(self) -> list[int]:
+        return list(self.pids) or ([self.pid] if self.pid else [])
+
+
+def _rss(target: Target) -> int | None:
+    """VmRSS summed over the server PIDs (None if one is gone or unknown)."""
+    pids = target.all_pids()
+    if not pids:
+        return None
+    vals = [rss_kb(p) for p in pids]
+    return None if any(v is None for v in vals) else sum(v for v in vals if v is not None)
 
 
 @dataclass
@@ -79,16 +97,25 @@ def _cpu_busy() -> dict[str, float]:
 class _ServerMeter:
     """CPU seconds of the server over a phase, and how busy each CPU was (noise check)."""
 
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
-        self.c0 = cpu_seconds(pid) if pid else None
+    def __init__(self, pids: int | list[int] | None) -> None:
+        if isinstance(pids, int):
+            pids = [pids]
+        self.pids = [p for p in (pids or []) if p]
+        self.c0 = self._cpu()
         self.b0 = _cpu_busy()
         self.t0 = time.monotonic()
 
-    def used(self) -> float | None:
-        if not self.pid or self.c0 is None:
+    def _cpu(self) -> float | None:
+        """CPU seconds summed over the server PIDs (None if one is gone or unknown)."""
+        if not self.pids:
             return None
-        c1 = cpu_seconds(self.pid)
+        vals = [cpu_seconds(p) for p in self.pids]
+        return None if any(v is None for v in vals) else sum(v for v in vals if v is not None)
+
+    def used(self) -> float | None:
+        if self.c0 is None:
+            return None
+        c1 = self._cpu()
         return None if c1 is None else c1 - self.c0
 
     def machine(self, generator_cpu_s: float) -> dict[str, Any]:
@@ -131,6 +158,7 @@ async def _start_group(target: Target, gen: GenOptions) -> tuple[WorkerGroup, li
             {
                 "ws_host": target.ws_host,
                 "ws_port": target.ws_port,
+                "ws_ports": target.ws_ports or [target.ws_port],
                 "subprotocol": target.subprotocol,
                 "ips": mine,
                 "cpus": gen.cpus,
@@ -158,7 +186,7 @@ async def _connect(
         }
         for c, k in zip(counts, conc, strict=True)
     ]
-    meter = _ServerMeter(target.pid)
+    meter = _ServerMeter(target.all_pids())
     async with Progress(group, label, n, gen.progress_interval):
         res = await group.call("connect", args)
     elapsed = max(r["t_end"] for r in res) - min(r["t_start"] for r in res)
@@ -232,16 +260,16 @@ async def run_connect(target: Target, gen: GenOptions, p: dict[str, Any]) -> dic
     group, info = await _start_group(target, gen)
     try:
         await asyncio.sleep(0.5)
-        rss0 = rss_kb(target.pid) if target.pid else None
+        rss0 = _rss(target)
         m = await _connect(group, gen, n, "connect", target)
-        rss_connected = rss_kb(target.pid) if target.pid else None
+        rss_connected = _rss(target)
         hold = float(p.get("hold", 5.0))
         if hold > 0:
             print(
                 f"[connect] holding {m['connected']:,} connections for {hold:g}s", file=sys.stderr
             )
             await asyncio.sleep(hold)
-        rss_held = rss_kb(target.pid) if target.pid else None
+        rss_held = _rss(target)
         stats = await group.call("stats", {})
         still = sum(s["connected"] for s in stats)
         async with Progress(group, "ping", still, gen.progress_interval):
@@ -322,11 +350,12 @@ async def run_notify(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict
                 "drain": float(p.get("drain", 10.0)),
                 "http_host": host,
                 "http_port": port,
+                "http_ports": target.http_ports or [port],
                 "start_at": start_at,
             }
             for i in range(procs)
         ]
-        meter = _ServerMeter(target.pid)
+        meter = _ServerMeter(target.all_pids())
         async with Progress(
             group, f"notify:{'rate' if rate else 'saturated'}", mput, gen.progress_interval
         ):
@@ -370,7 +399,7 @@ async def run_notify(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict
             "server_cpu_pct": _pct(meter.used(), elapsed_all),
             "generator_cpu_pct": _pct(sum(r["cpu_s"] for r in res), puts_elapsed),
             "worker_counters": merge_counts(*(r["counters"] for r in res)),
-            "rss_kb": rss_kb(target.pid) if target.pid else None,
+            "rss_kb": _rss(target),
         }
         fails = merge_counts(
             failures,
@@ -412,11 +441,12 @@ async def run_churn(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[
                 "notif_timeout": float(p.get("notif_timeout", 5.0)),
                 "http_host": host,
                 "http_port": port,
+                "http_ports": target.http_ports or [port],
                 "start_at": start_at,
             }
             for i in range(len(group.workers))
         ]
-        meter = _ServerMeter(target.pid)
+        meter = _ServerMeter(target.all_pids())
         async with Progress(group, "churn", cycles, gen.progress_interval):
             res = await group.call("churn", args)
         errs = [r["error"] for r in res if r.get("error")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -25,6 +26,11 @@ __all__ = [
     "cpu_seconds",
     "wait_port",
     "snapshot_source",
+    "ClusterHandle",
+    "cluster_node_config",
+    "node_cpus",
+    "start_cluster",
+    "stop_cluster",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -171,23 +177,31 @@ def start_server(
     backlog: int = 4096,
     keep_state: bool = False,
     src_root: Path | None = None,
+    memcached_port: int | None = None,
+    ports: tuple[int, int] | None = None,
 ) -> ServerHandle:
     """Start ``twistd -n simplepush`` with ``backend`` on free ports; wait until it listens.
 
     ``src_root`` (default: the repository) is put first on the server's
     ``PYTHONPATH`` and used as its working directory: a ``snapshot_source`` copy.
+    ``memcached_port``: use that (already running) memcached instead of starting
+    one; it is not stopped with the server.  ``ports``: (ws, http) to listen on.
     """
     src = src_root or REPO_ROOT
     state_dir = Path(tempfile.mkdtemp(prefix=f"pushbench-{backend}-"))
-    ws_port = free_port()
-    http_port = free_port()
-    while http_port == ws_port:
+    if ports is not None:
+        ws_port, http_port = ports
+    else:
+        ws_port = free_port()
         http_port = free_port()
+        while http_port == ws_port:
+            http_port = free_port()
     memcached = None
-    mc_port = None
+    mc_port = memcached_port
     storage: dict[str, Any] = {"backend": backend, "path": str(state_dir / "state")}
     if backend == "memcached":
-        memcached, mc_port = _start_memcached(cpus)
+        if mc_port is None:
+            memcached, mc_port = _start_memcached(cpus)
         storage["servers"] = [f"127.0.0.1:{mc_port}"]
     sections: dict[str, dict[str, Any]] = {
         "websocket": {"listen": f"tcp:{ws_port}:interface=127.0.0.1", "backlog": backlog},
@@ -288,3 +302,160 @@ def stop_server(handle: ServerHandle, grace: float = 15.0) -> None:
         _stop_pid(handle.memcached, 5.0)
     if not handle.keep_state:
         shutil.rmtree(handle.state_dir, ignore_errors=True)
+
+
+# -- a cluster of N nodes on one host ---------------------------------------------
+
+
+def node_cpus(server_cpus: list[int] | None, n: int) -> list[list[int] | None]:
+    """CPUs of each of ``n`` nodes: node i on ``server_cpus[i % len]`` (None: unpinned).
+
+    With ``--pin`` on 2 cores the server side has CPU 0 only, so every node
+    (and memcached) shares CPU 0; with more server CPUs the nodes are spread
+    one per CPU, round robin.
+    """
+    if not server_cpus:
+        return [None] * n
+    return [[server_cpus[i % len(server_cpus)]] for i in range(n)]
+
+
+def cluster_node_config(
+    router_port: int, secret: str, token_key: str, key_prefix: str
+) -> dict[str, dict[str, Any]]:
+    """Config sections that make node ``index`` a member of the bench cluster.
+
+    Shared by every node: the token key (``[crypto] keys``), the router secret and
+    the memcached key prefix; per node: its router listener.  Each node keeps its
+    own public WebSocket and endpoint ports (its ``public_url`` is its own endpoint):
+    the generator spreads devices over the nodes and PUTs to random nodes.
+    """
+    return {
+        "crypto": {"keys": [token_key]},
+        "router": {
+            "listen": f"tcp:{router_port}:interface=127.0.0.1",
+            "public_url": f"http://127.0.0.1:{router_port}",
+            "secret": secret,
+            "timeout": 2.0,
+        },
+        "storage": {"key_prefix": key_prefix},
+    }
+
+
+@dataclass
+class ClusterHandle:
+    """N nodes sharing one private memcached; looks like a ServerHandle where it matters."""
+
+    nodes: list[ServerHandle]
+    memcached: subprocess.Popen[bytes] | None
+    memcached_port: int
+    backend: str = "memcached"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.nodes[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [n.pid for n in self.nodes]
+
+    @property
+    def ws_port(self) -> int:
+        return self.nodes[0].ws_port
+
+    @property
+    def http_port(self) -> int:
+        return self.nodes[0].http_port
+
+    @property
+    def ws_ports(self) -> list[int]:
+        return [n.ws_port for n in self.nodes]
+
+    @property
+    def http_ports(self) -> list[int]:
+        return [n.http_port for n in self.nodes]
+
+    @property
+    def cpus(self) -> list[list[int] | None] | None:
+        """Each node's CPUs; None when no node is pinned."""
+        per = [n.cpus for n in self.nodes]
+        return per if any(per) else None
+
+    @property
+    def command(self) -> list[list[str]]:
+        return [n.command for n in self.nodes]
+
+    @property
+    def config_text(self) -> list[str]:
+        return [n.config_text for n in self.nodes]
+
+    def alive(self) -> bool:
+        return all(n.alive() for n in self.nodes)
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(
+            f"--- node {i} (pid {h.pid}) ---\n{h.log_tail(n)}" for i, h in enumerate(self.nodes)
+        )
+
+
+def start_cluster(
+    n: int,
+    *,
+    cpus: list[int] | None = None,
+    launcher: str = "twistd",
+    extra_config: dict[str, dict[str, Any]] | None = None,
+    keep_state: bool = False,
+    src_root: Path | None = None,
+) -> ClusterHandle:
+    """One private memcached and ``n`` memcached-backed nodes configured as a cluster."""
+    import secrets
+    import uuid
+
+    per_node = node_cpus(cpus, n)
+    mc_proc, mc_port = _start_memcached(cpus)
+    token_key = base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
+    secret = secrets.token_urlsafe(32)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}:"
+    handle = ClusterHandle(nodes=[], memcached=mc_proc, memcached_port=mc_port)
+    taken: set[int] = {mc_port}
+
+    def port() -> int:
+        p = free_port()
+        while p in taken:
+            p = free_port()
+        taken.add(p)
+        return p
+
+    try:
+        for i in range(n):
+            ws_port, http_port, router_port = port(), port(), port()
+            cfg = cluster_node_config(router_port, secret, token_key, prefix)
+            for name, table in (extra_config or {}).items():
+                cfg.setdefault(name, {}).update(table)
+            handle.nodes.append(
+                start_server(
+                    "memcached",
+                    cpus=per_node[i],
+                    launcher=launcher,
+                    extra_config=cfg,
+                    keep_state=keep_state,
+                    src_root=src_root,
+                    memcached_port=mc_port,
+                    ports=(ws_port, http_port),
+                )
+            )
+    except BaseException:
+        stop_cluster(handle)
+        raise
+    return handle
+
+
+def stop_cluster(handle: ClusterHandle, grace: float = 15.0) -> None:
+    """Stop every node (by PID), then memcached."""
+    codes = []
+    for node in handle.nodes:
+        stop_server(node, grace)
+        codes.append(node.info.get("exit_code"))
+    handle.info["exit_code"] = codes
+    if handle.memcached is not None:
+        _stop_pid(handle.memcached, 5.0)

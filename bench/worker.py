@@ -22,6 +22,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import resource
 import sys
 import time
@@ -52,6 +53,8 @@ class Worker:
         self.index = index
         self.ws_host = "127.0.0.1"
         self.ws_port = 0
+        self.ws_ports: list[int] = []
+        self.rng = random.Random()
         self.subprotocol: str | None = None
         self.ips = ["127.0.0.1"]
         self.devices: list[Device] = []
@@ -137,6 +140,9 @@ class Worker:
     async def cmd_setup(self, a: dict[str, Any]) -> dict[str, Any]:
         self.ws_host = a.get("ws_host", "127.0.0.1")
         self.ws_port = int(a["ws_port"])
+        # A cluster: device i connects to node i % N (the same node again after churn).
+        self.ws_ports = [int(p) for p in (a.get("ws_ports") or [self.ws_port])]
+        self.rng = random.Random(a.get("seed"))
         self.subprotocol = a.get("subprotocol")
         self.ips = list(a.get("ips") or ["127.0.0.1"])
         cpus = a.get("cpus")
@@ -154,12 +160,13 @@ class Worker:
 
     async def _open_device(self, dev: Device, timeout: float, register: bool) -> dict[str, float]:
         """Connect, upgrade, hello (and register): one timeout bounds the whole sequence."""
-        host_header = f"{self.ws_host}:{self.ws_port}"
+        ws_port = self.ws_ports[dev.idx % len(self.ws_ports)] if self.ws_ports else self.ws_port
+        host_header = f"{self.ws_host}:{ws_port}"
         t0 = perf_counter()
         try:
             async with asyncio.timeout(timeout):
                 tcp, ws = await dev.connect(
-                    self.loop, self.ws_host, self.ws_port, host_header, self.subprotocol, None
+                    self.loop, self.ws_host, ws_port, host_header, self.subprotocol, None
                 )
                 t1 = perf_counter()
                 await dev.hello(None)
@@ -265,11 +272,13 @@ class Worker:
         }
 
     async def _http_pool(
-        self, host: str, port: int, size: int, timeout: float, failures: dict[str, int]
+        self, host: str, ports: list[int], size: int, timeout: float, failures: dict[str, int]
     ) -> list[HttpConn]:
+        """``size`` keep-alive connections, each to a random one of ``ports``."""
         conns = []
         for i in range(size):
             ip = self.ips[i % len(self.ips)]
+            port = ports[0] if len(ports) == 1 else self.rng.choice(ports)
             try:
                 conns.append(await HttpConn.open(self.loop, host, port, ip, timeout))
             except BenchFailure as e:
@@ -285,6 +294,9 @@ class Worker:
         drain = float(a.get("drain", 10.0))
         host = a["http_host"]
         port = int(a["http_port"])
+        # A cluster: every PUT goes to a random node's endpoint (saturated mode: each
+        # in-flight slot keeps one keep-alive connection per node and picks a node per PUT).
+        ports = [int(p) for p in (a.get("http_ports") or [port])]
         start_at = float(a.get("start_at", time.monotonic()))
         devs = [d for d in self.devices if d.proto is not None and d.path]
         self.reset_tracking()
@@ -297,9 +309,10 @@ class Worker:
         if not devs or m <= 0:
             return {"sent": 0, "error": "no connected devices" if not devs else None}
         pool_size = inflight if rate <= 0 else min(inflight, max(1, m))
-        conns = await self._http_pool(host, port, pool_size, timeout, failures)
+        conns = await self._http_pool(host, ports, pool_size, timeout, failures)
         if not conns:
             return {"sent": 0, "error": "could not open HTTP connections", "failures": failures}
+        opened: list[HttpConn] = []  # extra per-node connections of the saturated loop
         idle: asyncio.Queue[HttpConn] = asyncio.Queue()
         for c in conns:
             idle.put_nowait(c)
@@ -311,7 +324,7 @@ class Worker:
         t_start = time.monotonic()
         p_start = perf_counter()
 
-        async def one_put(conn: HttpConn, dev: Device) -> HttpConn | None:
+        async def one_put(conn: HttpConn, dev: Device, port: int = port) -> HttpConn | None:
             nonlocal overlaps
             dev.version += 1
             version = dev.version
@@ -378,7 +391,28 @@ class Worker:
                 while conn is not None and state["i"] < m:
                     conn = await one_put(conn, next_dev())
 
-            await asyncio.gather(*(loop_conn(c) for c in conns))
+            async def loop_nodes(first: HttpConn) -> None:
+                per: dict[int, HttpConn | None] = {int(first.host_header.rsplit(":", 1)[1]): first}
+                while state["i"] < m:
+                    node = self.rng.choice(ports)
+                    conn = per.get(node)
+                    if conn is None or conn.closed:
+                        ip = self.ips[len(opened) % len(self.ips)]
+                        try:
+                            conn = await HttpConn.open(self.loop, host, node, ip, timeout)
+                        except BenchFailure as e:
+                            failures[e.kind] = failures.get(e.kind, 0) + 1
+                            return
+                        opened.append(conn)
+                    per[node] = await one_put(conn, next_dev(), node)
+                for c in per.values():
+                    if c is not None:
+                        c.close()
+
+            if len(ports) > 1:
+                await asyncio.gather(*(loop_nodes(c) for c in conns))
+            else:
+                await asyncio.gather(*(loop_conn(c) for c in conns))
         else:
             tasks: set[asyncio.Task[None]] = set()
 
@@ -411,7 +445,7 @@ class Worker:
         while self.pending and perf_counter() < deadline:
             await asyncio.sleep(0.01)
         t_end = time.monotonic()
-        for c in list(idle._queue) + conns:  # type: ignore[attr-defined]
+        for c in list(idle._queue) + conns + opened:  # type: ignore[attr-defined]
             c.close()
         sent = sum(statuses.values()) + sum(
             v for k, v in failures.items() if not k.startswith("http_connect")
@@ -454,6 +488,7 @@ class Worker:
         notif_timeout = float(a.get("notif_timeout", 5.0))
         host = a["http_host"]
         port = int(a["http_port"])
+        ports = [int(p) for p in (a.get("http_ports") or [port])]
         start_at = float(a.get("start_at", time.monotonic()))
         devs = [d for d in self.devices if d.proto is not None and d.path]
         self.reset_tracking()
@@ -465,7 +500,7 @@ class Worker:
         self.progress = {"done": 0, "failed": 0}
         if not devs:
             return {"cycles": 0, "error": "no connected devices"}
-        conns = await self._http_pool(host, port, len(devs), timeout, failures)
+        conns = await self._http_pool(host, ports, len(devs), timeout, failures)
         if len(conns) < len(devs):
             return {"cycles": 0, "error": "could not open HTTP connections", "failures": failures}
         delay = start_at - time.monotonic()
@@ -498,7 +533,8 @@ class Worker:
 
                 try:
                     if conn.closed:
-                        conn = await HttpConn.open(self.loop, host, port, dev.ip, timeout)
+                        node = ports[0] if len(ports) == 1 else self.rng.choice(ports)
+                        conn = await HttpConn.open(self.loop, host, node, dev.ip, timeout)
                     status = await conn.put(dev.path, b"version=%d" % version, timeout, sent)
                     statuses[str(status)] = statuses.get(str(status), 0) + 1
                     accepted = status in (200, 202)

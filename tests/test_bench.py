@@ -6,14 +6,16 @@ separate CI step).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import random
 import struct
 import unittest
+from typing import Any
 
 from bench import SCHEMA
-from bench.__main__ import PRESETS, build_parser, scenario_params
+from bench.__main__ import PRESETS, build_parser, check_nodes, scenario_params
 from bench.client import Device
 from bench.results import (
     check_targets,
@@ -22,8 +24,8 @@ from bench.results import (
     summary_rows,
     validate_result,
 )
-from bench.scenarios import _gc_pause, split
-from bench.server import render_config
+from bench.scenarios import Target, _gc_pause, _ServerMeter, split
+from bench.server import ClusterHandle, cluster_node_config, node_cpus, render_config
 from bench.stats import median, merge_counts, percentile, summarize
 from bench.wire import (
     OP_BINARY,
@@ -323,8 +325,26 @@ class ResultTests(unittest.TestCase):
         self.assertEqual(rows[0]["runs"], 3)
         self.assertEqual(rows[0]["values"]["notif/s"], 5500.0)
         md = markdown_table(runs)
-        self.assertIn("| memory | saturated | - | 3 |", md)
+        self.assertIn("| memory | 1 | saturated | - | 3 |", md)
         self.assertIn("5,500", md)
+
+    def test_nodes_grouped_and_shown(self) -> None:
+        """Runs with different ``nodes`` are separate rows; old results count as 1 node."""
+        runs = []
+        for nodes, tput in ((None, 3000.0), (2, 4000.0), (4, 4500.0), (4, 4700.0)):
+            r = sample_result(backend="memcached")
+            if nodes is not None:
+                r["nodes"] = nodes
+            r["metrics"] = copy.deepcopy(r["metrics"])
+            r["metrics"]["throughput"] = tput  # type: ignore[index]
+            runs.append(r)
+        rows = {row["nodes"]: row for row in summary_rows(runs)}
+        self.assertEqual(sorted(rows), [1, 2, 4])
+        self.assertEqual(rows[4]["runs"], 2)
+        self.assertEqual(rows[4]["values"]["notif/s"], 4600.0)
+        md = markdown_table(runs)
+        self.assertIn("| backend | nodes | mode |", md)
+        self.assertIn("| memcached | 4 | saturated | - | 2 |", md)
 
 
 class AccountingTests(unittest.TestCase):
@@ -396,6 +416,100 @@ class CliTests(unittest.TestCase):
         self.assertEqual(parsed["storage"]["servers"], ["127.0.0.1:11211"])
         self.assertEqual(parsed["storage"]["path"], 'a"b')
         self.assertIs(parsed["client"]["x"], True)
+
+
+class NodesTests(unittest.TestCase):
+    """``--nodes N``: argument checks and the cluster configuration (no server started)."""
+
+    def _args(self, *extra: str) -> argparse.Namespace:
+        return build_parser().parse_args(["run", *extra])
+
+    def test_default_is_one_node(self) -> None:
+        args = self._args("--tiny")
+        self.assertEqual(args.nodes, 1)
+        check_nodes(args)  # memory backend, 1 node: fine
+
+    def test_memcached_only(self) -> None:
+        check_nodes(self._args("--backend", "memcached", "--nodes", "4"))
+        for backend in ("memory", "sqlite"):
+            with self.assertRaises(SystemExit) as cm:
+                check_nodes(self._args("--backend", backend, "--nodes", "2"))
+            self.assertIn("memcached", str(cm.exception.code))
+
+    def test_bad_combinations(self) -> None:
+        with self.assertRaises(SystemExit):
+            check_nodes(self._args("--backend", "memcached", "--nodes", "0"))
+        with self.assertRaises(SystemExit) as cm:
+            check_nodes(
+                self._args(
+                    "--backend", "memcached", "--nodes", "2", "--target", "ws://127.0.0.1:1/"
+                )
+            )
+        self.assertIn("--target", str(cm.exception.code))
+
+    def test_nodes_recorded_in_params(self) -> None:
+        args = self._args("--backend", "memcached", "--nodes", "2", "--tiny")
+        self.assertEqual(args.nodes, 2)
+        self.assertEqual(scenario_params(args, "notify")["puts"], 200)
+
+    def test_node_cpus(self) -> None:
+        self.assertEqual(node_cpus(None, 3), [None, None, None])
+        self.assertEqual(node_cpus([0], 4), [[0], [0], [0], [0]])  # --pin on 2 cores
+        self.assertEqual(node_cpus([0, 2, 3], 4), [[0], [2], [3], [0]])
+
+    def test_cluster_config_is_valid_for_the_server(self) -> None:
+        """The generated per-node config passes pushtwisted's own cluster checks."""
+        import tomllib
+
+        from pushtwisted.config import parse_config
+        from pushtwisted.tokens import generate_key
+
+        key = generate_key()
+        sections: dict[str, dict[str, Any]] = {
+            "websocket": {"listen": "tcp:1:interface=127.0.0.1"},
+            "endpoint": {
+                "listen": "tcp:2:interface=127.0.0.1",
+                "public_url": "http://127.0.0.1:2",
+            },
+            "storage": {"backend": "memcached", "servers": ["127.0.0.1:3"]},
+        }
+        made = []
+        for router_port in (4001, 4002):
+            cfg = cluster_node_config(router_port, "s" * 32, key, "bench-x:")
+            for name, table in cfg.items():
+                merged = dict(sections.get(name, {}))
+                merged.update(table)
+                cfg[name] = merged
+            for name, table in sections.items():
+                cfg.setdefault(name, table)
+            doc = tomllib.loads(render_config(cfg))
+            made.append(parse_config(doc, environ={}))
+        a, b = made
+        self.assertEqual(a.crypto.keys, b.crypto.keys)
+        self.assertEqual(a.router.secret, b.router.secret)
+        self.assertEqual(a.storage.key_prefix, "bench-x:")
+        self.assertNotEqual(a.router.listen, b.router.listen)
+        self.assertEqual(a.router.public_url, "http://127.0.0.1:4001")
+
+    def test_accounting_sums_over_pids(self) -> None:
+        import os
+
+        t = Target("127.0.0.1", 1, 10, pids=[10, 11])
+        self.assertEqual(t.all_pids(), [10, 11])
+        self.assertEqual(Target("127.0.0.1", 1, 7).all_pids(), [7])
+        self.assertEqual(Target("127.0.0.1", 1).all_pids(), [])
+        me = os.getpid()
+        single = _ServerMeter([me]).used()
+        double = _ServerMeter([me, me])
+        self.assertIsNotNone(single)
+        self.assertIsNotNone(double.c0)
+        self.assertIsNone(_ServerMeter([]).used())
+
+    def test_cluster_handle_unpinned_cpus(self) -> None:
+        h = ClusterHandle(nodes=[], memcached=None, memcached_port=1)
+        self.assertIsNone(h.cpus)
+        self.assertTrue(h.alive())  # vacuous: no node
+        self.assertEqual(h.pids, [])
 
 
 if __name__ == "__main__":
