@@ -337,8 +337,9 @@ class UpdateResource(Resource):
             return JSONResponse(code=200)
 
         node.metrics.increment("notifications_stored")
+        # notifications_delivered is counted by the session that wrote it to
+        # its socket (on whichever node holds it), once per update.
         if await self._deliver(uaid, result.channel_id or chid, version, data, exchange):
-            node.metrics.increment("notifications_delivered")
             return JSONResponse(code=200)
         return JSONResponse(code=202)
 
