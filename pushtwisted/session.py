@@ -651,7 +651,13 @@ class Session:
             registry.remove(self.uaid, self)
             self._node.metrics.gauge("connections", len(registry))
             router = self._node.router
-            if router is not None and self.connected_at is not None:
+            # A newer local session for this UAID owns the directory entry now
+            # (it may even carry the same millisecond): leave it alone.
+            if (
+                router is not None
+                and self.connected_at is not None
+                and registry.get(self.uaid) is None
+            ):
                 router.on_disconnect(self.uaid, self.connected_at)
 
 

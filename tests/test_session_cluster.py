@@ -123,3 +123,21 @@ class SessionRouterTests(SynchronousTestCase):
         """``check_storage`` on a connection without hello sends nothing."""
         self.successResultOf(self.session.check_storage())
         self.assertEqual(self.sender.texts, [])
+
+
+class SameNodeTakeoverTests(SynchronousTestCase):
+    """A newer session for the UAID on the same node keeps the directory entry."""
+
+    def test_replaced_session_does_not_clear_newer_entry(self) -> None:
+        """Two hellos in the same millisecond: the replaced one clears nothing."""
+        router = FakeRouter()
+        node = dataclasses.replace(make_node(), router=router)  # type: ignore[arg-type]
+        first, second = RecordingSender(), RecordingSender()
+        old, new = Session(first, node), Session(second, node)
+        for session in (old, new):
+            session.opened()
+            session.receive(json.dumps({"messageType": "hello", "uaid": UAID, "channelIDs": []}))
+        self.assertEqual(first.closes, [(1000, "Replaced by a newer connection")])
+        self.assertEqual(router.disconnects, [])
+        new.connection_lost()
+        self.assertEqual(router.disconnects, [(UAID, 0)])
