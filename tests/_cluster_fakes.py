@@ -19,6 +19,7 @@ from pushtwisted.cluster.router import Router
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.web.internal import InternalResource
+from tests.fakes import RecordingMetrics
 
 __all__ = [
     "SECRET",
@@ -30,29 +31,6 @@ __all__ = [
 ]
 
 SECRET = "a-shared-cluster-secret"
-
-
-class RecordingMetrics:
-    """A ``Metrics`` that records every call as ``(kind, name, value, labels)``."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, float, dict[str, str]]] = []
-
-    def increment(self, name: str, value: float = 1, **labels: str) -> None:
-        self.events.append(("increment", name, value, labels))
-
-    def gauge(self, name: str, value: float, **labels: str) -> None:
-        self.events.append(("gauge", name, value, labels))
-
-    def observe(self, name: str, value: float, **labels: str) -> None:
-        self.events.append(("observe", name, value, labels))
-
-    def count(self, name: str, **labels: str) -> float:
-        return sum(
-            value
-            for kind, n, value, got in self.events
-            if kind == "increment" and n == name and got == labels
-        )
 
 
 class FakeSession:
