@@ -317,9 +317,9 @@ class MemcachedOutageTests(_Pooled, TestCase):
                 pass
             else:
                 self.fail(f"{name} answered {result!r} while memcached was down")
-            self.assertLess(time.monotonic() - started, 1.0, f"{name} was slow to fail")
+            self.assertLess(time.monotonic() - started, 2.5, f"{name} was slow to fail")
 
-    async def wait_recovered(self, storage: Storage, limit: float = 5.0) -> float:
+    async def wait_recovered(self, storage: Storage, limit: float = 10.0) -> float:
         started = time.monotonic()
         while True:
             try:
@@ -343,7 +343,7 @@ class MemcachedOutageTests(_Pooled, TestCase):
             await sleep(0.3)
         server.start()
         recovered = await self.wait_recovered(storage)
-        self.assertLess(recovered, 3.0)
+        self.assertLess(recovered, 5.0)
         # A killed memcached lost its items; the store works again for new ones.
         other, channel = new_id(), new_id()
         await storage.register(other, channel, channel, 0)
@@ -363,7 +363,7 @@ class MemcachedOutageTests(_Pooled, TestCase):
         await self.assert_all_fail_fast(storage, uaid, chid)
         server.start()
         recovered = await self.wait_recovered(storage)
-        self.assertLess(recovered, 3.0)
+        self.assertLess(recovered, 5.0)
         self.assertTrue(await storage.user_exists(uaid))
         self.assertEqual(
             await storage.fetch_pending(uaid),
