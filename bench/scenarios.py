@@ -254,6 +254,22 @@ def _gc_pause(gc: dict[str, Any] | None) -> float | None:
     return None
 
 
+async def _connect_all(
+    group: WorkerGroup, gen: GenOptions, n: int, label: str, target: Target
+) -> tuple[dict[str, Any], str, int, list[int], int]:
+    """Connect ``n`` devices; return the connect metrics, the endpoint address, the
+    devices each worker holds and their total (RuntimeError when none connected)."""
+    conn = await _connect(group, gen, n, label, target)
+    conn.pop("_raw_total")
+    host, port = _endpoint_addr(conn["endpoint"], conn["failures"])
+    stats = await group.call("stats", {})
+    have = [s["connected"] for s in stats]
+    total_have = sum(have)
+    if total_have == 0:
+        raise RuntimeError(f"no device connected: {conn['failures']}")
+    return conn, host, port, have, total_have
+
+
 async def run_connect(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[str, Any]:
     """connect: N devices hello + register (ramped); hold; ping each; RSS per connection."""
     n = int(p["devices"])
@@ -327,14 +343,9 @@ async def run_notify(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict
     inflight = int(p.get("inflight", 64))
     group, info = await _start_group(target, gen)
     try:
-        conn = await _connect(group, gen, c, "notify:connect", target)
-        conn.pop("_raw_total")
-        host, port = _endpoint_addr(conn["endpoint"], conn["failures"])
-        stats = await group.call("stats", {})
-        have = [s["connected"] for s in stats]
-        total_have = sum(have)
-        if total_have == 0:
-            raise RuntimeError(f"no device connected: {conn['failures']}")
+        conn, host, port, have, total_have = await _connect_all(
+            group, gen, c, "notify:connect", target
+        )
         procs = len(group.workers)
         # PUTs and in-flight slots proportional to each worker's connected devices.
         puts = [round(mput * h / total_have) for h in have]
@@ -422,14 +433,9 @@ async def run_churn(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[
     cycles = int(p["cycles"])
     group, info = await _start_group(target, gen)
     try:
-        conn = await _connect(group, gen, d, "churn:connect", target)
-        conn.pop("_raw_total")
-        host, port = _endpoint_addr(conn["endpoint"], conn["failures"])
-        stats = await group.call("stats", {})
-        have = [s["connected"] for s in stats]
-        total_have = sum(have)
-        if total_have == 0:
-            raise RuntimeError(f"no device connected: {conn['failures']}")
+        conn, host, port, have, total_have = await _connect_all(
+            group, gen, d, "churn:connect", target
+        )
         per = [round(cycles * h / total_have) for h in have]
         per[-1] += cycles - sum(per)
         start_at = time.monotonic() + 0.2
