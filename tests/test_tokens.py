@@ -1,20 +1,26 @@
-"""Tests for ``pushtwisted.tokens``: endpoint token issue, parse, rotation and key files."""
+"""Tests for ``pushtwisted.tokens``: endpoint tokens (SimplePush and WebPush), message ids,
+rotation and key files."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import stat
 import string
 import uuid
 from pathlib import Path
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.errors import ConfigError, InvalidToken
 from pushtwisted.tokens import (
     KEY_FILE,
     EndpointCrypto,
+    MessageId,
+    MessageIds,
+    WebPushToken,
     decode_key,
     generate_key,
     load_or_create_key,
@@ -171,3 +177,197 @@ class KeyTests(SynchronousTestCase):
         uaid, chid = uuid.uuid4().hex, uuid.uuid4().hex
         token = EndpointCrypto([load_or_create_key(state)]).make_token(uaid, chid)
         self.assertEqual(EndpointCrypto([load_or_create_key(state)]).parse(token), (uaid, chid))
+
+
+#: A SimplePush token issued by the code before WebPush tokens (key, uaid, chid, token).
+_GOLDEN = (
+    "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    "0123456789abcdef0123456789abcdef",
+    "fedcba9876543210fedcba9876543210",
+    "ARlgcpvEioE5mdulrPloD9J7qlgW5otbiRDx3M7jHm9WHkf_mFDGqEBYIlMoVCsgvmnRcRy_EqIwePaTKg",
+)
+
+
+class CompatibilityTests(SynchronousTestCase):
+    """SimplePush tokens stay byte-for-byte what the code issued before WebPush."""
+
+    def test_golden_token_parses(self) -> None:
+        """A token issued before WebPush tokens existed still parses to its UAID and channel."""
+        key, uaid, chid, token = _GOLDEN
+        self.assertEqual(EndpointCrypto([key]).parse(token), (uaid, chid))
+
+    def test_layout_by_hand(self) -> None:
+        """A new SimplePush token is ``01 || nonce || AES-GCM(uaid || chid, aad=01)``."""
+        key, uaid, chid, _ = _GOLDEN
+        raw = _decode(EndpointCrypto([key]).make_token(uaid, chid))
+        self.assertEqual(raw[:1], b"\x01")
+        plain = AESGCM(decode_key(key)).decrypt(raw[1:13], raw[13:], b"\x01")
+        self.assertEqual(plain, bytes.fromhex(uaid + chid))
+
+
+class WebPushTokenTests(SynchronousTestCase):
+    """WebPush v1 and v2 endpoint tokens."""
+
+    def setUp(self) -> None:
+        self.key = generate_key()
+        self.crypto = EndpointCrypto([self.key])
+        self.uaid = uuid.uuid4().hex
+        self.chid = uuid.uuid4().hex
+        self.hash = hashlib.sha256(b"an application server key").digest()
+
+    def test_v1_round_trip(self) -> None:
+        """A v1 token is 82 URL-safe characters and parses back with no key hash."""
+        token = self.crypto.make_webpush_token(self.uaid, self.chid)
+        self.assertEqual(len(token), 82)
+        self.assertLessEqual(set(token), _URLSAFE)
+        self.assertEqual(
+            self.crypto.parse_webpush_token(token, version=1), WebPushToken(self.uaid, self.chid)
+        )
+
+    def test_v2_round_trip(self) -> None:
+        """A v2 token is 124 URL-safe characters and carries the key hash."""
+        token = self.crypto.make_webpush_token(self.uaid, self.chid, self.hash)
+        self.assertEqual(len(token), 124)
+        self.assertLessEqual(set(token), _URLSAFE)
+        self.assertNotIn(self.hash, _decode(token))
+        self.assertEqual(
+            self.crypto.parse_webpush_token(token, version=2),
+            WebPushToken(self.uaid, self.chid, self.hash),
+        )
+
+    def test_kinds_never_cross(self) -> None:
+        """SimplePush, v1 and v2 tokens only parse as their own kind."""
+        simple = self.crypto.make_token(self.uaid, self.chid)
+        v1 = self.crypto.make_webpush_token(self.uaid, self.chid)
+        v2 = self.crypto.make_webpush_token(self.uaid, self.chid, self.hash)
+        self.assertRaises(InvalidToken, self.crypto.parse_webpush_token, simple, version=1)
+        self.assertRaises(InvalidToken, self.crypto.parse_webpush_token, simple, version=2)
+        self.assertRaises(InvalidToken, self.crypto.parse, v1)
+        self.assertRaises(InvalidToken, self.crypto.parse, v2)
+        self.assertRaises(InvalidToken, self.crypto.parse_webpush_token, v1, version=2)
+        self.assertRaises(InvalidToken, self.crypto.parse_webpush_token, v2, version=1)
+
+    def test_version_byte_is_authenticated(self) -> None:
+        """Relabelling a token's version byte (same length) does not make it parse."""
+        simple = _decode(self.crypto.make_token(self.uaid, self.chid))
+        v1 = _decode(self.crypto.make_webpush_token(self.uaid, self.chid))
+        self.assertRaises(
+            InvalidToken, self.crypto.parse_webpush_token, _encode(b"\x02" + simple[1:]), version=1
+        )
+        self.assertRaises(InvalidToken, self.crypto.parse, _encode(b"\x01" + v1[1:]))
+
+    def test_tampered_v2(self) -> None:
+        """Flipping any bit of a v2 token makes it ``InvalidToken``."""
+        raw = _decode(self.crypto.make_webpush_token(self.uaid, self.chid, self.hash))
+        for i in range(len(raw)):
+            tampered = raw[:i] + bytes([raw[i] ^ 0x80]) + raw[i + 1 :]
+            self.assertRaises(
+                InvalidToken, self.crypto.parse_webpush_token, _encode(tampered), version=2
+            )
+
+    def test_rotation(self) -> None:
+        """WebPush tokens follow key rotation: the old key still parses when listed second."""
+        token = self.crypto.make_webpush_token(self.uaid, self.chid, self.hash)
+        rotated = EndpointCrypto([generate_key(), self.key])
+        self.assertEqual(rotated.parse_webpush_token(token, version=2).key_hash, self.hash)
+        self.assertRaises(
+            InvalidToken,
+            EndpointCrypto([generate_key()]).parse_webpush_token,
+            token,
+            version=2,
+        )
+
+    def test_garbage(self) -> None:
+        """Garbage, too-long and padded-garbage inputs are ``InvalidToken`` for both versions."""
+        for garbage in ["", "!!", "A" * 82, "A" * 124, "A" * 201, "\u00e9"]:
+            for version in (1, 2):
+                self.assertRaises(
+                    InvalidToken, self.crypto.parse_webpush_token, garbage, version=version
+                )
+
+    def test_bad_arguments(self) -> None:
+        """A key hash that is not 32 octets, or an API version other than 1 or 2, is refused."""
+        self.assertRaises(ValueError, self.crypto.make_webpush_token, self.uaid, self.chid, b"x")
+        token = self.crypto.make_webpush_token(self.uaid, self.chid)
+        self.assertRaises(ValueError, self.crypto.parse_webpush_token, token, version=3)
+
+
+class MessageIdTests(SynchronousTestCase):
+    """WebPush message ids."""
+
+    def setUp(self) -> None:
+        self.key = generate_key()
+        self.ids = EndpointCrypto([self.key]).message_ids
+        self.uaid = uuid.uuid4().hex
+        self.chid = uuid.uuid4().hex
+
+    def test_round_trip(self) -> None:
+        """An id opens to the uaid, chid, seq and topic it was sealed from."""
+        for seq, topic in [(0, None), (1, None), (2**64 - 1, None), (7, "a"), (8, "t" * 32)]:
+            text = self.ids.seal(self.uaid, self.chid, seq=seq, topic=topic)
+            self.assertEqual(self.ids.open(text), MessageId(self.uaid, self.chid, seq, topic))
+
+    def test_shape(self) -> None:
+        """Ids are unpadded URL-safe text: 76 characters, up to 119 with a topic."""
+        plain = self.ids.seal(self.uaid, self.chid, seq=5)
+        longest = self.ids.seal(self.uaid, self.chid, seq=5, topic="t" * 32)
+        self.assertEqual((len(plain), len(longest)), (76, 119))
+        for text in (plain, longest):
+            self.assertLessEqual(set(text), _URLSAFE)
+            self.assertNotIn(self.uaid, text)
+
+    def test_deterministic_and_distinct(self) -> None:
+        """The same inputs give the same id; any other seq, topic or channel another one."""
+        base = self.ids.seal(self.uaid, self.chid, seq=5, topic="news")
+        self.assertEqual(base, self.ids.seal(self.uaid, self.chid, seq=5, topic="news"))
+        others = {
+            self.ids.seal(self.uaid, self.chid, seq=6, topic="news"),
+            self.ids.seal(self.uaid, self.chid, seq=5, topic="sport"),
+            self.ids.seal(self.uaid, self.chid, seq=5),
+            self.ids.seal(self.uaid, uuid.uuid4().hex, seq=5, topic="news"),
+        }
+        self.assertEqual(len(others), 4)
+        self.assertNotIn(base, others)
+
+    def test_tokens_are_not_ids(self) -> None:
+        """No endpoint token opens as a message id, and no id parses as a token."""
+        crypto = EndpointCrypto([self.key])
+        for token in [
+            crypto.make_token(self.uaid, self.chid),
+            crypto.make_webpush_token(self.uaid, self.chid),
+            crypto.make_webpush_token(self.uaid, self.chid, bytes(32)),
+        ]:
+            self.assertRaises(InvalidToken, self.ids.open, token)
+        text = self.ids.seal(self.uaid, self.chid, seq=1)
+        self.assertRaises(InvalidToken, crypto.parse, text)
+        self.assertRaises(InvalidToken, crypto.parse_webpush_token, text, version=1)
+
+    def test_tampered(self) -> None:
+        """Flipping any bit of an id, or cutting or extending it, is ``InvalidToken``."""
+        raw = _decode(self.ids.seal(self.uaid, self.chid, seq=3, topic="abc"))
+        for i in range(len(raw)):
+            tampered = raw[:i] + bytes([raw[i] ^ 0x01]) + raw[i + 1 :]
+            self.assertRaises(InvalidToken, self.ids.open, _encode(tampered))
+        for changed in [raw[:-1], raw + b"\x00", raw[1:]]:
+            self.assertRaises(InvalidToken, self.ids.open, _encode(changed))
+
+    def test_garbage(self) -> None:
+        """Anything that does not decode is ``InvalidToken``, never another error."""
+        for garbage in ["", "!", "abc", "A" * 76, "A" * 119, "A" * 5000, "\u00e9" * 76, "a=b"]:
+            self.assertRaises(InvalidToken, self.ids.open, garbage)
+
+    def test_rotation_and_key_separation(self) -> None:
+        """Ids follow key rotation; another key set cannot open them."""
+        text = self.ids.seal(self.uaid, self.chid, seq=9)
+        rotated = MessageIds([generate_key(), self.key])
+        self.assertEqual(rotated.open(text).seq, 9)
+        self.assertNotEqual(rotated.seal(self.uaid, self.chid, seq=9), text)
+        self.assertRaises(InvalidToken, MessageIds([generate_key()]).open, text)
+
+    def test_bad_arguments(self) -> None:
+        """A seq out of range or a topic that is not 1-32 base64url characters is refused."""
+        for seq in (-1, 2**64):
+            self.assertRaises(ValueError, self.ids.seal, self.uaid, self.chid, seq=seq)
+        for topic in ("", "t" * 33, "a b", "x="):
+            self.assertRaises(ValueError, self.ids.seal, self.uaid, self.chid, seq=1, topic=topic)
+        self.assertRaises(ConfigError, MessageIds, [])
