@@ -16,6 +16,7 @@ from pushtwisted.webpush.errors import (
     method_not_allowed,
     too_many_pending,
 )
+from pushtwisted.webpush.vapid import VapidError
 
 
 class ShapeTests(SynchronousTestCase):
@@ -62,6 +63,14 @@ class ShapeTests(SynchronousTestCase):
         error = too_many_pending(retry_after=30)
         self.assertEqual((error.status, error.errno), (429, 115))
         self.assertIn((b"Retry-After", b"30"), error.response_headers())
+
+    def test_401_vapid(self) -> None:
+        """A VAPID failure is 401 errno 109 with ``WWW-Authenticate: vapid``; no reason leaks."""
+        error = VapidError("signature")
+        self.assertEqual(json.loads(error.body())["code"], 401)
+        self.assertEqual(json.loads(error.body())["errno"], 109)
+        self.assertIn((b"WWW-Authenticate", b"vapid"), error.response_headers())
+        self.assertNotIn(b"signature", error.body())
 
 
 class FromExceptionTests(SynchronousTestCase):

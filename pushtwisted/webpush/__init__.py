@@ -3,8 +3,10 @@
 - ``errors``: ``WebPushError``, the autopush-shaped JSON error of the WebPush routes.
 - ``headers``: the checks of a push request's headers and body size, and the headers
   forwarded to the device.
+- ``vapid``: the ``Authorization`` / ``Crypto-Key`` VAPID forms and the ES256 JWT checks.
 
-The decisions these modules implement are those of section 6 of the WebPush reference.
+Endpoint tokens and message ids live in ``pushtwisted.tokens``.  The decisions these
+modules implement are those of section 6 of the WebPush reference.
 """
 
 __all__: list[str] = []
