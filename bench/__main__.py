@@ -1,88 +1,32 @@
-"""``python -m bench run ...`` / ``python -m bench summary FILES``.  See bench/README.md."""
+"""``python -m bench run|serve|summary ...``.  See bench/README.md."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as _dt
 import json
-import math
-import os
-import shlex
-import shutil
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Any
 
 from bench import SCHEMA
-from bench.results import (
-    RESULTS_DIR,
-    check_targets,
-    histogram,
-    machine_facts,
-    markdown_table,
-    plot_latencies,
-    source_fingerprint,
-    validate_result,
-    write_result,
-)
-from bench.scenarios import SCENARIOS, GenOptions, Target
-from bench.server import (
-    snapshot_source,
-    start_cluster,
-    start_server,
-    stop_cluster,
-    stop_server,
-)
+from bench.registry import PRESETS, SCENARIOS, scenario_params
+from bench.results import RESULTS_DIR, markdown_table
+from bench.runner import check_nodes, cmd_run, parse_cpus, parse_extra_config
+from bench.server import start_server, stop_server
 
-SCENARIO_NAMES = ("connect", "notify", "notify-rate", "churn")
-
-# Sizes per preset: devices for connect; devices/puts/inflight for notify; rate run; churn.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "connect": {"devices": 50, "hold": 1.0},
-        "notify": {"devices": 50, "puts": 200, "inflight": 8},
-        "notify-rate": {"devices": 50, "puts": 200, "rate": 200.0},
-        "churn": {"devices": 10, "cycles": 20, "duration": 20.0},
-        "concurrency": 20,
-    },
-    "moderate": {
-        "connect": {"devices": 5000, "hold": 5.0},
-        "notify": {"devices": 2000, "puts": 20000, "inflight": 64},
-        "notify-rate": {"devices": 2000, "puts": 5000, "rate": 1000.0},
-        "churn": {"devices": 100, "cycles": 5000, "duration": 60.0},
-        "concurrency": 200,
-    },
-    "full": {
-        "connect": {"devices": 19500, "hold": 10.0},
-        "notify": {"devices": 10000, "puts": 50000, "inflight": 128},
-        "notify-rate": {"devices": 10000, "puts": 10000, "rate": 1000.0},
-        "churn": {"devices": 100, "cycles": 12000, "duration": 60.0},
-        "concurrency": 400,
-    },
-}
+__all__ = [
+    "PRESETS",
+    "add_run_options",
+    "build_parser",
+    "check_nodes",
+    "main",
+    "scenario_params",
+]
 
 
-def _cpus(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    out: set[int] = set()
-    for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.update(range(int(a), int(b) + 1))
-        elif part.strip():
-            out.add(int(part))
-    return sorted(out)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="start a server, run scenarios, write results")
+def add_run_options(run: argparse.ArgumentParser) -> None:
+    """The options of ``run``."""
     run.add_argument("--backend", default="memory", choices=["memory", "sqlite", "memcached"])
     run.add_argument(
         "--nodes",
@@ -96,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--scenario",
         default="all",
-        help="comma list of connect, notify (saturated), notify-rate, churn; or all",
+        help="comma list of "
+        + ", ".join(f"{s.name} ({s.help})" for s in SCENARIOS.values())
+        + "; or all (= "
+        + ", ".join(s.name for s in SCENARIOS.values() if s.in_all)
+        + ")",
     )
     size = run.add_mutually_exclusive_group()
     size.add_argument(
@@ -229,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--keep-state", action="store_true", help="keep the server's state dir/log")
 
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start a server, run scenarios, write results")
+    add_run_options(run)
+
     serve = sub.add_parser(
         "serve", help="start a bench-configured server and keep it up (for --target, py-spy)"
     )
@@ -244,423 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def check_nodes(args: argparse.Namespace) -> None:
-    """``--nodes``: at least 1; more than 1 needs the memcached backend and its own servers."""
-    n = getattr(args, "nodes", 1)
-    if n < 1:
-        raise SystemExit("--nodes must be at least 1")
-    if n > 1:
-        if args.backend != "memcached":
-            raise SystemExit(
-                f"--nodes {n} needs --backend memcached (a cluster shares memcached), "
-                f"not {args.backend}"
-            )
-        if args.target:
-            raise SystemExit("--nodes cannot be combined with --target")
-
-
-def _start(
-    args: argparse.Namespace, server_cpus: list[int] | None, extra: dict[str, dict[str, Any]]
-) -> Any:
-    """The server under test: one process, or ``--nodes N`` of them as a cluster."""
-    if args.nodes > 1:
-        return start_cluster(
-            args.nodes,
-            cpus=server_cpus,
-            launcher=args.launcher,
-            extra_config=extra,
-            keep_state=args.keep_state,
-            src_root=args.src_root,
-        )
-    return start_server(
-        args.backend,
-        cpus=server_cpus,
-        launcher=args.launcher,
-        extra_config=extra,
-        keep_state=args.keep_state,
-        src_root=args.src_root,
-    )
-
-
-def _stop(server: Any) -> None:
-    if hasattr(server, "nodes"):
-        stop_cluster(server)
-    else:
-        stop_server(server)
-
-
-def _parse_extra_config(items: list[str]) -> dict[str, dict[str, Any]]:
-    import tomllib
-
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        if not section or not name or not _:
-            raise SystemExit(f"--config {item!r}: expected SECTION.KEY=VALUE")
-        try:
-            parsed = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed = value
-        out.setdefault(section, {})[name] = parsed
-    return out
-
-
-def scenario_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    preset = PRESETS[args.preset]
-    p = dict(preset[name])
-    if name == "connect":
-        if args.devices is not None:
-            p["devices"] = args.devices
-        if args.hold is not None:
-            p["hold"] = args.hold
-    elif name in ("notify", "notify-rate"):
-        if args.notify_devices is not None:
-            p["devices"] = args.notify_devices
-        if name == "notify":
-            if args.puts is not None:
-                p["puts"] = args.puts
-            if args.inflight is not None:
-                p["inflight"] = args.inflight
-            p["rate"] = 0.0
-            p["mode"] = "saturated"
-        else:
-            if args.rate is not None:
-                p["rate"] = args.rate
-            if args.rate_puts is not None:
-                p["puts"] = args.rate_puts
-            p.setdefault("inflight", 64)
-            p["mode"] = "rate"
-        p["drain"] = args.drain
-    elif name == "churn":
-        if args.churn_devices is not None:
-            p["devices"] = args.churn_devices
-        if args.cycles is not None:
-            p["cycles"] = args.cycles
-        if args.duration is not None:
-            p["duration"] = args.duration
-    return p
-
-
-def _scenarios(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if "all" in names:
-        return list(SCENARIO_NAMES)
-    for n in names:
-        if n not in SCENARIO_NAMES:
-            raise SystemExit(f"unknown scenario {n!r} (one of {', '.join(SCENARIO_NAMES)}, all)")
-    return names
-
-
-def _gen_options(args: argparse.Namespace, devices: int, gen_cpus: list[int] | None) -> GenOptions:
-    preset = PRESETS[args.preset]
-    procs = args.procs or max(1, math.ceil(devices / 15000))
-    n_ips = max(1, min(args.source_ips, 250))
-    return GenOptions(
-        procs=procs,
-        cpus=gen_cpus,
-        ips=[f"127.0.0.{i}" for i in range(2, 2 + n_ips)],
-        loop=args.loop,
-        timeout=args.timeout,
-        concurrency=args.concurrency or preset["concurrency"],
-        connect_rate=args.connect_rate,
-    )
-
-
-async def _run_one(
-    args: argparse.Namespace,
-    name: str,
-    rep: int,
-    run_id: str,
-    attempt: int,
-    machine: dict[str, Any],
-    shared_server: Any,
-    server_cpus: list[int] | None,
-    gen_cpus: list[int] | None,
-    extra_config: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
-    p = scenario_params(args, name)
-    p["nodes"] = args.nodes
-    scen = "notify" if name.startswith("notify") else name
-    gen = _gen_options(args, int(p["devices"]), gen_cpus)
-    started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    t0 = time.monotonic()
-    server = shared_server
-    own_server = False
-    server_info: dict[str, Any] = {}
-    out: dict[str, Any] = {}
-    error = None
-    try:
-        if args.target:
-            from urllib.parse import urlsplit
-
-            u = urlsplit(args.target)
-            host = u.hostname or "127.0.0.1"
-            if not host.startswith("127."):
-                raise SystemExit("--target must be a loopback address (127.0.0.0/8)")
-            target = Target(host, u.port or 80, args.server_pid, args.subprotocol, args.gc_probe)
-            server_info = {
-                "external": args.target,
-                "pid": args.server_pid,
-                "source": source_fingerprint(),
-            }
-        else:
-            if server is None:
-                server = _start(args, server_cpus, extra_config)
-                own_server = True
-            target = Target(
-                "127.0.0.1", server.ws_port, server.pid, args.subprotocol, args.gc_probe
-            )
-            if hasattr(server, "nodes"):
-                target.pids = server.pids
-                target.ws_ports = server.ws_ports
-                target.http_ports = server.http_ports
-            server_info = {
-                "nodes": args.nodes,
-                "source": source_fingerprint(args.src_root),
-                "pid": server.pid,
-                "cpus": server.cpus,
-                "command": server.command,
-                "config": server.config_text,
-                "ws_port": server.ws_port,
-                "http_port": server.http_port,
-                "memcached_port": server.memcached_port,
-            }
-            if hasattr(server, "nodes"):
-                server_info.update(
-                    {
-                        "pids": server.pids,
-                        "ws_ports": server.ws_ports,
-                        "http_ports": server.http_ports,
-                        "accounting": "RSS and CPU summed over the node PIDs (not memcached)",
-                    }
-                )
-        print(
-            f"== {name} run {rep + 1}/{args.repeat} backend={args.backend} nodes={args.nodes} "
-            f"params={json.dumps(p)} procs={gen.procs}",
-            file=sys.stderr,
-            flush=True,
-        )
-        async with asyncio.timeout(args.max_seconds):
-            out = await SCENARIOS[scen](target, gen, p)
-    except TimeoutError:
-        error = f"run exceeded --max-seconds {args.max_seconds}"
-    except RuntimeError as e:  # expected kinds: server did not start, no device connected
-        error = f"{type(e).__name__}: {e}"
-        print(f"run failed: {error}", file=sys.stderr)
-    except Exception as e:
-        error = f"{type(e).__name__}: {e}"
-        traceback.print_exc()
-    finally:
-        if server is not None and not server.alive():
-            server_info["died"] = True
-            server_info["log_tail"] = server.log_tail(40)
-            error = error or "server exited during the run"
-        if error and server is not None:
-            server_info["log_tail"] = server.log_tail(40)
-        if own_server and server is not None:
-            _stop(server)
-            server_info["exit_code"] = server.info.get("exit_code")
-    gen_info = {
-        "procs": gen.procs,
-        "cpus": gen.cpus,
-        "loop": gen.loop,
-        "source_ips": gen.ips,
-        "concurrency": gen.concurrency,
-        "connect_rate": gen.connect_rate,
-        "timeout_s": gen.timeout,
-    }
-    gen_info.update(out.get("generator", {}))
-    result: dict[str, Any] = {
-        "schema": SCHEMA,
-        "scenario": scen,
-        "backend": args.backend,
-        "nodes": args.nodes,
-        "run_id": run_id,
-        "repeat_index": rep,
-        "attempt": attempt,
-        "started_at": started,
-        "duration_s": round(time.monotonic() - t0, 3),
-        "command": [sys.executable, "-m", "bench", *sys.argv[1:]],
-        "command_line": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
-        "preset": args.preset,
-        "params": p,
-        "machine": machine,
-        "server": server_info,
-        "generator": gen_info,
-        "metrics": out.get("metrics", {}),
-        "failures": out.get("failures", {}),
-        "targets": [],
-        "ok": error is None,
-    }
-    if error:
-        result["error"] = error
-    result["targets"] = check_targets(result)
-    series = out.get("series", {})
-    result["histograms"] = {k: histogram(v) for k, v in series.items() if v}
-    if error is None and scen in ("connect", "notify", "churn"):
-        problems = validate_result(result)
-        if problems:
-            result["schema_problems"] = problems
-    path = write_result(result, args.out)
-    result["_path"] = str(path)
-    print(f"wrote {path}", file=sys.stderr, flush=True)
-    if args.plot and series:
-        png = plot_latencies(
-            series, f"{name} ({args.backend}) run {rep + 1}", path.with_suffix(".png")
-        )
-        if png:
-            print(f"wrote {png}", file=sys.stderr)
-    return result
-
-
-async def cmd_run(args: argparse.Namespace) -> int:
-    names = _scenarios(args.scenario)
-    check_nodes(args)
-    server_cpus = _cpus(args.server_cpus)
-    gen_cpus = _cpus(args.gen_cpus)
-    if args.pin:
-        ncpu = os.cpu_count() or 1
-        if ncpu < 2:
-            raise SystemExit("--pin needs 2 CPUs")
-        server_cpus = server_cpus or [0]
-        gen_cpus = gen_cpus or [1]
-    if gen_cpus:
-        # The server would inherit this process's pinning: give it the CPUs we had.
-        server_cpus = server_cpus or sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, set(gen_cpus))
-    extra = _parse_extra_config(args.config)
-    machine = machine_facts()
-    args.src_root = snapshot_source() if args.snapshot and not args.target else None
-    try:
-        return await _run_all(args, names, server_cpus, gen_cpus, extra, machine)
-    finally:
-        if args.src_root is not None:
-            shutil.rmtree(args.src_root, ignore_errors=True)
-
-
-async def _run_all(
-    args: argparse.Namespace,
-    names: list[str],
-    server_cpus: list[int] | None,
-    gen_cpus: list[int] | None,
-    extra: dict[str, dict[str, Any]],
-    machine: dict[str, Any],
-) -> int:
-    run_id = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    results = []
-    shared = None
-    if args.reuse_server and not args.target:
-        shared = _start(args, server_cpus, extra)
-    try:
-        for name in names:
-            for rep in range(args.repeat):
-                for attempt in range(args.noise_retries + 1):
-                    r = await _run_one(
-                        args,
-                        name,
-                        rep,
-                        run_id,
-                        attempt,
-                        machine,
-                        shared,
-                        server_cpus,
-                        gen_cpus,
-                        extra,
-                    )
-                    results.append(r)
-                    why = _suspect(r, args.noise_limit)
-                    if why:
-                        r["suspect"] = why
-                    if not (args.noise_limit and why and attempt < args.noise_retries):
-                        break
-                    r["discarded"] = why
-                    Path(r["_path"]).write_text(
-                        json.dumps({k: v for k, v in r.items() if k != "_path"}, indent=2) + "\n"
-                    )
-                    print(f"{name} run {rep + 1}: {r['discarded']}; again", file=sys.stderr)
-    finally:
-        if shared is not None:
-            _stop(shared)
-    table = markdown_table(results)
-    dirty = " (dirty)" if machine["git_dirty"] else ""
-    header = (
-        f"## pushtwisted bench {run_id}\n\n"
-        f"`{shlex.join(['python', '-m', 'bench', *sys.argv[1:]])}`\n\n"
-        f"{machine['cpu_model']}, {machine['cores']} cores, Python {machine['python']}, "
-        f"Twisted {machine['twisted']}, Autobahn {machine['autobahn']}, "
-        f"commit {(machine['git_commit'] or '?')[:10]}{dirty}"
-        f"{f', {args.nodes} server nodes' if args.nodes > 1 else ''}\n\n"
-    )
-    failed = [r for r in results if not r["ok"] and not r.get("discarded")]
-    kept = [r for r in results if not r.get("discarded")]
-    problems = [p for r in kept for p in _strict_problems(r)] if args.strict else []
-    footer = ""
-    if failed:
-        footer = (
-            "\n**failed runs:**\n\n"
-            + "\n".join(f"- {r['scenario']} r{r['repeat_index']}: {r['error']}" for r in failed)
-            + "\n"
-        )
-    suspects = [r for r in results if r.get("suspect") and not r.get("discarded")]
-    if suspects:
-        footer += "\n**runs kept although suspect** (retries used up, or `--noise-limit` off):\n\n"
-        footer += "\n".join(
-            f"- {r['scenario']}{'/' + r['params']['mode'] if r['params'].get('mode') else ''} "
-            f"r{r['repeat_index']}: {r['suspect']}"
-            for r in suspects
-        )
-        footer += "\n"
-    md = header + table + footer
-    args.out.mkdir(parents=True, exist_ok=True)
-    md_path = args.out / f"{run_id}-summary.md"
-    md_path.write_text(md)
-    print(md)
-    print(f"wrote {md_path}", file=sys.stderr)
-    for p in problems:
-        print(f"strict: {p}", file=sys.stderr)
-    return 1 if failed or problems else 0
-
-
-#: A generator above this share of its core may be what limits the figure.
-GENERATOR_BOUND_PCT = 85.0
-
-
-def _suspect(r: dict[str, Any], noise_limit: float) -> str | None:
-    """Why a run's figures may not measure the server (None if they do)."""
-    m = r.get("metrics", {})
-    noise = m.get("machine", {}).get("other_cpu_pct")
-    if noise_limit and noise is not None and noise > noise_limit:
-        return f"noisy: other CPU {noise}% > {noise_limit}%"
-    gen = m.get("generator_cpu_pct")
-    if gen is not None and gen > GENERATOR_BOUND_PCT:
-        sys_pct = m.get("generator_sys_pct")
-        detail = f" ({sys_pct}% in the kernel)" if sys_pct is not None else ""
-        return f"generator-bound: generator CPU {gen}%{detail} > {GENERATOR_BOUND_PCT}%"
-    return None
-
-
-def _strict_problems(r: dict[str, Any]) -> list[str]:
-    """What ``--strict`` fails a run for: loss, duplicates, missing updates, any failure."""
-    m = r.get("metrics", {})
-    tag = f"{r['scenario']}{'/' + m['mode'] if m.get('mode') else ''} r{r['repeat_index']}"
-    out = []
-    for key in ("lost", "duplicates", "stale", "missing", "unexpected"):
-        if m.get(key):
-            out.append(f"{tag}: {key} = {m[key]}")
-    if r.get("failures"):
-        out.append(f"{tag}: failures {r['failures']}")
-    if m.get("dropped_during_hold"):
-        out.append(f"{tag}: {m['dropped_during_hold']} connections dropped during the hold")
-    return out
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     server = start_server(
         args.backend,
-        cpus=_cpus(args.server_cpus),
+        cpus=parse_cpus(args.server_cpus),
         launcher=args.launcher,
-        extra_config=_parse_extra_config(args.config),
+        extra_config=parse_extra_config(args.config),
         keep_state=True,
     )
     info = {

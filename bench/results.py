@@ -1,4 +1,7 @@
-"""Result files: machine facts, the JSON schema, target checks, Markdown tables, plots."""
+"""Result files: machine facts, the JSON schema, Markdown tables.
+
+Targets live in ``bench.targets``, histograms and plots in ``bench.plots``.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,16 @@ import math
 import os
 import platform
 import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from bench import SCHEMA
+from bench.plots import histogram, plot_latencies
 from bench.server import REPO_ROOT
 from bench.stats import median
+from bench.targets import TARGETS, check_targets, metric_value
 
 __all__ = [
     "RESULTS_DIR",
@@ -26,6 +30,8 @@ __all__ = [
     "validate_result",
     "write_result",
     "headline",
+    "HEADLINES",
+    "SCENARIO_METRICS",
     "summary_rows",
     "markdown_table",
     "histogram",
@@ -33,77 +39,6 @@ __all__ = [
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-# name, scenario, mode (None = any), metric path, op, target, the size it is defined at
-TARGETS: list[dict[str, Any]] = [
-    {
-        "name": "memory per idle connection (KB)",
-        "scenario": "connect",
-        "metric": "kb_per_conn",
-        "op": "<=",
-        "target": 10.0,
-        "size": {"devices": 19500},
-    },
-    {
-        "name": "connection rate (/s)",
-        "scenario": "connect",
-        "metric": "connect_rate",
-        "op": ">=",
-        "target": 3500.0,
-        "size": {"devices": 19500},
-    },
-    {
-        "name": "GC pause (ms)",
-        "scenario": "connect",
-        "metric": "gc_pause_ms",
-        "op": "<=",
-        "target": 50.0,
-        "size": {"devices": 19500},
-    },
-    {
-        "name": "notifications/s saturated",
-        "scenario": "notify",
-        "mode": "saturated",
-        "metric": "throughput",
-        "op": ">=",
-        "target": 5000.0,
-        "size": {"devices": 10000, "backend": "memory"},
-    },
-    {
-        "name": "lost notifications",
-        "scenario": "notify",
-        "metric": "lost",
-        "op": "<=",
-        "target": 0,
-        "size": {},
-    },
-    {
-        "name": "p99 latency at 1,000/s (ms)",
-        "scenario": "notify",
-        "mode": "rate",
-        "metric": "latency.p99",
-        "op": "<=",
-        "target": 5.0,
-        "size": {"rate": 1000.0},
-    },
-    {
-        "name": "churn cycles/s",
-        "scenario": "churn",
-        "metric": "cycles_per_s",
-        "op": ">=",
-        "target": 1200.0,
-        "size": {"devices": 100},
-        "exact": True,
-    },
-    {
-        "name": "churn missing",
-        "scenario": "churn",
-        "metric": "missing",
-        "op": "<=",
-        "target": 0,
-        "size": {},
-    },
-]
 
 
 def _read(path: str) -> str:
@@ -194,57 +129,6 @@ def machine_facts() -> dict[str, Any]:
         or None,
         "loadavg": _read("/proc/loadavg").split()[:3],
     }
-
-
-def _get(metrics: dict[str, Any], path: str) -> Any:
-    cur: Any = metrics
-    for part in path.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(part)
-    return cur
-
-
-def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The targets that apply to this result, with the value and whether it is met.
-
-    ``at_target_size`` tells whether the run had the size the target is defined at
-    (a 50-device run meeting the memory target says little).
-    """
-    out = []
-    params = result.get("params", {})
-    for t in TARGETS:
-        if t["scenario"] != result.get("scenario"):
-            continue
-        if t.get("mode") and t["mode"] != params.get("mode"):
-            continue
-        value = _get(result.get("metrics", {}), t["metric"])
-        if value is None:
-            continue
-        met = value <= t["target"] if t["op"] == "<=" else value >= t["target"]
-        at_size = all(
-            (params.get(k) == v) if t.get("exact") else _size_ok(result, params, k, v)
-            for k, v in t["size"].items()
-        )
-        out.append(
-            {
-                "name": t["name"],
-                "value": value,
-                "op": t["op"],
-                "target": t["target"],
-                "met": bool(met),
-                "at_target_size": at_size,
-            }
-        )
-    return out
-
-
-def _size_ok(result: dict[str, Any], params: dict[str, Any], key: str, want: Any) -> bool:
-    """Numbers: the run was at least that big; strings (backend): equal."""
-    have = result.get("backend") if key == "backend" else params.get(key)
-    if isinstance(want, str) or key == "rate":
-        return bool(have == want)
-    return isinstance(have, (int, float)) and bool(have >= want)
 
 
 #: Keys every result has (``validate_result`` checks them).
@@ -367,7 +251,7 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
 def headline(result: dict[str, Any]) -> dict[str, Any]:
     """The values of the Markdown columns for one result."""
     cols = HEADLINES.get(result.get("scenario", ""), [])
-    return {title: _get(result.get("metrics", {}), path) for title, path, _ in cols}
+    return {title: metric_value(result.get("metrics", {}), path) for title, path, _ in cols}
 
 
 def _group_key(r: dict[str, Any]) -> tuple[Any, ...]:
@@ -455,15 +339,21 @@ def _fmt(v: Any, fmt: str) -> str:
         return str(v)
 
 
+def _row_label(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['backend']} | {r['nodes']} | {r['mode'] or '-'} | {r['source'] or '-'} | "
+        f"{r['runs']} | "
+    )
+
+
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
-    """Markdown: one table per scenario (medians over repeats), then the targets."""
+    """Markdown: one table per scenario kind (medians over repeats), then the targets."""
     rows = summary_rows(results)
     out: list[str] = []
-    for scen in ("connect", "notify", "churn"):
+    for scen, cols in HEADLINES.items():
         srows = [r for r in rows if r["scenario"] == scen]
         if not srows:
             continue
-        cols = HEADLINES[scen]
         out.append(f"### {scen}\n")
         out.append(
             "| backend | nodes | mode | code | runs | " + " | ".join(c[0] for c in cols) + " |"
@@ -471,10 +361,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
         out.append("|---|---|---|---|---|" + "---|" * len(cols))
         for r in srows:
             cells = [_fmt(r["values"][title], fmt) for title, _p, fmt in cols]
-            out.append(
-                f"| {r['backend']} | {r['nodes']} | {r['mode'] or '-'} | {r['source'] or '-'} | "
-                f"{r['runs']} | " + " | ".join(cells) + " |"
-            )
+            out.append(_row_label(r) + " | ".join(cells) + " |")
         out.append("")
     trows = [(r, t) for r in rows for t in r["targets"]]
     if trows:
@@ -489,57 +376,3 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
             )
         out.append("")
     return "\n".join(out)
-
-
-# -- histograms and plots ------------------------------------------------------
-
-
-def histogram(values_s: Iterable[float], buckets_per_decade: int = 10) -> dict[str, Any]:
-    """A log-spaced histogram of latencies (seconds) from 10 µs to 100 s, in ms edges."""
-    lo_exp = -5  # 10 µs
-    nb = 7 * buckets_per_decade
-    counts = [0] * (nb + 1)
-    for v in values_s:
-        if v <= 0:
-            idx = 0
-        else:
-            idx = int((math.log10(v) - lo_exp) * buckets_per_decade)
-            idx = min(max(idx, 0), nb)
-        counts[idx] += 1
-    edges_ms = [round(10 ** (lo_exp + i / buckets_per_decade) * 1000, 6) for i in range(nb + 1)]
-    # Trim empty ends.
-    first = next((i for i, c in enumerate(counts) if c), 0)
-    last = max((i for i, c in enumerate(counts) if c), default=0)
-    return {
-        "lower_edges_ms": edges_ms[first : last + 1],
-        "counts": counts[first : last + 1],
-    }
-
-
-def plot_latencies(series: dict[str, list[float]], title: str, path: Path) -> Path | None:
-    """A latency CDF (log x) as PNG, if matplotlib is installed; None otherwise."""
-    try:
-        import matplotlib  # type: ignore[import-not-found, unused-ignore]
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        print("bench: --plot needs matplotlib (pip install matplotlib); skipped", file=sys.stderr)
-        return None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, vals in series.items():
-        if not vals:
-            continue
-        xs = sorted(v * 1000.0 for v in vals)
-        n = len(xs)
-        ax.plot(xs, [(i + 1) / n for i in range(n)], label=f"{label} (n={n:,})")
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (ms, log)")
-    ax.set_ylabel("fraction ≤ x")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -1,4 +1,8 @@
-"""The scenarios, run from the parent: split work over the workers, merge what they measured."""
+"""The scenarios, run from the parent: split work over the workers, merge what they measured.
+
+Each ``run_*`` coroutine is listed in ``bench.registry`` (the one place that
+names the scenarios, their sizes and options).
+"""
 
 from __future__ import annotations
 
@@ -7,143 +11,24 @@ import json
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from bench.group import Progress, WorkerGroup
-from bench.server import _CLK_TCK, cpu_seconds, rss_kb
+from bench.meters import (
+    GenOptions,
+    ServerMeter,
+    Target,
+    cpu_pct,
+    server_rss,
+    split,
+)
 from bench.stats import merge_counts, summarize
 
-__all__ = ["Target", "split", "run_connect", "run_notify", "run_churn", "SCENARIOS"]
+__all__ = ["Target", "GenOptions", "split", "run_connect", "run_notify", "run_churn"]
 
-
-@dataclass
-class Target:
-    """Where the server under test listens, and its PID (for RSS/CPU), if known."""
-
-    ws_host: str
-    ws_port: int
-    pid: int | None = None
-    subprotocol: str | None = None
-    gc_probe: str | None = None
-    #: A cluster (``--nodes N``): every node's PID (RSS/CPU are summed over them), its
-    #: WebSocket port (devices are spread over them) and endpoint port (each PUT goes
-    #: to a random one).  Empty: the single server above.
-    pids: list[int] = field(default_factory=list)
-    ws_ports: list[int] = field(default_factory=list)
-    http_ports: list[int] = field(default_factory=list)
-
-    def all_pids(self) -> list[int]:
-        return list(self.pids) or ([self.pid] if self.pid else [])
-
-
-def _rss(target: Target) -> int | None:
-    """VmRSS summed over the server PIDs (None if one is gone or unknown)."""
-    pids = target.all_pids()
-    if not pids:
-        return None
-    vals = [rss_kb(p) for p in pids]
-    return None if any(v is None for v in vals) else sum(v for v in vals if v is not None)
-
-
-@dataclass
-class GenOptions:
-    procs: int = 1
-    cpus: list[int] | None = None
-    ips: list[str] = field(default_factory=lambda: [f"127.0.0.{i}" for i in range(2, 10)])
-    loop: str = "uvloop"
-    timeout: float = 10.0
-    concurrency: int = 200
-    connect_rate: float = 0.0
-    progress_interval: float = 2.0
-
-
-def split(total: int, parts: int) -> list[int]:
-    """``total`` spread over ``parts`` as evenly as possible (earlier parts get the rest)."""
-    base, rest = divmod(total, parts)
-    return [base + (1 if i < rest else 0) for i in range(parts)]
-
-
-def _all(results: list[dict[str, Any]], key: str) -> list[Any]:
-    out: list[Any] = []
-    for r in results:
-        out.extend(r.get(key) or [])
-    return out
-
-
-def _pct(cpu: float | None, elapsed: float) -> float | None:
-    return None if cpu is None or elapsed <= 0 else round(100.0 * cpu / elapsed, 1)
-
-
-def _cpu_busy() -> dict[str, float]:
-    """Busy CPU seconds so far, machine-wide (``all``) and per CPU (``cpu0``...)."""
-    out: dict[str, float] = {}
-    try:
-        with open("/proc/stat") as f:
-            for line in f:
-                if not line.startswith("cpu"):
-                    break
-                name, *vals = line.split()
-                v = [int(x) for x in vals]
-                # user nice system idle iowait irq softirq steal (guest is in user already)
-                busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
-                out["all" if name == "cpu" else name] = busy / _CLK_TCK
-    except OSError:
-        pass
-    return out
-
-
-class _ServerMeter:
-    """CPU seconds of the server over a phase, and how busy each CPU was (noise check)."""
-
-    def __init__(self, pids: int | list[int] | None) -> None:
-        if isinstance(pids, int):
-            pids = [pids]
-        self.pids = [p for p in (pids or []) if p]
-        self.c0 = self._cpu()
-        self.b0 = _cpu_busy()
-        self.t0 = time.monotonic()
-
-    def _cpu(self) -> float | None:
-        """CPU seconds summed over the server PIDs (None if one is gone or unknown)."""
-        if not self.pids:
-            return None
-        vals = [cpu_seconds(p) for p in self.pids]
-        return None if any(v is None for v in vals) else sum(v for v in vals if v is not None)
-
-    def used(self) -> float | None:
-        if self.c0 is None:
-            return None
-        c1 = self._cpu()
-        return None if c1 is None else c1 - self.c0
-
-    def machine(self, generator_cpu_s: float) -> dict[str, Any]:
-        """Per-CPU busy % over the phase, and the CPU used by neither server nor generator.
-
-        ``other_cpu_pct`` (percent of one core) is the noise: other processes on
-        a shared machine.  High values make the run's figures suspect.
-        """
-        b1 = _cpu_busy()
-        elapsed = time.monotonic() - self.t0
-        if elapsed <= 0 or not b1:
-            return {}
-        busy = {k: round(100.0 * (b1[k] - self.b0.get(k, 0.0)) / elapsed, 1) for k in b1}
-        srv = self.used() or 0.0
-        other = (b1.get("all", 0.0) - self.b0.get("all", 0.0)) - srv - generator_cpu_s
-        return {
-            "cpu_busy_pct": busy,
-            "other_cpu_pct": round(max(0.0, 100.0 * other / elapsed), 1),
-            "loadavg": _loadavg(),
-        }
-
-
-def _loadavg() -> list[str]:
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[:3]
-    except OSError:
-        return []
+# Kept importable from here (tests, older callers).
+_ServerMeter = ServerMeter
 
 
 async def _start_group(target: Target, gen: GenOptions) -> tuple[WorkerGroup, list[dict[str, Any]]]:
@@ -169,7 +54,11 @@ async def _start_group(target: Target, gen: GenOptions) -> tuple[WorkerGroup, li
 
 
 async def _connect(
-    group: WorkerGroup, gen: GenOptions, n: int, label: str, target: Target
+    group: WorkerGroup,
+    gen: GenOptions,
+    n: int,
+    label: str,
+    target: Target,
 ) -> dict[str, Any]:
     """Open ``n`` devices over the group; merged connect metrics."""
     procs = len(group.workers)
@@ -186,7 +75,7 @@ async def _connect(
         }
         for c, k in zip(counts, conc, strict=True)
     ]
-    meter = _ServerMeter(target.all_pids())
+    meter = ServerMeter(target.all_pids())
     async with Progress(group, label, n, gen.progress_interval):
         res = await group.call("connect", args)
     elapsed = max(r["t_end"] for r in res) - min(r["t_start"] for r in res)
@@ -207,9 +96,9 @@ async def _connect(
         "latency": lat,
         "failures": failures,
         "failure_count": sum(failures.values()),
-        "server_cpu_pct": _pct(meter.used(), elapsed),
-        "generator_cpu_pct": _pct(gen_cpu, elapsed),
-        "generator_sys_pct": _pct(sum(r.get("sys_s", 0.0) for r in res), elapsed),
+        "server_cpu_pct": cpu_pct(meter.used(), elapsed),
+        "generator_cpu_pct": cpu_pct(gen_cpu, elapsed),
+        "generator_sys_pct": cpu_pct(sum(r.get("sys_s", 0.0) for r in res), elapsed),
         "endpoint": endpoint,
         "_raw_total": [v for r in res for v in r["latencies"]["total"]],
     }
@@ -270,22 +159,107 @@ async def _connect_all(
     return conn, host, port, have, total_have
 
 
+async def _put_phase(
+    group: WorkerGroup,
+    gen: GenOptions,
+    target: Target,
+    addr: tuple[str, int],
+    have: list[int],
+    p: dict[str, Any],
+    label: str,
+) -> tuple[dict[str, Any], dict[str, int], list[float]]:
+    """``p["puts"]`` PUTs over the connected devices (saturated, or at ``p["rate"]``).
+
+    PUTs and in-flight slots go to each worker in proportion to the devices it
+    holds.  Returns the merged metrics, the failures by kind and the latencies.
+    """
+    host, port = addr
+    mput = int(p["puts"])
+    rate = float(p.get("rate") or 0.0)
+    inflight = int(p.get("inflight", 64))
+    total_have = sum(have)
+    procs = len(group.workers)
+    puts = [round(mput * h / total_have) for h in have]
+    puts[-1] += mput - sum(puts)
+    slots = split(max(inflight, procs), procs)
+    start_at = time.monotonic() + 0.2
+    args = [
+        {
+            "m": puts[i],
+            "rate": rate * puts[i] / mput if rate and mput else 0.0,
+            "inflight": slots[i],
+            "timeout": gen.timeout,
+            "drain": float(p.get("drain", 10.0)),
+            "http_host": host,
+            "http_port": port,
+            "http_ports": target.http_ports or [port],
+            "start_at": start_at,
+        }
+        for i in range(procs)
+    ]
+    meter = ServerMeter(target.all_pids())
+    async with Progress(group, label, mput, gen.progress_interval):
+        res = await group.call("notify", args)
+    errs = [r["error"] for r in res if r.get("error")]
+    if errs:
+        raise RuntimeError("; ".join(errs))
+    puts_elapsed = max(r["puts_elapsed"] for r in res)
+    rx_elapsed = max(r["rx_elapsed"] for r in res)
+    elapsed_all = max(r["t_end"] for r in res) - min(r["t_start"] for r in res)
+    sent = sum(r["sent"] for r in res)
+    received = sum(r["received"] for r in res)
+    statuses = merge_counts(*(r["statuses"] for r in res))
+    failures = merge_counts(*(r["failures"] for r in res))
+    http_errors = sum(v for k, v in statuses.items() if k not in ("200", "202")) + sum(
+        failures.values()
+    )
+    lat = [v for r in res for v in r["latencies"]]
+    m = {
+        "machine": meter.machine(sum(r["cpu_s"] for r in res)),
+        "mode": "rate" if rate else "saturated",
+        "sent": sent,
+        "accepted": statuses.get("200", 0) + statuses.get("202", 0),
+        "received": received,
+        "lost": sum(r["lost"] for r in res),
+        "duplicates": sum(r["duplicates"] for r in res),
+        "superseded": sum(r["superseded"] for r in res),
+        "stale": sum(r["stale"] for r in res),
+        "unexpected": sum(r["unexpected"] for r in res),
+        "overlaps": sum(r["overlaps"] for r in res),
+        "statuses": statuses,
+        "http_errors": http_errors,
+        "puts_elapsed_s": round(puts_elapsed, 4),
+        "put_rate": round(sent / puts_elapsed, 1) if puts_elapsed > 0 else None,
+        "throughput": round(received / rx_elapsed, 1) if rx_elapsed > 0 else None,
+        "latency": summarize(lat),
+        "put_latency": summarize(v for r in res for v in r["put_latencies"]),
+        "schedule_lag": summarize(v for r in res for v in r["schedule_lag"]) if rate else None,
+        "server_cpu_pct": cpu_pct(meter.used(), elapsed_all),
+        "generator_cpu_pct": cpu_pct(sum(r["cpu_s"] for r in res), puts_elapsed),
+        "worker_counters": merge_counts(*(r["counters"] for r in res)),
+    }
+    fails = merge_counts(
+        failures, {f"http_{k}": v for k, v in statuses.items() if k not in ("200", "202")}
+    )
+    return m, fails, lat
+
+
 async def run_connect(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[str, Any]:
     """connect: N devices hello + register (ramped); hold; ping each; RSS per connection."""
     n = int(p["devices"])
     group, info = await _start_group(target, gen)
     try:
         await asyncio.sleep(0.5)
-        rss0 = _rss(target)
+        rss0 = server_rss(target)
         m = await _connect(group, gen, n, "connect", target)
-        rss_connected = _rss(target)
+        rss_connected = server_rss(target)
         hold = float(p.get("hold", 5.0))
         if hold > 0:
             print(
                 f"[connect] holding {m['connected']:,} connections for {hold:g}s", file=sys.stderr
             )
             await asyncio.sleep(hold)
-        rss_held = _rss(target)
+        rss_held = server_rss(target)
         stats = await group.call("stats", {})
         still = sum(s["connected"] for s in stats)
         async with Progress(group, "ping", still, gen.progress_interval):
@@ -338,88 +312,19 @@ async def run_notify(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict
     owns the device (it also sends that device's PUTs).
     """
     c = int(p["devices"])
-    mput = int(p["puts"])
     rate = float(p.get("rate") or 0.0)
-    inflight = int(p.get("inflight", 64))
     group, info = await _start_group(target, gen)
     try:
         conn, host, port, have, total_have = await _connect_all(
             group, gen, c, "notify:connect", target
         )
-        procs = len(group.workers)
-        # PUTs and in-flight slots proportional to each worker's connected devices.
-        puts = [round(mput * h / total_have) for h in have]
-        puts[-1] += mput - sum(puts)
-        slots = split(max(inflight, procs), procs)
-        start_at = time.monotonic() + 0.2
-        args = [
-            {
-                "m": puts[i],
-                "rate": rate * puts[i] / mput if rate and mput else 0.0,
-                "inflight": slots[i],
-                "timeout": gen.timeout,
-                "drain": float(p.get("drain", 10.0)),
-                "http_host": host,
-                "http_port": port,
-                "http_ports": target.http_ports or [port],
-                "start_at": start_at,
-            }
-            for i in range(procs)
-        ]
-        meter = _ServerMeter(target.all_pids())
-        async with Progress(
-            group, f"notify:{'rate' if rate else 'saturated'}", mput, gen.progress_interval
-        ):
-            res = await group.call("notify", args)
-        errs = [r["error"] for r in res if r.get("error")]
-        if errs:
-            raise RuntimeError("; ".join(errs))
-        puts_elapsed = max(r["puts_elapsed"] for r in res)
-        rx_elapsed = max(r["rx_elapsed"] for r in res)
-        elapsed_all = max(r["t_end"] for r in res) - min(r["t_start"] for r in res)
-        sent = sum(r["sent"] for r in res)
-        received = sum(r["received"] for r in res)
-        statuses = merge_counts(*(r["statuses"] for r in res))
-        failures = merge_counts(*(r["failures"] for r in res))
-        http_errors = sum(v for k, v in statuses.items() if k not in ("200", "202")) + sum(
-            failures.values()
+        pm, fails, lat = await _put_phase(
+            group, gen, target, (host, port), have, p, f"notify:{'rate' if rate else 'saturated'}"
         )
-        lat = [v for r in res for v in r["latencies"]]
-        m = {
-            "devices": total_have,
-            "connect": conn,
-            "machine": meter.machine(sum(r["cpu_s"] for r in res)),
-            "mode": "rate" if rate else "saturated",
-            "sent": sent,
-            "accepted": statuses.get("200", 0) + statuses.get("202", 0),
-            "received": received,
-            "lost": sum(r["lost"] for r in res),
-            "duplicates": sum(r["duplicates"] for r in res),
-            "superseded": sum(r["superseded"] for r in res),
-            "stale": sum(r["stale"] for r in res),
-            "unexpected": sum(r["unexpected"] for r in res),
-            "overlaps": sum(r["overlaps"] for r in res),
-            "statuses": statuses,
-            "http_errors": http_errors,
-            "puts_elapsed_s": round(puts_elapsed, 4),
-            "put_rate": round(sent / puts_elapsed, 1) if puts_elapsed > 0 else None,
-            "throughput": round(received / rx_elapsed, 1) if rx_elapsed > 0 else None,
-            "latency": summarize(lat),
-            "put_latency": summarize(v for r in res for v in r["put_latencies"]),
-            "schedule_lag": summarize(v for r in res for v in r["schedule_lag"]) if rate else None,
-            "server_cpu_pct": _pct(meter.used(), elapsed_all),
-            "generator_cpu_pct": _pct(sum(r["cpu_s"] for r in res), puts_elapsed),
-            "worker_counters": merge_counts(*(r["counters"] for r in res)),
-            "rss_kb": _rss(target),
-        }
-        fails = merge_counts(
-            failures,
-            {f"http_{k}": v for k, v in statuses.items() if k not in ("200", "202")},
-            conn["failures"],
-        )
+        m = {"devices": total_have, "connect": conn, **pm, "rss_kb": server_rss(target)}
         return {
             "metrics": m,
-            "failures": fails,
+            "failures": merge_counts(fails, conn["failures"]),
             "generator": {"workers": info},
             "series": {"PUT -> notification": lat},
         }
@@ -452,7 +357,7 @@ async def run_churn(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[
             }
             for i in range(len(group.workers))
         ]
-        meter = _ServerMeter(target.all_pids())
+        meter = ServerMeter(target.all_pids())
         async with Progress(group, "churn", cycles, gen.progress_interval):
             res = await group.call("churn", args)
         errs = [r["error"] for r in res if r.get("error")]
@@ -481,8 +386,8 @@ async def run_churn(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[
             "reconnect_latency": summarize(v for r in res for v in r["reconnect_latencies"]),
             "delivery_latency": summarize(v for r in res for v in r["delivery_latencies"]),
             "failure_count": sum(failures.values()),
-            "server_cpu_pct": _pct(meter.used(), elapsed),
-            "generator_cpu_pct": _pct(sum(r["cpu_s"] for r in res), elapsed),
+            "server_cpu_pct": cpu_pct(meter.used(), elapsed),
+            "generator_cpu_pct": cpu_pct(sum(r["cpu_s"] for r in res), elapsed),
             "worker_counters": merge_counts(*(r["counters"] for r in res)),
         }
         return {
@@ -493,6 +398,3 @@ async def run_churn(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[
         }
     finally:
         await group.close()
-
-
-SCENARIOS = {"connect": run_connect, "notify": run_notify, "churn": run_churn}
