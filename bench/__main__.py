@@ -134,6 +134,14 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--server-pid", type=int, help="with --target: PID for RSS/CPU figures")
     run.add_argument(
+        "--memcached",
+        metavar="HOST:PORT",
+        help="with --target: the server's memcached (loopback), whose stats are reported",
+    )
+    run.add_argument(
+        "--memcached-pid", type=int, help="with --memcached: its PID (CPU and read() calls)"
+    )
+    run.add_argument(
         "--subprotocol",
         default=None,
         help="ask for this WebSocket subprotocol (e.g. push-notification)",
@@ -214,6 +222,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "state_dir": str(server.state_dir),
         "stops_in_s": args.seconds,
     }
+    if server.memcached_port:
+        info["memcached"] = f"127.0.0.1:{server.memcached_port}"
+        info["memcached_pid"] = server.memcached_pid
     print(json.dumps(info), flush=True)
     try:
         deadline = time.monotonic() + args.seconds

@@ -1,8 +1,9 @@
 """What a scenario measures besides the generator's own samples: the target, CPU, RSS.
 
-``Target`` is where the server under test listens (and its PIDs);
+``Target`` is where the server under test listens (and its PIDs, its
+memcached);
 ``ServerMeter`` takes the server's CPU seconds and the machine's busy time
-over a phase.
+over a phase; ``memcached_meter`` the memcached counters (``bench.mcstats``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.mcstats import MemcachedMeter
 from bench.server import _CLK_TCK, cpu_seconds, rss_kb
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "server_rss",
     "cpu_pct",
     "cpu_busy",
+    "memcached_meter",
 ]
 
 
@@ -39,9 +42,21 @@ class Target:
     pids: list[int] = field(default_factory=list)
     ws_ports: list[int] = field(default_factory=list)
     http_ports: list[int] = field(default_factory=list)
+    #: The server's memcached (host, port) and PID, if known: its ``stats`` are taken
+    #: before and after each phase (``metrics.memcached``).
+    memcached: tuple[str, int] | None = None
+    memcached_pid: int | None = None
 
     def all_pids(self) -> list[int]:
         return list(self.pids) or ([self.pid] if self.pid else [])
+
+
+def memcached_meter(target: Target) -> MemcachedMeter | None:
+    """A memcached meter started now, when the target has a memcached; None otherwise."""
+    if target.memcached is None:
+        return None
+    host, port = target.memcached
+    return MemcachedMeter(host, port, target.memcached_pid)
 
 
 def server_rss(target: Target) -> int | None:

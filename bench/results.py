@@ -31,7 +31,9 @@ __all__ = [
     "write_result",
     "headline",
     "HEADLINES",
+    "OPTIONAL_COLUMNS",
     "SCENARIO_METRICS",
+    "memcached_table",
     "summary_rows",
     "markdown_table",
     "histogram",
@@ -205,6 +207,9 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
     "connect": [
         ("connected", "connected", "{:,.0f}"),
         ("conn/s", "connect_rate", "{:,.0f}"),
+        ("mc ops/conn", "memcached.total_per_unit", "{:.2f}"),
+        ("mc reads/conn", "memcached.reads_per_unit", "{:.2f}"),
+        ("mc CPU µs/conn", "memcached.cpu_us_per_unit", "{:,.1f}"),
         ("KB/conn", "kb_per_conn", "{:.2f}"),
         ("ws p50 ms", "latency.ws.p50", "{:.2f}"),
         ("ws p99 ms", "latency.ws.p99", "{:.2f}"),
@@ -221,6 +226,9 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
         ("devices", "devices", "{:,.0f}"),
         ("PUTs", "sent", "{:,.0f}"),
         ("notif/s", "throughput", "{:,.0f}"),
+        ("mc ops/notif", "memcached.total_per_unit", "{:.2f}"),
+        ("mc reads/notif", "memcached.reads_per_unit", "{:.2f}"),
+        ("mc CPU µs/notif", "memcached.cpu_us_per_unit", "{:,.1f}"),
         ("p50 ms", "latency.p50", "{:.2f}"),
         ("p95 ms", "latency.p95", "{:.2f}"),
         ("p99 ms", "latency.p99", "{:.2f}"),
@@ -237,6 +245,9 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
         ("devices", "devices", "{:,.0f}"),
         ("cycles", "cycles", "{:,.0f}"),
         ("cycles/s", "cycles_per_s", "{:,.0f}"),
+        ("mc ops/cycle", "memcached.total_per_unit", "{:.2f}"),
+        ("mc reads/cycle", "memcached.reads_per_unit", "{:.2f}"),
+        ("mc CPU µs/cycle", "memcached.cpu_us_per_unit", "{:,.1f}"),
         ("missing", "missing", "{:,.0f}"),
         ("cycle p50 ms", "latency.p50", "{:.2f}"),
         ("cycle p99 ms", "latency.p99", "{:.2f}"),
@@ -246,6 +257,15 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
         ("other CPU %", "machine.other_cpu_pct", "{:.0f}"),
     ],
 }
+
+
+#: Columns shown only when some row of the table has a value (memcached runs).
+OPTIONAL_COLUMNS = frozenset(
+    title
+    for cols in HEADLINES.values()
+    for title, path, _fmt in cols
+    if path.startswith("memcached.")
+)
 
 
 def headline(result: dict[str, Any]) -> dict[str, Any]:
@@ -291,6 +311,7 @@ def summary_rows(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         values = {}
         for title, _path, _fmt in HEADLINES.get(scen, []):
             values[title] = median(headline(r)[title] for r in rs)
+        mc = _memcached_medians(rs)
         targets: dict[str, list[dict[str, Any]]] = {}
         for r in rs:
             for t in r.get("targets", []):
@@ -322,6 +343,7 @@ def summary_rows(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "source": key[8],
                 "nodes": key[9],
                 "values": values,
+                "memcached": mc,
                 "targets": tsum,
             }
         )
@@ -339,6 +361,43 @@ def _fmt(v: Any, fmt: str) -> str:
         return str(v)
 
 
+#: The memcached breakdown table: column title -> how it is made from a run's
+#: ``metrics.memcached.ops`` deltas (summed counters), per delivered unit.
+MEMCACHED_COLUMNS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
+    ("get (keys)", ("cmd_get",), ()),
+    ("get misses", ("get_misses",), ()),
+    ("set", ("cmd_set",), ("cas_hits", "cas_misses", "cas_badval")),
+    ("cas", ("cas_hits", "cas_misses", "cas_badval"), ()),
+    ("cas badval", ("cas_badval",), ()),
+    ("touch", ("cmd_touch",), ()),
+    ("delete", ("delete_hits", "delete_misses"), ()),
+    ("incr/decr", ("incr_hits", "incr_misses", "decr_hits", "decr_misses"), ()),
+]
+
+
+def _memcached_medians(rs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per-unit medians of the memcached breakdown over runs (None: no memcached figures)."""
+    blocks = [
+        b
+        for b in (r.get("metrics", {}).get("memcached") for r in rs)
+        if isinstance(b, dict) and b.get("units") and isinstance(b.get("ops"), dict)
+    ]
+    if not blocks:
+        return None
+    out: dict[str, Any] = {"unit": blocks[0].get("unit")}
+    for title, plus, minus in MEMCACHED_COLUMNS:
+        out[title] = median(
+            (sum(b["ops"].get(k, 0) for k in plus) - sum(b["ops"].get(k, 0) for k in minus))
+            / b["units"]
+            for b in blocks
+        )
+    out["total"] = median(b.get("total_per_unit") for b in blocks)
+    out["reads"] = median(b.get("reads_per_unit") for b in blocks)
+    out["CPU µs"] = median(b.get("cpu_us_per_unit") for b in blocks)
+    out["CPU %"] = median(b.get("cpu_pct") for b in blocks)
+    return out
+
+
 def _row_label(r: dict[str, Any]) -> str:
     return (
         f"| {r['backend']} | {r['nodes']} | {r['mode'] or '-'} | {r['source'] or '-'} | "
@@ -346,14 +405,46 @@ def _row_label(r: dict[str, Any]) -> str:
     )
 
 
+def memcached_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: memcached operations per delivered unit, by command (medians)."""
+    mrows = [r for r in rows if r.get("memcached")]
+    if not mrows:
+        return []
+    titles = [t for t, _p, _m in MEMCACHED_COLUMNS] + ["total", "reads", "CPU µs", "CPU %"]
+    out = [
+        "### memcached per delivered unit (medians; from memcached's own stats)\n",
+        "| scenario | backend | nodes | mode | code | runs | per | " + " | ".join(titles) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(titles),
+    ]
+    for r in mrows:
+        mc = r["memcached"]
+        cells = [_fmt(mc.get(t), "{:,.1f}" if t.startswith("CPU") else "{:.2f}") for t in titles]
+        out.append(
+            f"| {r['scenario']} "
+            + _row_label(r)
+            + f"{mc.get('unit') or '-'} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    out.append("")
+    return out
+
+
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
-    """Markdown: one table per scenario kind (medians over repeats), then the targets."""
+    """Markdown: one table per scenario kind (medians over repeats), the memcached
+    breakdown, then the targets.  Optional columns (memcached) are shown only
+    when a row of the table has them."""
     rows = summary_rows(results)
     out: list[str] = []
-    for scen, cols in HEADLINES.items():
+    for scen, all_cols in HEADLINES.items():
         srows = [r for r in rows if r["scenario"] == scen]
         if not srows:
             continue
+        cols = [
+            c
+            for c in all_cols
+            if c[0] not in OPTIONAL_COLUMNS or any(r["values"][c[0]] is not None for r in srows)
+        ]
         out.append(f"### {scen}\n")
         out.append(
             "| backend | nodes | mode | code | runs | " + " | ".join(c[0] for c in cols) + " |"
@@ -363,6 +454,7 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
             cells = [_fmt(r["values"][title], fmt) for title, _p, fmt in cols]
             out.append(_row_label(r) + " | ".join(cells) + " |")
         out.append("")
+    out.extend(memcached_table(rows))
     trows = [(r, t) for r in rows for t in r["targets"]]
     if trows:
         out.append("### targets (medians)\n")

@@ -72,7 +72,8 @@ def parse_cpus(text: str | None) -> list[int] | None:
 
 
 def check_nodes(args: argparse.Namespace) -> None:
-    """``--nodes``: at least 1; more than 1 needs the memcached backend and its own servers."""
+    """``--nodes``: at least 1; more than 1 needs the memcached backend and its own servers;
+    ``--memcached`` goes with ``--target``."""
     n = getattr(args, "nodes", 1)
     if n < 1:
         raise SystemExit("--nodes must be at least 1")
@@ -84,6 +85,8 @@ def check_nodes(args: argparse.Namespace) -> None:
             )
         if args.target:
             raise SystemExit("--nodes cannot be combined with --target")
+    if getattr(args, "memcached", None) and not args.target:
+        raise SystemExit("--memcached is for --target (the bench's own memcached is measured)")
 
 
 def start_under_test(
@@ -150,6 +153,19 @@ def gen_options(
     )
 
 
+def _memcached_of(args: argparse.Namespace, server: Any) -> tuple[tuple[str, int] | None, Any]:
+    """The memcached whose stats the run reports: ours, or ``--memcached`` with ``--target``."""
+    if server is not None:
+        port = getattr(server, "memcached_port", None)
+        return (("127.0.0.1", port) if port else None), getattr(server, "memcached_pid", None)
+    if not args.memcached:
+        return None, None
+    host, _, port = args.memcached.rpartition(":")
+    if not host.startswith("127.") and host != "localhost":
+        raise SystemExit("--memcached must be a loopback address (127.0.0.0/8)")
+    return (host, int(port)), args.memcached_pid
+
+
 async def _run_one(
     args: argparse.Namespace,
     name: str,
@@ -182,6 +198,7 @@ async def _run_one(
             if not host.startswith("127."):
                 raise SystemExit("--target must be a loopback address (127.0.0.0/8)")
             target = Target(host, u.port or 80, args.server_pid, args.subprotocol, args.gc_probe)
+            target.memcached, target.memcached_pid = _memcached_of(args, None)
             server_info = {
                 "external": args.target,
                 "pid": args.server_pid,
@@ -198,6 +215,7 @@ async def _run_one(
                 target.pids = server.pids
                 target.ws_ports = server.ws_ports
                 target.http_ports = server.http_ports
+            target.memcached, target.memcached_pid = _memcached_of(args, server)
             server_info = {
                 "nodes": args.nodes,
                 "source": source_fingerprint(args.src_root),

@@ -20,6 +20,7 @@ from bench.meters import (
     ServerMeter,
     Target,
     cpu_pct,
+    memcached_meter,
     server_rss,
     split,
 )
@@ -60,7 +61,7 @@ async def _connect(
     label: str,
     target: Target,
 ) -> dict[str, Any]:
-    """Open ``n`` devices over the group; merged connect metrics."""
+    """Open ``n`` devices over the group; merged connect metrics (memcached's per connection)."""
     procs = len(group.workers)
     counts = split(n, procs)
     conc = split(max(gen.concurrency, procs), procs)
@@ -76,6 +77,7 @@ async def _connect(
         for c, k in zip(counts, conc, strict=True)
     ]
     meter = ServerMeter(target.all_pids())
+    mc = memcached_meter(target)
     async with Progress(group, label, n, gen.progress_interval):
         res = await group.call("connect", args)
     elapsed = max(r["t_end"] for r in res) - min(r["t_start"] for r in res)
@@ -99,6 +101,7 @@ async def _connect(
         "server_cpu_pct": cpu_pct(meter.used(), elapsed),
         "generator_cpu_pct": cpu_pct(gen_cpu, elapsed),
         "generator_sys_pct": cpu_pct(sum(r.get("sys_s", 0.0) for r in res), elapsed),
+        "memcached": mc.finish(ok, "connection", elapsed) if mc is not None else None,
         "endpoint": endpoint,
         "_raw_total": [v for r in res for v in r["latencies"]["total"]],
     }
@@ -198,6 +201,7 @@ async def _put_phase(
         for i in range(procs)
     ]
     meter = ServerMeter(target.all_pids())
+    mc = memcached_meter(target)
     async with Progress(group, label, mput, gen.progress_interval):
         res = await group.call("notify", args)
     errs = [r["error"] for r in res if r.get("error")]
@@ -236,6 +240,7 @@ async def _put_phase(
         "schedule_lag": summarize(v for r in res for v in r["schedule_lag"]) if rate else None,
         "server_cpu_pct": cpu_pct(meter.used(), elapsed_all),
         "generator_cpu_pct": cpu_pct(sum(r["cpu_s"] for r in res), puts_elapsed),
+        "memcached": (mc.finish(received, "notification", elapsed_all) if mc is not None else None),
         "worker_counters": merge_counts(*(r["counters"] for r in res)),
     }
     fails = merge_counts(
@@ -358,6 +363,7 @@ async def run_churn(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[
             for i in range(len(group.workers))
         ]
         meter = ServerMeter(target.all_pids())
+        mc = memcached_meter(target)
         async with Progress(group, "churn", cycles, gen.progress_interval):
             res = await group.call("churn", args)
         errs = [r["error"] for r in res if r.get("error")]
@@ -388,6 +394,7 @@ async def run_churn(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[
             "failure_count": sum(failures.values()),
             "server_cpu_pct": cpu_pct(meter.used(), elapsed),
             "generator_cpu_pct": cpu_pct(sum(r["cpu_s"] for r in res), elapsed),
+            "memcached": mc.finish(done, "cycle", elapsed) if mc is not None else None,
             "worker_counters": merge_counts(*(r["counters"] for r in res)),
         }
         return {

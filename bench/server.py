@@ -134,6 +134,11 @@ class ServerHandle:
     keep_state: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def memcached_pid(self) -> int | None:
+        """The PID of the memcached this server started (None: none, or not ours)."""
+        return self.memcached.pid if self.memcached is not None else None
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -350,6 +355,10 @@ class ClusterHandle:
     memcached_port: int
     backend: str = "memcached"
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def memcached_pid(self) -> int | None:
+        return self.memcached.pid if self.memcached is not None else None
 
     @property
     def pid(self) -> int:
