@@ -38,6 +38,13 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
         "WebSocket ports and every PUT goes to a random node's endpoint",
     )
     run.add_argument(
+        "--shared-ports",
+        action="store_true",
+        help="with --nodes N: every node listens on the same WebSocket and endpoint ports "
+        "with reuse_port = true (the kernel spreads connections); devices connect and PUTs "
+        "go to those two ports",
+    )
+    run.add_argument(
         "--scenario",
         default="all",
         help="comma list of "
@@ -80,7 +87,10 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--repeat", type=int, default=1, help="runs per scenario (medians reported)")
     run.add_argument(
-        "--procs", type=int, help="generator processes (default: 1 per 15,000 devices)"
+        "--procs",
+        type=int,
+        help="generator processes (default: picked from the devices and the open-file limit, "
+        "1 per 15,000 devices at most)",
     )
     run.add_argument("--concurrency", type=int, help="connects in flight, over all workers")
     run.add_argument(
@@ -93,8 +103,9 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--source-ips",
         type=int,
-        default=8,
-        help="spread client sockets over 127.0.0.2 .. 127.0.0.(N+1)",
+        default=None,
+        help="spread client sockets over 127.0.0.2 .. 127.0.0.(N+1) (default: 8, or as many "
+        "as the client sockets need at ~21,000 ports per address)",
     )
     run.add_argument(
         "--pin",

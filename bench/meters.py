@@ -8,6 +8,7 @@ over a phase; ``memcached_meter`` the memcached counters (``bench.mcstats``).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "cpu_pct",
     "cpu_busy",
     "memcached_meter",
+    "open_sockets",
 ]
 
 
@@ -57,6 +59,23 @@ def memcached_meter(target: Target) -> MemcachedMeter | None:
         return None
     host, port = target.memcached
     return MemcachedMeter(host, port, target.memcached_pid)
+
+
+def open_sockets(pid: int) -> int | None:
+    """Sockets ``pid`` holds open now (its ``/proc/<pid>/fd`` links to ``socket:``)."""
+    base = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return None
+    n = 0
+    for name in names:
+        try:
+            if os.readlink(f"{base}/{name}").startswith("socket:"):
+                n += 1
+        except OSError:
+            continue
+    return n
 
 
 def server_rss(target: Target) -> int | None:

@@ -29,6 +29,7 @@ __all__ = [
     "PRESETS",
     "scenario_names",
     "scenario_params",
+    "http_connections",
 ]
 
 Runner = Callable[[Target, GenOptions, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -119,6 +120,27 @@ SCENARIOS: dict[str, ScenarioSpec] = {
             options={"devices": "churn_devices", "cycles": "cycles", "duration": "duration"},
             help="disconnect, PUT while offline, reconnect with the same UAID",
         ),
+        ScenarioSpec(
+            name="connect-verify",
+            kind="connect",
+            run=run_connect,
+            sizes={
+                "tiny": {"devices": 60, "hold": 1.0, "inflight": 8},
+                "moderate": {"devices": 3000, "hold": 5.0, "inflight": 64},
+                "full": {"devices": 200000, "hold": 10.0, "inflight": 128},
+            },
+            options={
+                "devices": "devices",
+                "hold": "hold",
+                "inflight": "inflight",
+                "drain": "drain",
+            },
+            fixed={"mode": "verify", "verify_puts": True},
+            in_all=False,
+            help="connect, hold, ping every device, then one PUT per device with its delivery "
+            "counted (the cluster target: --full is 200,000 devices; use with --nodes 12 "
+            "--shared-ports)",
+        ),
     )
 }
 
@@ -156,3 +178,19 @@ def scenario_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
             p[param] = value
     p.update(spec.fixed)
     return p
+
+
+def http_connections(name: str, p: dict[str, Any], nodes: int, shared_ports: bool) -> int:
+    """The generator's HTTP connections in one run of ``name`` (for ``plan_layout``).
+
+    Saturated notify against several nodes on their own ports keeps one
+    connection per in-flight slot *and* node; churn keeps one per device.
+    """
+    kind = SCENARIOS[name].kind
+    if kind == "churn":
+        return int(p["devices"])
+    if kind == "notify" or p.get("verify_puts"):
+        slots = int(p.get("inflight", 64))
+        per_slot = nodes if nodes > 1 and not shared_ports and p.get("mode") != "rate" else 1
+        return slots * per_slot
+    return 0

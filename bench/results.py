@@ -210,6 +210,8 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
         ("mc ops/conn", "memcached.total_per_unit", "{:.2f}"),
         ("mc reads/conn", "memcached.reads_per_unit", "{:.2f}"),
         ("mc CPU µs/conn", "memcached.cpu_us_per_unit", "{:,.1f}"),
+        ("not answering", "not_answering", "{:,.0f}"),
+        ("verify undelivered", "verify.undelivered", "{:,.0f}"),
         ("KB/conn", "kb_per_conn", "{:.2f}"),
         ("ws p50 ms", "latency.ws.p50", "{:.2f}"),
         ("ws p99 ms", "latency.ws.p99", "{:.2f}"),
@@ -259,12 +261,12 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
 }
 
 
-#: Columns shown only when some row of the table has a value (memcached runs).
+#: Columns shown only when some row of the table has a value (memcached runs, connect-verify).
 OPTIONAL_COLUMNS = frozenset(
     title
     for cols in HEADLINES.values()
     for title, path, _fmt in cols
-    if path.startswith("memcached.")
+    if path.startswith(("memcached.", "verify."))
 )
 
 
@@ -287,6 +289,7 @@ def _group_key(r: dict[str, Any]) -> tuple[Any, ...]:
         bool(r.get("server", {}).get("cpus")),
         r.get("server", {}).get("source", {}).get("tree_hash"),
         result_nodes(r),
+        bool(p.get("shared_ports")),
     )
 
 
@@ -342,6 +345,7 @@ def summary_rows(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "pinned": key[7],
                 "source": key[8],
                 "nodes": key[9],
+                "shared_ports": key[10],
                 "values": values,
                 "memcached": mc,
                 "targets": tsum,
@@ -399,8 +403,9 @@ def _memcached_medians(rs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _row_label(r: dict[str, Any]) -> str:
+    shared = " shared" if r.get("shared_ports") else ""
     return (
-        f"| {r['backend']} | {r['nodes']} | {r['mode'] or '-'} | {r['source'] or '-'} | "
+        f"| {r['backend']} | {r['nodes']}{shared} | {r['mode'] or '-'} | {r['source'] or '-'} | "
         f"{r['runs']} | "
     )
 
@@ -432,8 +437,8 @@ def memcached_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown: one table per scenario kind (medians over repeats), the memcached
-    breakdown, then the targets.  Optional columns (memcached) are shown only
-    when a row of the table has them."""
+    breakdown, then the targets.  Optional columns (memcached, verify) are shown
+    only when a row of the table has them."""
     rows = summary_rows(results)
     out: list[str] = []
     for scen, all_cols in HEADLINES.items():

@@ -1,7 +1,8 @@
 """``python -m bench run``: start the servers, run each scenario, write results and the summary.
 
 The command line is built in ``bench.__main__``; the scenarios are listed in
-``bench.registry``.
+``bench.registry``; how many generator processes and source addresses a run
+uses comes from ``bench.layout``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import argparse
 import asyncio
 import datetime as _dt
 import json
-import math
 import os
 import shlex
 import shutil
@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import SCHEMA
+from bench.layout import LayoutError, fd_limits, plan_layout, port_range_size
 from bench.meters import GenOptions, Target
 from bench.registry import (
     CONCURRENCY,
     SCENARIOS,
+    http_connections,
     scenario_names,
     scenario_params,
 )
@@ -73,7 +75,7 @@ def parse_cpus(text: str | None) -> list[int] | None:
 
 def check_nodes(args: argparse.Namespace) -> None:
     """``--nodes``: at least 1; more than 1 needs the memcached backend and its own servers;
-    ``--memcached`` goes with ``--target``."""
+    ``--shared-ports`` needs more than one node; ``--memcached`` goes with ``--target``."""
     n = getattr(args, "nodes", 1)
     if n < 1:
         raise SystemExit("--nodes must be at least 1")
@@ -85,6 +87,8 @@ def check_nodes(args: argparse.Namespace) -> None:
             )
         if args.target:
             raise SystemExit("--nodes cannot be combined with --target")
+    if getattr(args, "shared_ports", False) and n < 2:
+        raise SystemExit("--shared-ports needs --nodes 2 or more (nodes sharing the ports)")
     if getattr(args, "memcached", None) and not args.target:
         raise SystemExit("--memcached is for --target (the bench's own memcached is measured)")
 
@@ -101,6 +105,7 @@ def start_under_test(
             extra_config=extra,
             keep_state=args.keep_state,
             src_root=args.src_root,
+            shared_ports=args.shared_ports,
         )
     return start_server(
         args.backend,
@@ -136,20 +141,42 @@ def parse_extra_config(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def plan_for(args: argparse.Namespace, name: str, p: dict[str, Any]) -> Any:
+    """The ``bench.layout.Layout`` of one run of ``name`` (SystemExit naming a broken budget)."""
+    gen_limit, server_limit = fd_limits()
+    try:
+        return plan_layout(
+            int(p["devices"]),
+            nodes=args.nodes,
+            shared_ports=args.shared_ports,
+            http_conns=http_connections(name, p, args.nodes, args.shared_ports),
+            procs=args.procs,
+            source_ips=args.source_ips,
+            gen_fd_limit=gen_limit,
+            server_fd_limit=server_limit,
+            ports_per_ip=port_range_size(),
+            check_server=not args.target,
+        )
+    except LayoutError as e:
+        raise SystemExit(f"{name}: layout refused: {e}") from None
+
+
 def gen_options(
     args: argparse.Namespace, name: str, p: dict[str, Any], gen_cpus: list[int] | None
-) -> GenOptions:
-    """The generator's options for one run of ``name``."""
-    procs = args.procs or max(1, math.ceil(int(p["devices"]) / 15000))
-    n_ips = max(1, min(args.source_ips, 250))
-    return GenOptions(
-        procs=procs,
-        cpus=gen_cpus,
-        ips=[f"127.0.0.{i}" for i in range(2, 2 + n_ips)],
-        loop=args.loop,
-        timeout=args.timeout,
-        concurrency=args.concurrency or CONCURRENCY[args.preset],
-        connect_rate=args.connect_rate,
+) -> tuple[GenOptions, Any]:
+    """The generator's options for one run of ``name``, and the layout they come from."""
+    layout = plan_for(args, name, p)
+    return (
+        GenOptions(
+            procs=layout.procs,
+            cpus=gen_cpus,
+            ips=[f"127.0.0.{i}" for i in range(2, 2 + layout.source_ips)],
+            loop=args.loop,
+            timeout=args.timeout,
+            concurrency=args.concurrency or CONCURRENCY[args.preset],
+            connect_rate=args.connect_rate,
+        ),
+        layout,
     )
 
 
@@ -180,8 +207,10 @@ async def _run_one(
 ) -> dict[str, Any]:
     p = scenario_params(args, name)
     p["nodes"] = args.nodes
+    if args.shared_ports:
+        p["shared_ports"] = True
     scen = SCENARIOS[name].kind
-    gen = gen_options(args, name, p, gen_cpus)
+    gen, layout = gen_options(args, name, p, gen_cpus)
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
     server = shared_server
@@ -213,8 +242,9 @@ async def _run_one(
             )
             if hasattr(server, "nodes"):
                 target.pids = server.pids
-                target.ws_ports = server.ws_ports
-                target.http_ports = server.http_ports
+                # Shared ports (reuse_port): one port for all; the kernel picks the node.
+                target.ws_ports = list(dict.fromkeys(server.ws_ports))
+                target.http_ports = list(dict.fromkeys(server.http_ports))
             target.memcached, target.memcached_pid = _memcached_of(args, server)
             server_info = {
                 "nodes": args.nodes,
@@ -233,6 +263,7 @@ async def _run_one(
                         "pids": server.pids,
                         "ws_ports": server.ws_ports,
                         "http_ports": server.http_ports,
+                        "shared_ports": server.shared_ports,
                         "accounting": "RSS and CPU summed over the node PIDs (not memcached)",
                     }
                 )
@@ -270,6 +301,7 @@ async def _run_one(
         "concurrency": gen.concurrency,
         "connect_rate": gen.connect_rate,
         "timeout_s": gen.timeout,
+        "layout": layout.as_dict(),
     }
     gen_info.update(out.get("generator", {}))
     result: dict[str, Any] = {
@@ -318,6 +350,8 @@ async def _run_one(
 async def cmd_run(args: argparse.Namespace) -> int:
     names = scenario_names(args.scenario)
     check_nodes(args)
+    for name in names:  # refuse a layout that cannot work before starting anything
+        plan_for(args, name, {**scenario_params(args, name)})
     server_cpus = parse_cpus(args.server_cpus)
     gen_cpus = parse_cpus(args.gen_cpus)
     if args.pin:
@@ -453,4 +487,8 @@ def _strict_problems(r: dict[str, Any]) -> list[str]:
         out.append(f"{tag}: failures {r['failures']}")
     if m.get("dropped_during_hold"):
         out.append(f"{tag}: {m['dropped_during_hold']} connections dropped during the hold")
+    if m.get("not_answering"):
+        out.append(f"{tag}: {m['not_answering']} devices not answering after the ramp")
+    if (m.get("verify") or {}).get("undelivered"):
+        out.append(f"{tag}: {m['verify']['undelivered']} verify PUTs not delivered")
     return out

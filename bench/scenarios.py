@@ -21,6 +21,7 @@ from bench.meters import (
     Target,
     cpu_pct,
     memcached_meter,
+    open_sockets,
     server_rss,
     split,
 )
@@ -250,7 +251,11 @@ async def _put_phase(
 
 
 async def run_connect(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[str, Any]:
-    """connect: N devices hello + register (ramped); hold; ping each; RSS per connection."""
+    """connect: N devices hello + register (ramped); hold; ping each; RSS per connection.
+
+    With ``p["verify_puts"]`` (``connect-verify``) every device that answered
+    its ping then gets one PUT, and its delivery is counted (``metrics.verify``).
+    """
     n = int(p["devices"])
     group, info = await _start_group(target, gen)
     try:
@@ -265,6 +270,7 @@ async def run_connect(target: Target, gen: GenOptions, p: dict[str, Any]) -> dic
             )
             await asyncio.sleep(hold)
         rss_held = server_rss(target)
+        sockets = [open_sockets(pid) for pid in target.all_pids()]
         stats = await group.call("stats", {})
         still = sum(s["connected"] for s in stats)
         async with Progress(group, "ping", still, gen.progress_interval):
@@ -274,6 +280,7 @@ async def run_connect(target: Target, gen: GenOptions, p: dict[str, Any]) -> dic
             )
         ping_lat = summarize(v for r in pres for v in r["latencies"])
         ping_fail = merge_counts(*(r["failures"] for r in pres))
+        answering = sum(r["ok"] for r in pres)
         http_port = None
         if m.get("endpoint"):
             http_port = _endpoint_addr(m["endpoint"])[1]
@@ -289,25 +296,53 @@ async def run_connect(target: Target, gen: GenOptions, p: dict[str, Any]) -> dic
                 "dropped_during_hold": ok - still,
                 "rss_kb": {"before": rss0, "connected": rss_connected, "held": rss_held},
                 "kb_per_conn": kb,
-                "ping": {
-                    "ok": sum(r["ok"] for r in pres),
-                    "failures": ping_fail,
-                    "latency": ping_lat,
-                },
+                # Per server process, after the hold: how the kernel spread the devices
+                # over nodes sharing a port (reuse_port), and how near the fd limit each is.
+                "server_sockets": sockets,
+                "ping": {"ok": answering, "failures": ping_fail, "latency": ping_lat},
+                "answering": answering,
+                "not_answering": n - answering,
                 "gc": gc,
                 "gc_pause_ms": _gc_pause(gc),
                 "worker_counters": merge_counts(*(s["counters"] for s in stats)),
             }
         )
         failures = merge_counts(m["failures"], {f"ping_{k}": v for k, v in ping_fail.items()})
+        series = {"connect total": raw, "ping": [v for r in pres for v in r["latencies"]]}
+        if p.get("verify_puts"):
+            vm, vfail, vlat = await _verify_puts(group, gen, target, m, p)
+            m["verify"] = vm
+            failures = merge_counts(failures, {f"verify_{k}": v for k, v in vfail.items()})
+            series["verify PUT -> notification"] = vlat
         return {
             "metrics": m,
             "failures": failures,
             "generator": {"workers": info},
-            "series": {"connect total": raw, "ping": [v for r in pres for v in r["latencies"]]},
+            "series": series,
         }
     finally:
         await group.close()
+
+
+async def _verify_puts(
+    group: WorkerGroup, gen: GenOptions, target: Target, m: dict[str, Any], p: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, int], list[float]]:
+    """One PUT to every device still connected; ``undelivered`` = devices without it."""
+    addr = _endpoint_addr(m.get("endpoint"), m.get("failures"))
+    stats = await group.call("stats", {})
+    have = [s["connected"] for s in stats]
+    total = sum(have)
+    if total == 0:
+        return {"sent": 0, "received": 0, "undelivered": 0}, {}, []
+    q = {
+        "puts": total,
+        "inflight": int(p.get("inflight", 64)),
+        "drain": float(p.get("drain", 10.0)),
+    }
+    vm, vfail, vlat = await _put_phase(group, gen, target, addr, have, q, "verify")
+    vm["devices"] = total
+    vm["undelivered"] = total - int(vm["received"])
+    return vm, vfail, vlat
 
 
 async def run_notify(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[str, Any]:

@@ -184,6 +184,7 @@ def start_server(
     src_root: Path | None = None,
     memcached_port: int | None = None,
     ports: tuple[int, int] | None = None,
+    ready_port: int | None = None,
 ) -> ServerHandle:
     """Start ``twistd -n simplepush`` with ``backend`` on free ports; wait until it listens.
 
@@ -191,6 +192,9 @@ def start_server(
     ``PYTHONPATH`` and used as its working directory: a ``snapshot_source`` copy.
     ``memcached_port``: use that (already running) memcached instead of starting
     one; it is not stopped with the server.  ``ports``: (ws, http) to listen on.
+    ``ready_port``: a port of this process alone (its router listener, opened
+    after the public ones) that must accept too before the server counts as up:
+    with ``reuse_port`` the public ports may already accept for other nodes.
     """
     src = src_root or REPO_ROOT
     state_dir = Path(tempfile.mkdtemp(prefix=f"pushbench-{backend}-"))
@@ -272,8 +276,9 @@ def start_server(
         keep_state=keep_state,
     )
     deadline = time.monotonic() + startup_timeout
-    ok = wait_port("127.0.0.1", ws_port, startup_timeout, proc) and wait_port(
-        "127.0.0.1", http_port, max(0.1, deadline - time.monotonic()), proc
+    ok = all(
+        wait_port("127.0.0.1", p, max(0.1, deadline - time.monotonic()), proc)
+        for p in (ws_port, http_port, *([ready_port] if ready_port else []))
     )
     if not ok:
         tail = handle.log_tail()
@@ -325,16 +330,26 @@ def node_cpus(server_cpus: list[int] | None, n: int) -> list[list[int] | None]:
 
 
 def cluster_node_config(
-    router_port: int, secret: str, token_key: str, key_prefix: str
+    router_port: int,
+    secret: str,
+    token_key: str,
+    key_prefix: str,
+    shared_ports: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Config sections that make node ``index`` a member of the bench cluster.
 
     Shared by every node: the token key (``[crypto] keys``), the router secret and
-    the memcached key prefix; per node: its router listener.  Each node keeps its
-    own public WebSocket and endpoint ports (its ``public_url`` is its own endpoint):
-    the generator spreads devices over the nodes and PUTs to random nodes.
+    the memcached key prefix; per node: its router listener.  By default each node
+    keeps its own public WebSocket and endpoint ports (its ``public_url`` is its own
+    endpoint): the generator spreads devices over the nodes and PUTs to random
+    nodes.  ``shared_ports``: every node listens on the same two public ports with
+    ``reuse_port = true`` (the kernel spreads connections over the nodes), as in
+    docs/cluster.md "One node per core on one host".
     """
+    reuse: dict[str, dict[str, Any]] = {"websocket": {"reuse_port": True}}
+    reuse["endpoint"] = {"reuse_port": True}
     return {
+        **(reuse if shared_ports else {}),
         "crypto": {"keys": [token_key]},
         "router": {
             "listen": f"tcp:{router_port}:interface=127.0.0.1",
@@ -355,6 +370,8 @@ class ClusterHandle:
     memcached_port: int
     backend: str = "memcached"
     info: dict[str, Any] = field(default_factory=dict)
+    #: Every node listens on the same public ports (``reuse_port``).
+    shared_ports: bool = False
 
     @property
     def memcached_pid(self) -> int | None:
@@ -415,8 +432,13 @@ def start_cluster(
     extra_config: dict[str, dict[str, Any]] | None = None,
     keep_state: bool = False,
     src_root: Path | None = None,
+    shared_ports: bool = False,
 ) -> ClusterHandle:
-    """One private memcached and ``n`` memcached-backed nodes configured as a cluster."""
+    """One private memcached and ``n`` memcached-backed nodes configured as a cluster.
+
+    ``shared_ports``: all nodes on one WebSocket and one endpoint port with
+    ``reuse_port``; each node counts as started when its own router port accepts.
+    """
     import secrets
     import uuid
 
@@ -425,7 +447,9 @@ def start_cluster(
     token_key = base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
     secret = secrets.token_urlsafe(32)
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
-    handle = ClusterHandle(nodes=[], memcached=mc_proc, memcached_port=mc_port)
+    handle = ClusterHandle(
+        nodes=[], memcached=mc_proc, memcached_port=mc_port, shared_ports=shared_ports
+    )
     taken: set[int] = {mc_port}
 
     def port() -> int:
@@ -435,10 +459,12 @@ def start_cluster(
         taken.add(p)
         return p
 
+    public = (port(), port()) if shared_ports else None
     try:
         for i in range(n):
-            ws_port, http_port, router_port = port(), port(), port()
-            cfg = cluster_node_config(router_port, secret, token_key, prefix)
+            ws_port, http_port = public or (port(), port())
+            router_port = port()
+            cfg = cluster_node_config(router_port, secret, token_key, prefix, shared_ports)
             for name, table in (extra_config or {}).items():
                 cfg.setdefault(name, {}).update(table)
             handle.nodes.append(
@@ -451,6 +477,7 @@ def start_cluster(
                     src_root=src_root,
                     memcached_port=mc_port,
                     ports=(ws_port, http_port),
+                    ready_port=router_port,
                 )
             )
     except BaseException:

@@ -7,12 +7,13 @@ from typing import Any
 __all__ = ["TARGETS", "check_targets", "metric_value"]
 
 
-#: name, scenario (the result's kind), mode (None = any), metric path, op, target,
-#: the size it is defined at (``exact``: equal, not at least)
+#: name, scenario (the result's kind), mode (absent: any; "": runs without a mode),
+#: metric path, op, target, the size it is defined at (``exact``: equal, not at least)
 TARGETS: list[dict[str, Any]] = [
     {
         "name": "memory per idle connection (KB)",
         "scenario": "connect",
+        "mode": "",
         "metric": "kb_per_conn",
         "op": "<=",
         "target": 10.0,
@@ -21,6 +22,7 @@ TARGETS: list[dict[str, Any]] = [
     {
         "name": "connection rate (/s)",
         "scenario": "connect",
+        "mode": "",
         "metric": "connect_rate",
         "op": ">=",
         "target": 3500.0,
@@ -29,6 +31,7 @@ TARGETS: list[dict[str, Any]] = [
     {
         "name": "GC pause (ms)",
         "scenario": "connect",
+        "mode": "",
         "metric": "gc_pause_ms",
         "op": "<=",
         "target": 50.0,
@@ -77,6 +80,32 @@ TARGETS: list[dict[str, Any]] = [
         "target": 0,
         "size": {},
     },
+    {
+        "name": "cluster connections/s (12 nodes, shared ports)",
+        "scenario": "connect",
+        "mode": "verify",
+        "metric": "connect_rate",
+        "op": ">=",
+        "target": 2000.0,
+        "size": {"devices": 200000, "nodes": 12, "shared_ports": True, "backend": "memcached"},
+    },
+    {
+        "name": "devices not answering after the ramp",
+        "scenario": "connect",
+        "metric": "not_answering",
+        "op": "<=",
+        "target": 0,
+        "size": {},
+    },
+    {
+        "name": "verify PUTs not delivered",
+        "scenario": "connect",
+        "mode": "verify",
+        "metric": "verify.undelivered",
+        "op": "<=",
+        "target": 0,
+        "size": {},
+    },
 ]
 
 
@@ -101,7 +130,7 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     for t in TARGETS:
         if t["scenario"] != result.get("scenario"):
             continue
-        if t.get("mode") and t["mode"] != params.get("mode"):
+        if "mode" in t and (t["mode"] or None) != (params.get("mode") or None):
             continue
         value = metric_value(result.get("metrics", {}), t["metric"])
         if value is None:
@@ -125,8 +154,8 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _size_ok(result: dict[str, Any], params: dict[str, Any], key: str, want: Any) -> bool:
-    """Numbers: the run was at least that big; strings (backend): equal."""
+    """Numbers: the run was at least that big; strings (backend) and flags: equal."""
     have = result.get("backend") if key == "backend" else params.get(key)
-    if isinstance(want, str) or key == "rate":
-        return bool(have == want)
+    if isinstance(want, (str, bool)) or key == "rate":
+        return bool((have or False) == want) if isinstance(want, bool) else bool(have == want)
     return isinstance(have, (int, float)) and bool(have >= want)

@@ -1,4 +1,5 @@
-"""The bench's measuring tools: memcached stats, the scenario registry, the summary columns.
+"""The bench's measuring tools: memcached stats, the run layout, the scenario registry,
+the summary columns and cluster shared ports.
 
 Pure parts only: no server or memcached is started (``bench.mcstats``
 takes its snapshots through an injected function here).
@@ -9,10 +10,20 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import tempfile
+import tomllib
 import unittest
 from typing import Any
 
 from bench.__main__ import build_parser
+from bench.layout import (
+    DEFAULT_SOURCE_IPS,
+    GEN_RESERVE_FDS,
+    LayoutError,
+    node_share,
+    plan_layout,
+    port_range_size,
+)
 from bench.mcstats import (
     McSnapshot,
     MemcachedMeter,
@@ -23,12 +34,16 @@ from bench.mcstats import (
     summarize_deltas,
 )
 from bench.registry import (
+    PRESETS,
     SCENARIOS,
+    http_connections,
     scenario_names,
     scenario_params,
 )
 from bench.results import HEADLINES, SCENARIO_METRICS, markdown_table, summary_rows
-from bench.runner import check_nodes
+from bench.runner import _strict_problems, check_nodes
+from bench.server import cluster_node_config, render_config
+from bench.targets import check_targets
 from tests.test_bench import sample_result
 
 STATS = (
@@ -108,21 +123,77 @@ class McStatsTests(unittest.TestCase):
         self.assertIsNone(proc_reads(None))
 
 
+class LayoutTests(unittest.TestCase):
+    LIMITS: dict[str, Any] = {"gen_fd_limit": 20000, "server_fd_limit": 20000}
+
+    def plan(self, devices: int, **kw: Any) -> Any:
+        return plan_layout(devices, ports_per_ip=28232, **{**self.LIMITS, **kw})
+
+    def test_small_run_keeps_the_old_defaults(self) -> None:
+        lay = self.plan(50, http_conns=8)
+        self.assertEqual((lay.procs, lay.source_ips), (1, DEFAULT_SOURCE_IPS))
+        self.assertEqual(self.plan(19500).procs, 2)  # 15,000 devices per process at most
+
+    def test_cluster_target_layout(self) -> None:
+        """200,000 devices on 12 nodes sharing the ports: every budget holds."""
+        lay = self.plan(200000, nodes=12, shared_ports=True, http_conns=128)
+        self.assertEqual(lay.procs, 14)
+        self.assertLessEqual(lay.fds_per_proc, 20000)
+        self.assertEqual(lay.source_ips % lay.procs, 0)  # one slice of addresses per worker
+        self.assertLessEqual(lay.sockets_per_ip, int(28232 * 0.75))
+        self.assertGreater(lay.sockets_per_node, 200000 // 12)
+        self.assertLessEqual(lay.sockets_per_node, 20000)
+
+    def test_refusals_name_the_budget(self) -> None:
+        cases = [
+            ({"nodes": 1}, "open files per server process", "--nodes 11"),
+            ({"nodes": 12, "procs": 2}, "open files per generator process", "--procs 11"),
+            ({"nodes": 12, "source_ips": 2}, "ephemeral ports", "--source-ips 14"),
+        ]
+        for kw, cause, fix in cases:
+            with self.assertRaises(LayoutError) as cm:
+                self.plan(200000, shared_ports=True, http_conns=128, **kw)
+            self.assertIn(cause, str(cm.exception), kw)
+            self.assertIn(fix, str(cm.exception), kw)
+
+    def test_server_limit_ignored_for_a_foreign_target(self) -> None:
+        lay = self.plan(30000, check_server=False)
+        self.assertEqual(lay.procs, 2)
+
+    def test_generator_room_shrinks_with_http_connections(self) -> None:
+        # churn: one HTTP connection per device, so a process holds half the devices.
+        lay = self.plan(12000, http_conns=12000, check_server=False)
+        self.assertEqual(lay.procs, 2)  # 12,000 devices alone would fit one process
+        self.assertLessEqual(lay.fds_per_proc, 20000)
+        with self.assertRaises(LayoutError):
+            self.plan(100, gen_fd_limit=GEN_RESERVE_FDS)
+
+    def test_node_share(self) -> None:
+        self.assertEqual(node_share(3000, 3, hashed=False), 1000)
+        hashed = node_share(3000, 3, hashed=True)
+        self.assertGreater(hashed, 1000)
+        self.assertLess(hashed, 1200)
+        self.assertEqual(node_share(500, 1, hashed=True), 500)
+
+    def test_port_range_size(self) -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".range", delete=False) as f:
+            f.write("32768\t60999\n")
+        try:
+            self.assertEqual(port_range_size(f.name), 28232)
+        finally:
+            os.unlink(f.name)
+        self.assertEqual(port_range_size("/nonexistent/range"), 28232)
+
+
 class RegistryTests(unittest.TestCase):
     def _args(self, *extra: str) -> argparse.Namespace:
         return build_parser().parse_args(["run", *extra])
 
-    def test_all_and_unknown(self) -> None:
+    def test_all_leaves_out_the_cluster_scenario(self) -> None:
         self.assertEqual(scenario_names("all"), ["connect", "notify", "notify-rate", "churn"])
-        self.assertEqual(scenario_names("churn,connect,churn"), ["churn", "connect"])
+        self.assertEqual(scenario_names("churn,connect-verify,churn"), ["churn", "connect-verify"])
         with self.assertRaises(SystemExit):
             scenario_names("webpush")
-
-    def test_memcached_goes_with_target(self) -> None:
-        check_nodes(self._args("--target", "ws://127.0.0.1:1/", "--memcached", "127.0.0.1:2"))
-        with self.assertRaises(SystemExit) as cm:
-            check_nodes(self._args("--backend", "memcached", "--memcached", "127.0.0.1:1"))
-        self.assertIn("--target", str(cm.exception.code))
 
     def test_every_spec_is_complete(self) -> None:
         for spec in SCENARIOS.values():
@@ -132,10 +203,56 @@ class RegistryTests(unittest.TestCase):
             for dest in spec.options.values():
                 self.assertTrue(hasattr(self._args(), dest), f"{spec.name}: --{dest}")
 
+    def test_connect_verify_params(self) -> None:
+        p = scenario_params(self._args("--tiny", "--devices", "300"), "connect-verify")
+        self.assertEqual((p["devices"], p["mode"], p["verify_puts"]), (300, "verify", True))
+        self.assertEqual(PRESETS["full"]["connect-verify"]["devices"], 200000)
+        self.assertNotIn("mode", scenario_params(self._args(), "connect"))
+
     def test_rate_keeps_its_own_inflight(self) -> None:
         p = scenario_params(self._args("--inflight", "7"), "notify-rate")
         self.assertEqual(p["inflight"], 64)  # --inflight is the saturated run's
         self.assertEqual(scenario_params(self._args("--inflight", "7"), "notify")["inflight"], 7)
+
+    def test_http_connections(self) -> None:
+        p = {"devices": 100, "inflight": 32, "mode": "saturated"}
+        self.assertEqual(http_connections("notify", p, 1, False), 32)
+        self.assertEqual(http_connections("notify", p, 4, False), 128)  # one per slot and node
+        self.assertEqual(http_connections("notify", p, 4, True), 32)
+        self.assertEqual(http_connections("churn", {"devices": 100}, 1, False), 100)
+        self.assertEqual(http_connections("connect", {"devices": 100}, 1, False), 0)
+
+
+class SharedPortsTests(unittest.TestCase):
+    def _args(self, *extra: str) -> argparse.Namespace:
+        return build_parser().parse_args(["run", *extra])
+
+    def test_checks(self) -> None:
+        check_nodes(self._args("--backend", "memcached", "--nodes", "3", "--shared-ports"))
+        with self.assertRaises(SystemExit) as cm:
+            check_nodes(self._args("--backend", "memcached", "--shared-ports"))
+        self.assertIn("--nodes", str(cm.exception.code))
+        with self.assertRaises(SystemExit) as cm:
+            check_nodes(self._args("--backend", "memcached", "--memcached", "127.0.0.1:1"))
+        self.assertIn("--target", str(cm.exception.code))
+
+    def test_shared_config_passes_the_server_checks(self) -> None:
+        from pushtwisted.config import parse_config
+        from pushtwisted.tokens import generate_key
+
+        cfg = cluster_node_config(4001, "s" * 32, generate_key(), "bench-x:", shared_ports=True)
+        base = {
+            "websocket": {"listen": "tcp:1:interface=127.0.0.1"},
+            "endpoint": {"listen": "tcp:2:interface=127.0.0.1", "public_url": "http://x:2"},
+            "storage": {"backend": "memcached", "servers": ["127.0.0.1:3"]},
+        }
+        for name, table in base.items():
+            cfg[name] = {**table, **cfg.get(name, {})}
+        conf = parse_config(tomllib.loads(render_config(cfg)), environ={})
+        self.assertTrue(conf.websocket.reuse_port)
+        self.assertTrue(conf.endpoint.reuse_port)
+        plain = cluster_node_config(4001, "s" * 32, "k", "p:")
+        self.assertNotIn("websocket", plain)
 
 
 def _with(r: dict[str, Any], **metrics: Any) -> dict[str, Any]:
@@ -170,6 +287,51 @@ class SummaryColumnTests(unittest.TestCase):
         md = markdown_table([sample_result()])
         self.assertNotIn("mc ops/notif", md)
         self.assertNotIn("memcached per delivered unit", md)
+
+    def test_shared_ports_rows_apart(self) -> None:
+        plain = sample_result(backend="memcached", nodes=3)
+        shared = sample_result(backend="memcached", nodes=3)
+        shared["params"] = {**shared["params"], "nodes": 3, "shared_ports": True}
+        rows = summary_rows([plain, shared])
+        self.assertEqual(sorted(r["shared_ports"] for r in rows), [False, True])
+        self.assertIn("| memcached | 3 shared | saturated |", markdown_table([plain, shared]))
+
+
+class TargetTests(unittest.TestCase):
+    def _connect(self, mode: str | None, **params: Any) -> dict[str, Any]:
+        p = {"devices": 200000, "hold": 10.0, "nodes": 12, **params}
+        if mode:
+            p["mode"] = mode
+        return sample_result(
+            scenario="connect",
+            backend="memcached",
+            params=p,
+            metrics={"connected": 200000, "connect_rate": 2100.0, "not_answering": 0},
+        )
+
+    def test_cluster_target_needs_its_size(self) -> None:
+        t = {x["name"]: x for x in check_targets(self._connect("verify", shared_ports=True))}
+        cluster = t["cluster connections/s (12 nodes, shared ports)"]
+        self.assertTrue(cluster["met"])
+        self.assertTrue(cluster["at_target_size"])
+        self.assertNotIn("connection rate (/s)", t)  # the single-server target is connect's
+        t2 = {x["name"]: x for x in check_targets(self._connect("verify"))}
+        self.assertFalse(t2["cluster connections/s (12 nodes, shared ports)"]["at_target_size"])
+        plain = {x["name"] for x in check_targets(self._connect(None))}
+        self.assertIn("connection rate (/s)", plain)
+        self.assertNotIn("cluster connections/s (12 nodes, shared ports)", plain)
+
+    def test_strict_flags_silent_devices(self) -> None:
+        r = self._connect("verify")
+        r["metrics"] = {"not_answering": 3, "verify": {"undelivered": 2}}
+        problems = _strict_problems(r)
+        self.assertTrue(any("3 devices not answering" in p for p in problems))
+        self.assertTrue(any("2 verify PUTs" in p for p in problems))
+        not_met = [t for t in check_targets(r) if not t["met"]]
+        self.assertEqual(
+            {t["name"] for t in not_met},
+            {"devices not answering after the ramp", "verify PUTs not delivered"},
+        )
 
 
 if __name__ == "__main__":
