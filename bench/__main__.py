@@ -1,4 +1,4 @@
-"""``python -m bench run|serve|summary ...``.  See bench/README.md."""
+"""``python -m bench run|profile|serve|summary ...``.  See bench/README.md."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ __all__ = [
 
 
 def add_run_options(run: argparse.ArgumentParser) -> None:
-    """The options of ``run``."""
+    """The options of ``run`` (``profile`` takes the same ones)."""
     run.add_argument("--backend", default="memory", choices=["memory", "sqlite", "memcached"])
     run.add_argument(
         "--nodes",
@@ -198,10 +198,13 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bench.profiler import add_profile_parser
+
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start a server, run scenarios, write results")
     add_run_options(run)
+    add_profile_parser(sub, add_run_options)
 
     serve = sub.add_parser(
         "serve", help="start a bench-configured server and keep it up (for --target, py-spy)"
@@ -282,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(cmd_run(args))
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command == "profile":
+        from bench.profiler import cmd_profile
+
+        return asyncio.run(cmd_profile(args))
     return cmd_summary(args)
 
 

@@ -1,7 +1,7 @@
 """What a scenario measures besides the generator's own samples: the target, CPU, RSS.
 
 ``Target`` is where the server under test listens (and its PIDs, its
-memcached);
+memcached, a hook called when a measured phase starts and ends);
 ``ServerMeter`` takes the server's CPU seconds and the machine's busy time
 over a phase; ``memcached_meter`` the memcached counters (``bench.mcstats``).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +49,18 @@ class Target:
     #: before and after each phase (``metrics.memcached``).
     memcached: tuple[str, int] | None = None
     memcached_pid: int | None = None
+    #: Called as ``phase_hook(target, phase, started)`` when a measured phase
+    #: (``connect``, ``notify``, ``churn``) starts (True) and ends (False): the
+    #: profiler (``python -m bench profile``) records exactly that span.
+    phase_hook: Callable[[Target, str, bool], None] | None = None
 
     def all_pids(self) -> list[int]:
         return list(self.pids) or ([self.pid] if self.pid else [])
+
+    def phase(self, name: str, started: bool) -> None:
+        """Tell the hook (if any) that the measured phase ``name`` starts or ends."""
+        if self.phase_hook is not None:
+            self.phase_hook(self, name, started)
 
 
 def memcached_meter(target: Target) -> MemcachedMeter | None:

@@ -273,6 +273,7 @@ async def _run_one(
             file=sys.stderr,
             flush=True,
         )
+        target.phase_hook = getattr(args, "phase_hook", None)
         async with asyncio.timeout(args.max_seconds):
             out = await SCENARIOS[name].run(target, gen, p)
     except TimeoutError:
@@ -328,6 +329,9 @@ async def _run_one(
     }
     if error:
         result["error"] = error
+    hook = getattr(args, "phase_hook", None)
+    if hook is not None and hasattr(hook, "describe"):
+        result["profile"] = hook.describe()
     result["targets"] = check_targets(result)
     series = out.get("series", {})
     result["histograms"] = {k: histogram(v) for k, v in series.items() if v}

@@ -61,8 +61,13 @@ async def _connect(
     n: int,
     label: str,
     target: Target,
+    measured: bool = False,
 ) -> dict[str, Any]:
-    """Open ``n`` devices over the group; merged connect metrics (memcached's per connection)."""
+    """Open ``n`` devices over the group; merged connect metrics.
+
+    ``measured``: the phase is the scenario's figure (connect), so the phase
+    hook is told; memcached's counters are taken either way (per connection).
+    """
     procs = len(group.workers)
     counts = split(n, procs)
     conc = split(max(gen.concurrency, procs), procs)
@@ -77,10 +82,16 @@ async def _connect(
         }
         for c, k in zip(counts, conc, strict=True)
     ]
+    if measured:
+        target.phase("connect", True)
     meter = ServerMeter(target.all_pids())
     mc = memcached_meter(target)
-    async with Progress(group, label, n, gen.progress_interval):
-        res = await group.call("connect", args)
+    try:
+        async with Progress(group, label, n, gen.progress_interval):
+            res = await group.call("connect", args)
+    finally:
+        if measured:
+            target.phase("connect", False)
     elapsed = max(r["t_end"] for r in res) - min(r["t_start"] for r in res)
     ok = sum(r["ok"] for r in res)
     lat = {
@@ -261,7 +272,7 @@ async def run_connect(target: Target, gen: GenOptions, p: dict[str, Any]) -> dic
     try:
         await asyncio.sleep(0.5)
         rss0 = server_rss(target)
-        m = await _connect(group, gen, n, "connect", target)
+        m = await _connect(group, gen, n, "connect", target, measured=True)
         rss_connected = server_rss(target)
         hold = float(p.get("hold", 5.0))
         if hold > 0:
@@ -358,9 +369,19 @@ async def run_notify(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict
         conn, host, port, have, total_have = await _connect_all(
             group, gen, c, "notify:connect", target
         )
-        pm, fails, lat = await _put_phase(
-            group, gen, target, (host, port), have, p, f"notify:{'rate' if rate else 'saturated'}"
-        )
+        target.phase("notify", True)
+        try:
+            pm, fails, lat = await _put_phase(
+                group,
+                gen,
+                target,
+                (host, port),
+                have,
+                p,
+                f"notify:{'rate' if rate else 'saturated'}",
+            )
+        finally:
+            target.phase("notify", False)
         m = {"devices": total_have, "connect": conn, **pm, "rss_kb": server_rss(target)}
         return {
             "metrics": m,
@@ -397,10 +418,14 @@ async def run_churn(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict[
             }
             for i in range(len(group.workers))
         ]
+        target.phase("churn", True)
         meter = ServerMeter(target.all_pids())
         mc = memcached_meter(target)
-        async with Progress(group, "churn", cycles, gen.progress_interval):
-            res = await group.call("churn", args)
+        try:
+            async with Progress(group, "churn", cycles, gen.progress_interval):
+                res = await group.call("churn", args)
+        finally:
+            target.phase("churn", False)
         errs = [r["error"] for r in res if r.get("error")]
         if errs:
             raise RuntimeError("; ".join(errs))

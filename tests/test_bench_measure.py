@@ -1,7 +1,7 @@
 """The bench's measuring tools: memcached stats, the run layout, the scenario registry,
-the summary columns and cluster shared ports.
+the summary columns, cluster shared ports and the profile digest.
 
-Pure parts only: no server or memcached is started (``bench.mcstats``
+Pure parts only: no server, memcached or py-spy is started (``bench.mcstats``
 takes its snapshots through an injected function here).
 """
 
@@ -32,6 +32,14 @@ from bench.mcstats import (
     per_unit,
     proc_reads,
     summarize_deltas,
+)
+from bench.profiler import (
+    Profiler,
+    parse_collapsed,
+    speedscope,
+    thread_group,
+    top_frames,
+    top_markdown,
 )
 from bench.registry import (
     PRESETS,
@@ -332,6 +340,80 @@ class TargetTests(unittest.TestCase):
             {t["name"] for t in not_met},
             {"devices not answering after the ramp", "verify PUTs not delivered"},
         )
+
+
+RAW = [
+    "thread (0x1): MainThread;run (twisted/internet/base.py:1318);"
+    "doIteration (epollreactor.py:212);render (pushtwisted/web/endpoint.py:80) 30",
+    "thread (0x1): MainThread;run (twisted/internet/base.py:1318);"
+    "doIteration (epollreactor.py:215) 10",
+    "thread (0x2): PoolThread-storage-1;work (threadpool.py:9);gets (pymemcache/base.py:5) 6",
+    "thread (0x3): PoolThread-storage-2;work (threadpool.py:9);cas (pymemcache/base.py:7) 3",
+    "thread (0x2);work (threadpool.py:9);gets (pymemcache/base.py:5) 1",
+    "garbage line without a count",
+]
+
+
+class ProfileTests(unittest.TestCase):
+    def test_parse_collapsed(self) -> None:
+        stacks = parse_collapsed(RAW)
+        self.assertEqual(len(stacks), 5)
+        self.assertEqual(sum(s.count for s in stacks), 50)
+        self.assertEqual(stacks[0].thread_name, "MainThread")
+        self.assertEqual(stacks[0].frames[-1], "render (pushtwisted/web/endpoint.py:80)")
+        self.assertEqual(stacks[4].thread_name, "PoolThread-storage-1")  # torn: name borrowed
+
+    def test_thread_group(self) -> None:
+        self.assertEqual(thread_group("PoolThread-storage-10", "0x9"), "PoolThread-storage-*")
+        self.assertEqual(thread_group("MainThread", "0x1"), "MainThread")
+        self.assertEqual(thread_group("", "0x9"), "thread 0x9")
+
+    def test_top_frames(self) -> None:
+        top = top_frames(parse_collapsed(RAW))
+        self.assertEqual(top["samples"], 50)
+        main, pool = top["groups"]
+        self.assertEqual((main["group"], main["samples"], main["threads"]), ("MainThread", 40, 1))
+        self.assertEqual(pool["threads"], 2)
+        # lines of one function are one entry; self: the leaf, total: anywhere in the stack
+        self.assertEqual(main["self"][0][:2], ("render (pushtwisted/web/endpoint.py)", 30))
+        self.assertIn(("doIteration (epollreactor.py)", 40, 0.8), main["total"])
+        self.assertEqual(pool["self"][0][:2], ("gets (pymemcache/base.py)", 7))
+        md = top_markdown(top, "t")
+        self.assertIn("| PoolThread-storage-* | 2 | 10 | 20.0% |", md)
+
+    def test_speedscope(self) -> None:
+        doc = speedscope(parse_collapsed(RAW), "x")
+        self.assertIn("$schema", doc)
+        frames = doc["shared"]["frames"]
+        names = [f["name"] for f in frames]
+        self.assertEqual(len(names), len(set(map(str, frames))))  # each frame once
+        self.assertEqual(sum(sum(p["weights"]) for p in doc["profiles"]), 50)
+        main = doc["profiles"][0]
+        self.assertEqual(main["endValue"], 40)
+        self.assertEqual(frames[main["samples"][0][-1]]["line"], 80)
+        self.assertEqual(len(main["samples"]), len(main["weights"]))
+
+    def test_command_flags(self) -> None:
+        from pathlib import Path
+
+        cmd = Profiler("py-spy", Path("/tmp/x")).command(7, Path("/tmp/x/p.txt"))
+        self.assertEqual(cmd[:3], ["py-spy", "record", "-p"])
+        self.assertIn("--gil", cmd)
+        self.assertIn("--threads", cmd)
+        self.assertNotIn("--nonblocking", cmd)
+        other = Profiler("py-spy", Path("/tmp/x"), gil=False, nonblocking=True, idle=True)
+        cmd2 = other.command(7, Path("/tmp/x/p.txt"))
+        self.assertNotIn("--gil", cmd2)
+        self.assertIn("--nonblocking", cmd2)
+        self.assertIn("--idle", cmd2)
+
+    def test_profile_takes_the_run_options(self) -> None:
+        args = build_parser().parse_args(
+            ["profile", "--backend", "memcached", "--scenario", "notify", "--all-threads"]
+        )
+        self.assertTrue(args.all_threads)
+        self.assertEqual(args.sample_rate, 100)
+        self.assertEqual(scenario_params(args, "notify")["mode"], "saturated")
 
 
 if __name__ == "__main__":
