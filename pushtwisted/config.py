@@ -2,9 +2,10 @@
 
 ``load_config(path)`` reads a TOML file (or nothing, for the defaults),
 applies ``SIMPLEPUSH_<SECTION>_<KEY>`` environment variables on top, and
-validates every value.  Unknown sections or keys and values of the wrong type
-or range raise ``ConfigError`` naming the key.  ``config.sample.toml``
-documents every key with its default.
+validates every value.  Unknown sections or keys (in the file or in a
+``SIMPLEPUSH_*`` variable) and values of the wrong type or range raise one
+``ConfigError`` that lists every problem found, each naming its key.
+``config.sample.toml`` documents every key with its default.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pushtwisted._config_checks import (
+    did_you_mean,
+    http_url_problem,
+    keys_problem,
+    origins_problem,
+)
 from pushtwisted.errors import ConfigError
 
 __all__ = [
@@ -48,9 +55,13 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be > 0"
 
 
-def _check(check: Callable[[Any], str | None]) -> Any:
-    """Attach a validation function to a dataclass field (via metadata)."""
-    return {"check": check}
+def _check(check: Callable[[Any], str | None] | None = None, *, secret: bool = False) -> Any:
+    """Field metadata: a validation function, and whether the value is a secret.
+
+    A secret value is never repeated in an error, and is masked when the
+    effective configuration is printed (``pushtwisted.config_toml``).
+    """
+    return {"check": check, "secret": secret}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,7 +70,7 @@ class WebSocketConfig:
 
     listen: str = "tcp:8080:interface=127.0.0.1"
     #: Allowed ``Origin`` values (scheme://host[:port]); empty allows all.
-    origins: list[str] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list, metadata=_check(origins_problem))
     #: Seconds between WebSocket ping frames to find dead peers; 0 = off.
     auto_ping_interval: float = field(default=300.0, metadata=_check(_nonneg))
     #: Seconds to wait for the pong before dropping the peer.
@@ -82,7 +93,7 @@ class EndpointConfig:
 
     listen: str = "tcp:8081:interface=127.0.0.1"
     #: Base URL of every pushEndpoint: ``{public_url}/update/{token}``.
-    public_url: str = "http://127.0.0.1:8081"
+    public_url: str = field(default="http://127.0.0.1:8081", metadata=_check(http_url_problem))
     #: Largest ``data`` in bytes; larger is answered 413.
     max_data: int = field(default=4096, metadata=_check(_nonneg))
     #: Largest request body in bytes; larger is answered 413 before it is read.
@@ -204,7 +215,7 @@ class StorageConfig:
 class CryptoConfig:
     """``[crypto]``: endpoint token keys (the first issues, all are accepted)."""
 
-    keys: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list, metadata=_check(keys_problem, secret=True))
 
 
 #: Shortest ``[router] secret`` accepted.
@@ -227,7 +238,7 @@ class RouterConfig:
     #: This node's router URL as the other nodes reach it (``http://host:port``).
     public_url: str = ""
     #: The shared secret that signs node-to-node requests (the same on every node).
-    secret: str = ""
+    secret: str = field(default="", metadata=_check(secret=True))
     #: Seconds one node-to-node request may take (then the app server gets 202).
     timeout: float = field(default=2.0, metadata=_check(_positive))
     #: Seconds a signed request's timestamp may differ from this node's clock.
@@ -241,19 +252,18 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if not self.enabled:
             return
+        problems = []
         if len(self.secret) < MIN_ROUTER_SECRET:
-            raise ConfigError(
+            problems.append(
                 f"router.secret: must be at least {MIN_ROUTER_SECRET} characters"
                 " when router.listen is set"
             )
-        url = self.public_url.strip()
-        if not url:
-            raise ConfigError("router.public_url: must be set when router.listen is set")
-        scheme, sep, rest = url.partition("://")
-        if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
-            raise ConfigError(
-                f"router.public_url: must be an http:// or https:// URL, got {self.public_url!r}"
-            )
+        if not self.public_url.strip():
+            problems.append("router.public_url: must be set when router.listen is set")
+        elif problem := http_url_problem(self.public_url):
+            problems.append(f"router.public_url: {problem}, got {self.public_url!r}")
+        if problems:
+            raise ConfigError(*problems)
 
 
 def _log_level_problem(level: str) -> str | None:
@@ -299,8 +309,11 @@ def _type_name(tp: Any) -> str:
     )
 
 
-def _coerce(key: str, tp: Any, value: object) -> object:
-    """Check ``value`` against the annotated type ``tp``; return it (ints widen to float)."""
+def _coerce(tp: Any, value: object) -> object:
+    """Check ``value`` against the annotated type ``tp``; return it (ints widen to float).
+
+    :raises ValueError: saying which type was expected.
+    """
     if typing.get_origin(tp) is list:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
@@ -316,11 +329,19 @@ def _coerce(key: str, tp: Any, value: object) -> object:
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r}")
+    raise ValueError(f"must be {_type_name(tp)}")
 
 
-def _from_env_string(key: str, tp: Any, raw: str) -> object:
-    """Parse an environment variable's text as the type ``tp``."""
+def _got(value: object, secret: bool) -> str:
+    """Return ``", got <value>"`` for an error message; nothing for a secret."""
+    return "" if secret else f", got {value!r}"
+
+
+def _from_env_string(var: str, tp: Any, raw: str, secret: bool) -> object:
+    """Parse an environment variable's text as the type ``tp``.
+
+    :raises ConfigError: naming the variable, when the text is not of that type.
+    """
     if typing.get_origin(tp) is list:
         return [part.strip() for part in raw.split(",") if part.strip()]
     if tp is bool:
@@ -329,50 +350,80 @@ def _from_env_string(key: str, tp: Any, raw: str) -> object:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{key}: must be a boolean, got {raw!r}")
+        raise ConfigError(f"{var}: must be a boolean{_got(raw, secret)}")
     if tp is int or tp is float:
         try:
             return tp(raw.strip())
         except ValueError:
-            raise ConfigError(f"{key}: must be {_type_name(tp)}, got {raw!r}") from None
+            raise ConfigError(f"{var}: must be {_type_name(tp)}{_got(raw, secret)}") from None
     return raw
 
 
-def _build_section(name: str, cls: type[_T], table: Mapping[str, object]) -> _T:
+def _build_section(
+    name: str, cls: type[_T], table: Mapping[str, object], problems: list[str]
+) -> _T | None:
+    """Return the section built from ``table``, or None after adding its problems."""
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in table:
-        if key not in known:
-            raise ConfigError(f"{name}.{key}: unknown key")
+    found = len(problems)
     values: dict[str, object] = {}
     for key, value in table.items():
         path = f"{name}.{key}"
-        coerced = _coerce(path, hints[key], value)
+        if key not in known:
+            problems.append(f"{path}: unknown key{did_you_mean(key, known)}")
+            continue
+        secret = bool(known[key].metadata.get("secret"))
+        try:
+            coerced = _coerce(hints[key], value)
+        except ValueError as e:
+            problems.append(f"{path}: {e}{_got(value, secret)}")
+            continue
         check = known[key].metadata.get("check")
-        if check is not None:
-            problem = check(coerced)
-            if problem:
-                raise ConfigError(f"{path}: {problem}, got {value!r}")
+        problem = check(coerced) if check is not None else None
+        if problem:
+            problems.append(f"{path}: {problem}{_got(value, secret)}")
+            continue
         values[key] = coerced
-    return cls(**values)
+    if len(problems) > found:
+        return None  # the checks across keys would only repeat these problems
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        problems.extend(e.problems)
+        return None
 
 
 def _env_overrides(
-    environ: Mapping[str, str], sections: Mapping[str, type]
+    environ: Mapping[str, str], sections: Mapping[str, type], problems: list[str]
 ) -> dict[str, dict[str, object]]:
+    """Return ``{section: {key: value}}`` from every ``SIMPLEPUSH_*`` variable.
+
+    Every variable with the prefix (any case) must name a known section and
+    key; each one that does not, or whose text is not of the key's type,
+    adds a problem naming the variable.
+    """
     overrides: dict[str, dict[str, object]] = {}
-    for var, raw in environ.items():
+    for var in sorted(environ):
         if not var.upper().startswith(ENV_PREFIX):
             continue
-        rest = var[len(ENV_PREFIX) :].lower()
-        section, _, key = rest.partition("_")
+        section, _, key = var[len(ENV_PREFIX) :].lower().partition("_")
         if section not in sections:
+            problems.append(
+                f'{var}: unknown section "{section}"{did_you_mean(section, sections)};'
+                " variables are named SIMPLEPUSH_<SECTION>_<KEY>"
+            )
             continue
         cls = sections[section]
-        hints = typing.get_type_hints(cls)
-        if key not in hints:
-            raise ConfigError(f"{var}: unknown key {section}.{key}")
-        overrides.setdefault(section, {})[key] = _from_env_string(var, hints[key], raw)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if key not in fields:
+            problems.append(f"{var}: unknown key {section}.{key}{did_you_mean(key, fields)}")
+            continue
+        secret = bool(fields[key].metadata.get("secret"))
+        tp = typing.get_type_hints(cls)[key]
+        try:
+            overrides.setdefault(section, {})[key] = _from_env_string(var, tp, environ[var], secret)
+        except ConfigError as e:
+            problems.extend(e.problems)
     return overrides
 
 
@@ -381,20 +432,25 @@ def parse_config(
 ) -> Config:
     """Build a ``Config`` from a parsed TOML document plus environment overrides.
 
-    :raises ConfigError: naming the key, on any unknown key or bad value.
+    :raises ConfigError: listing every unknown section, key or variable and
+        every bad value, each naming its key (or variable).
     """
+    problems: list[str] = []
     sections = _sections()
     for name, table in document.items():
         if name not in sections:
-            raise ConfigError(f"{name}: unknown section")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{name}: must be a table")
-    overrides = _env_overrides(os.environ if environ is None else environ, sections)
+            problems.append(f"{name}: unknown section{did_you_mean(name, sections)}")
+        elif not isinstance(table, dict):
+            problems.append(f"{name}: must be a table")
+    overrides = _env_overrides(os.environ if environ is None else environ, sections, problems)
     built: dict[str, object] = {}
     for name, cls in sections.items():
-        table = dict(typing.cast(Mapping[str, object], document.get(name, {})))
+        given = document.get(name)
+        table = dict(given) if isinstance(given, dict) else {}
         table.update(overrides.get(name, {}))
-        built[name] = _build_section(name, cls, table)
+        built[name] = _build_section(name, cls, table, problems)
+    if problems:
+        raise ConfigError(*problems)
     return Config(**built)  # type: ignore[arg-type]
 
 

@@ -28,7 +28,18 @@ class PushError(Exception):
 
 
 class ConfigError(PushError):
-    """The configuration is invalid; the message names the TOML key path."""
+    """The configuration is invalid; each problem names its TOML key path.
+
+    ``ConfigError(*problems)`` carries every problem found, one line each;
+    ``str()`` joins them with newlines.
+    """
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__(*problems)
+        self.problems: tuple[str, ...] = problems
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
 
 
 class InvalidToken(PushError):

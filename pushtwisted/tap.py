@@ -409,8 +409,8 @@ def _after_startup() -> None:
 def makeService(options: Options) -> MultiService:
     """Load the configuration named by ``options`` and build the service (twistd hook).
 
-    A configuration error ends the process with status 1 and ``error: <message>``
-    on stderr, without a traceback.
+    A configuration error ends the process with status 1 and one ``error:
+    <message>`` line per problem on stderr, without a traceback.
     """
     try:
         config = load_config(options["config"])
@@ -419,7 +419,7 @@ def makeService(options: Options) -> MultiService:
 
         service = build_service(config, reactor)
     except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit("\n".join(f"error: {problem}" for problem in e.problems)) from None
     reactor.addSystemEventTrigger("after", "startup", _exit_cleanly_on_signals, reactor)
     reactor.addSystemEventTrigger("after", "startup", _after_startup)
     return service

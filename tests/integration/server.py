@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -23,7 +23,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import pushtwisted
 
-__all__ = ["ServerProcess", "free_ports", "twistd_command", "toml_document", "child_env"]
+__all__ = [
+    "ServerProcess",
+    "child_env",
+    "free_ports",
+    "run_command",
+    "toml_document",
+    "twistd_command",
+]
 
 # The directory that holds the ``pushtwisted`` package the tests import (the
 # repository root, or site-packages).  It also holds ``twisted/plugins``, so
@@ -81,6 +88,24 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def run_command(
+    command: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in ``cwd`` to its end (at most 60 s) with ``child_env(env)``.
+
+    :returns: the result, with stdout and stderr as text.
+    """
+    return subprocess.run(
+        list(command),
+        cwd=cwd,
+        env=child_env(env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _toml_value(value: object) -> str:

@@ -23,7 +23,7 @@ import websocket
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.ids import is_valid_id
-from tests.integration.server import ServerProcess, child_env, twistd_command
+from tests.integration.server import ServerProcess, run_command, twistd_command
 
 TIMEOUT = 5.0
 
@@ -328,15 +328,7 @@ class CommandLineTests(SynchronousTestCase):
     """The commands an operator types: help, and a bad config file."""
 
     def run_command(self, command: list[str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            command,
-            cwd=self.mktemp_dir(),
-            env=child_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_command(command, self.mktemp_dir())
 
     def mktemp_dir(self) -> Path:
         path = Path(self.mktemp()).resolve()
