@@ -30,9 +30,12 @@ Log the hash yourself (``uaid_hash=uaid_hash(uaid)``) where you can.
 
 **Levels.**  ``json_observer()`` drops events below the process log level,
 ``info`` by default; ``set_log_level("debug")`` (called by the service maker
-from ``[logging] level``) changes it, before or after twistd built the
+from ``[server] log_level``) changes it, before or after twistd built the
 observer.  ``make_log_filter`` and ``filtered_observer`` do the same for any
-other observer.
+other observer.  ``filter_observers_at_begin()`` (also called by the service
+maker) puts the process level in front of the observers twistd starts
+logging to, so that it applies to every event, Twisted's and Autobahn's
+included, whichever observer twistd was given (its default text one too).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import json
 import math
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -50,12 +53,14 @@ from twisted.logger import (
     FilteringLogObserver,
     ILogFilterPredicate,
     ILogObserver,
+    LogBeginner,
     LogEvent,
     Logger,
     LoggingFile,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
+    globalLogBeginner,
     globalLogPublisher,
     textFileLogObserver,
 )
@@ -64,6 +69,7 @@ from zope.interface import implementer
 
 __all__ = [
     "LOG_LEVELS",
+    "filter_observers_at_begin",
     "filtered_observer",
     "json_observer",
     "make_log_filter",
@@ -164,6 +170,35 @@ def set_log_level(level: str) -> None:
     :raises ValueError: for an unknown level.
     """
     _process_filter.setLogLevelForNamespace("", _level(level))
+
+
+def filter_observers_at_begin(beginner: LogBeginner | None = None) -> None:
+    """Make the observers ``beginner`` begins logging to next honour the process level.
+
+    twistd builds its observer (``--logger``, ``--logfile`` or its default
+    text one, which writes every level) after the service maker ran, and
+    hands it to ``globalLogBeginner.beginLoggingTo``.  This wraps that one
+    call so that each observer it is given is behind the process-level
+    filter (see ``set_log_level``); the call after it is not wrapped.
+
+    :param beginner: by default Twisted's global ``LogBeginner``.
+    """
+    target = globalLogBeginner if beginner is None else beginner
+    begin = target.beginLoggingTo
+
+    def begin_filtered(
+        observers: Iterable[ILogObserver],
+        discardBuffer: bool = False,  # Twisted's keyword names
+        redirectStandardIO: bool = True,
+    ) -> None:
+        vars(target).pop("beginLoggingTo", None)  # once: back to the class's method
+        begin(
+            [FilteringLogObserver(observer, [_process_filter]) for observer in observers],
+            discardBuffer=discardBuffer,
+            redirectStandardIO=redirectStandardIO,
+        )
+
+    setattr(target, "beginLoggingTo", begin_filtered)  # noqa: B010 - mypy: no method assignment
 
 
 def json_observer(stream: IO[str] | None = None, *, level: str | None = None) -> ILogObserver:

@@ -36,7 +36,7 @@ from pushtwisted.cluster.router import Router
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.config import Config, load_config
 from pushtwisted.errors import ConfigError
-from pushtwisted.logs import logger, set_log_level
+from pushtwisted.logs import filter_observers_at_begin, logger, set_log_level
 from pushtwisted.metrics import Metrics, PrometheusMetrics
 from pushtwisted.node import Node
 from pushtwisted.registry import ClientRegistry
@@ -415,6 +415,7 @@ def makeService(options: Options) -> MultiService:
     try:
         config = load_config(options["config"])
         set_log_level(config.server.log_level)
+        filter_observers_at_begin()
         from twisted.internet import reactor
 
         service = build_service(config, reactor)

@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
+from twisted.logger import ILogObserver, LogBeginner, LogEvent, Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,6 +15,7 @@ from zope.interface.verify import verifyObject
 
 from pushtwisted.logs import (
     LOG_LEVELS,
+    filter_observers_at_begin,
     filtered_observer,
     json_observer,
     make_log_filter,
@@ -279,3 +280,72 @@ class ProcessLevelTests(SynchronousTestCase):
         set_log_level("debug")
         log.debug("now shown {n}", n=3)
         self.assertEqual([e.get("n") for e in seen], [2, 3])
+
+
+class _Warnings:
+    """Stands in for the ``warnings`` module of a ``LogBeginner``."""
+
+    def showwarning(self, *args: object, **kwargs: object) -> None:
+        """Ignore the warning."""
+
+
+class _Stdio:
+    """Stands in for ``sys`` (``stdout``/``stderr``) of a ``LogBeginner``."""
+
+    def __init__(self) -> None:
+        self.stdout = io.StringIO()
+        self.stderr = io.StringIO()
+
+
+class BeginFilterTests(SynchronousTestCase):
+    """``filter_observers_at_begin`` puts the process level before twistd's observers."""
+
+    def setUp(self) -> None:
+        self.addCleanup(set_log_level, "info")
+        self.publisher = LogPublisher()
+        self.beginner = LogBeginner(self.publisher, io.StringIO(), _Stdio(), _Warnings())
+        self.log = Logger(namespace="twisted.web.server", observer=self.publisher)
+
+    def test_every_namespace_filtered(self) -> None:
+        """Events of any namespace below the level never reach the observer, including
+        those logged before logging began; those at or above it do."""
+        set_log_level("warn")
+        filter_observers_at_begin(self.beginner)
+        self.log.info("buffered info")
+        self.log.warn("buffered warn")
+        seen: list[LogEvent] = []
+        self.beginner.beginLoggingTo([seen.append], redirectStandardIO=False)
+        self.log.debug("debug")
+        self.log.info("Site starting on 8080")
+        self.log.error("error")
+        self.assertEqual([e["log_format"] for e in seen], ["buffered warn", "error"])
+
+    def test_level_set_afterwards_applies(self) -> None:
+        """The filter follows the process level as it changes."""
+        filter_observers_at_begin(self.beginner)
+        seen: list[LogEvent] = []
+        self.beginner.beginLoggingTo([seen.append], redirectStandardIO=False)
+        self.log.info("one")
+        set_log_level("error")
+        self.log.info("two")
+        self.assertEqual([e["log_format"] for e in seen], ["one"])
+
+    def test_only_the_next_call(self) -> None:
+        """The call after the wrapped one is Twisted's own again."""
+        set_log_level("error")
+        filter_observers_at_begin(self.beginner)
+        first: list[LogEvent] = []
+        second: list[LogEvent] = []
+        self.beginner.beginLoggingTo([first.append], redirectStandardIO=False)
+        self.beginner.beginLoggingTo([second.append], redirectStandardIO=False)
+        self.log.info("info")
+        self.assertEqual([e["log_format"] for e in first], [])
+        self.assertIn("info", [e.get("log_format") for e in second])
+
+    def test_without_it_every_level_passes(self) -> None:
+        """Control: an observer begun without the filter sees info at level error."""
+        set_log_level("error")
+        seen: list[LogEvent] = []
+        self.beginner.beginLoggingTo([seen.append], redirectStandardIO=False)
+        self.log.info("info")
+        self.assertEqual([e["log_format"] for e in seen], ["info"])

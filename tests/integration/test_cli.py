@@ -1,10 +1,12 @@
 """End-to-end: the command lines an operator types, run as real processes.
 
-``twistd simplepush`` with configuration errors at start.
+``twistd simplepush`` with configuration errors at start, and
+``[server] log_level`` with twistd's default logger.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration.server import (
+    ServerProcess,
     run_command,
     toml_document,
     twistd_command,
@@ -96,3 +99,24 @@ class StartupErrorTests(_CommandTestCase):
                 "error: storage.backend: must be one of: memory, sqlite, memcached, got 'dynamo'",
             ],
         )
+
+
+class LoggingTests(SynchronousTestCase):
+    """Log levels and formats of a real running server."""
+
+    def run_server(self, level: str) -> str:
+        """Start and stop a server at ``level``; return everything it printed."""
+        server = ServerProcess(
+            self, {"server": {"log_level": level}, "storage": {"backend": "memory"}}
+        )
+        server.start()
+        self.assertEqual(server.stop(signal.SIGTERM), 0, server.log)
+        return server.log
+
+    def test_level_applies_to_twistd_default_logger(self) -> None:
+        """At ``error``, twistd's own text logger shows none of the info lines of
+        Twisted, Autobahn or pushtwisted that it shows at ``info``."""
+        info = self.run_server("info")
+        for fragment in ("twistd ", "starting up", "Site starting on"):
+            self.assertIn(fragment, info)
+        self.assertEqual(self.run_server("error"), "")
