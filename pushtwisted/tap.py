@@ -26,9 +26,9 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import deferLater
-from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from pushtwisted.cli import VersionedOptions, check_report, error_exit
 from pushtwisted.cluster.directory import MemcachedDirectory
 from pushtwisted.cluster.reuseport import ReusePortService, parse_tcp_description
 from pushtwisted.cluster.router import HTTPClient as RouterHTTPClient
@@ -63,7 +63,7 @@ _ROUTER_PERSISTENT_PER_NODE = 16
 _ROUTER_IDLE_TIMEOUT = 120
 
 
-class Options(usage.Options):
+class Options(VersionedOptions):
     """Command line of ``twistd simplepush``."""
 
     synopsis = "[--config FILE]"
@@ -74,6 +74,9 @@ class Options(usage.Options):
         "Environment variables SIMPLEPUSH_<SECTION>_<KEY> (for example "
         "SIMPLEPUSH_WEBSOCKET_LISTEN=tcp:8080) override the file."
     )
+    optFlags = [
+        ["check-config", None, "Validate the configuration, print it (secrets masked) and exit."],
+    ]
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: built-in defaults)."],
     ]
@@ -410,17 +413,22 @@ def makeService(options: Options) -> MultiService:
     """Load the configuration named by ``options`` and build the service (twistd hook).
 
     A configuration error ends the process with status 1 and one ``error:
-    <message>`` line per problem on stderr, without a traceback.
+    <message>`` line per problem on stderr, without a traceback.  With
+    ``--check-config`` it prints the effective configuration and exits 0.
     """
     try:
         config = load_config(options["config"])
+        if options["check-config"]:
+            _check_cluster(config)
+            print(check_report(config, options["config"]), end="")
+            raise SystemExit(0)
         set_log_level(config.server.log_level)
         filter_observers_at_begin()
         from twisted.internet import reactor
 
         service = build_service(config, reactor)
     except ConfigError as e:
-        raise SystemExit("\n".join(f"error: {problem}" for problem in e.problems)) from None
+        raise error_exit(e) from None
     reactor.addSystemEventTrigger("after", "startup", _exit_cleanly_on_signals, reactor)
     reactor.addSystemEventTrigger("after", "startup", _after_startup)
     return service

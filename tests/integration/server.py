@@ -7,7 +7,6 @@ and always cleans it up.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -22,6 +21,7 @@ from typing import IO
 from twisted.trial.unittest import SynchronousTestCase
 
 import pushtwisted
+from pushtwisted.config_toml import dumps
 
 __all__ = [
     "ServerProcess",
@@ -108,26 +108,9 @@ def run_command(
     )
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as a TOML value")
-
-
 def toml_document(sections: Mapping[str, Mapping[str, object]]) -> str:
     """Return TOML text for ``{section: {key: value}}`` (scalars and lists only)."""
-    lines: list[str] = []
-    for name, table in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
-        lines.append("")
-    return "\n".join(lines)
+    return dumps(sections)
 
 
 class ServerProcess:
@@ -161,6 +144,8 @@ class ServerProcess:
     :param env: extra environment variables for the child (``SIMPLEPUSH_*`` of
         the test runner's own environment are not passed on).
     :param start_timeout: seconds ``start()`` waits for both ports.
+    :param command: the command that runs the server, without ``--config
+        FILE`` (added at the end); by default ``twistd -n --pidfile= simplepush``.
     :param extra_ports: how many more free loopback ports to pick, with the
         other two (so all are distinct), as ``self.extra_ports``: for more
         listeners in ``self.config`` (a cluster node's ``[router] listen``).
@@ -175,6 +160,7 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         start_timeout: float = 20.0,
         extra_ports: int = 0,
+        command: Sequence[str] | None = None,
     ) -> None:
         self._testcase = testcase
         self.directory = Path(testcase.mktemp()).resolve()
@@ -197,6 +183,7 @@ class ServerProcess:
             self.config.setdefault(section, {}).update(table)
         self.env = child_env(env)
         self.start_timeout = start_timeout
+        self.command = list(command or twistd_command("-n", "--pidfile=", "simplepush"))
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         testcase.addCleanup(self._cleanup)
@@ -215,11 +202,8 @@ class ServerProcess:
             raise RuntimeError("the server is already running")
         self.config_path.write_text(toml_document(self.config), encoding="utf-8")
         self._log_file = open(self.log_path, "ab")
-        command = twistd_command(
-            "-n", "--pidfile=", "simplepush", "--config", str(self.config_path)
-        )
         self.process = subprocess.Popen(
-            command,
+            [*self.command, "--config", str(self.config_path)],
             cwd=self.directory,
             env=self.env,
             stdin=subprocess.DEVNULL,

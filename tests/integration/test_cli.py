@@ -1,26 +1,39 @@
 """End-to-end: the command lines an operator types, run as real processes.
 
-``twistd simplepush`` with configuration errors at start, and
-``[server] log_level`` with twistd's default logger.
+``python -m pushtwisted`` (run, ``check``, ``sample-config``, ``--version``,
+``--help``, ``--log-format``) and ``twistd simplepush`` (``--check-config``,
+``--version``, configuration errors at start, ``[server] log_level`` with
+twistd's default logger).
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+import pushtwisted
+from pushtwisted.config import parse_config
+from pushtwisted.config_toml import config_document
+from pushtwisted.tokens import generate_key
 from tests.integration.server import (
+    CODE_ROOT,
     ServerProcess,
+    child_env,
     run_command,
     toml_document,
     twistd_command,
 )
 
+MODULE = [sys.executable, "-m", "pushtwisted"]
 TWISTD = twistd_command("-n", "--pidfile=", "simplepush")
+SAMPLE = Path(__file__).resolve().parent.parent.parent / "config.sample.toml"
 
 
 class _CommandTestCase(SynchronousTestCase):
@@ -43,6 +56,73 @@ class _CommandTestCase(SynchronousTestCase):
         path = self.directory() / "push.toml"
         path.write_text(toml_document(document), encoding="utf-8")
         return str(path)
+
+
+class CheckTests(_CommandTestCase):
+    """``check`` and ``--check-config`` validate, print the configuration and exit."""
+
+    def test_prints_effective_configuration(self) -> None:
+        """Exit 0 with the file and variables applied, secrets masked, nothing written."""
+        state = self.directory() / "state"
+        document = {
+            "endpoint": {"public_url": "https://push.example.com"},
+            "storage": {"path": str(state)},
+        }
+        key = generate_key()
+        env = {"SIMPLEPUSH_CRYPTO_KEYS": key, "SIMPLEPUSH_CLIENT_MAX_CHANNELS": "9"}
+        path = self.config_file(document)
+        result = self.run_command([*MODULE, "check", "--config", path], env)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        expected = parse_config(document, env)
+        self.assertEqual(tomllib.loads(result.stdout), config_document(expected))
+        self.assertEqual(tomllib.loads(result.stdout)["client"]["max_channels"], 9)
+        self.assertNotIn(key, result.stdout)
+        self.assertFalse(state.exists())
+
+        twistd = self.run_command([*TWISTD, "--config", path, "--check-config"], env)
+        self.assertEqual((twistd.returncode, twistd.stderr), (0, ""))
+        self.assertEqual(twistd.stdout, result.stdout)
+
+    def test_every_problem_at_once(self) -> None:
+        """Exit 1 with one ``error:`` line per problem and nothing on stdout."""
+        path = self.config_file(
+            {"websocket": {"backlog": 0, "origins": ["example.com"]}, "endpoint": {"cors": 1}}
+        )
+        result = self.run_command(
+            [*MODULE, "check", "--config", path], {"SIMPLEPUSH_CLINT_HELLO_TIMEOUT": "5"}
+        )
+        self.assertEqual((result.returncode, result.stdout), (1, ""))
+        self.assertEqual(
+            result.stderr.splitlines(),
+            [
+                'error: SIMPLEPUSH_CLINT_HELLO_TIMEOUT: unknown section "clint" (did you mean'
+                ' "client"?); variables are named SIMPLEPUSH_<SECTION>_<KEY>',
+                "error: websocket.backlog: must be > 0, got 0",
+                "error: websocket.origins: 'example.com' is not an origin:"
+                " scheme://host[:port], without a path, got ['example.com']",
+                "error: endpoint.cors: must be a boolean, got 1",
+            ],
+        )
+
+    def test_cluster_checks_included(self) -> None:
+        """The checks across sections that start-up makes are made too."""
+        path = self.config_file(
+            {
+                "router": {
+                    "listen": "tcp:3000:interface=127.0.0.1",
+                    "public_url": "http://127.0.0.1:3000",
+                    "secret": "s" * 32,
+                },
+                "storage": {"backend": "memory"},
+            }
+        )
+        result = self.run_command([*TWISTD, "--config", path, "--check-config"])
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(
+            result.stderr,
+            'error: router.listen: a cluster needs storage.backend = "memcached" (shared by'
+            " every node), got 'memory'\n",
+        )
 
 
 class StartupErrorTests(_CommandTestCase):
@@ -101,13 +181,47 @@ class StartupErrorTests(_CommandTestCase):
         )
 
 
+class VersionAndHelpTests(_CommandTestCase):
+    """``--version``, ``--help`` and ``sample-config`` print and exit 0."""
+
+    def test_version(self) -> None:
+        """Both commands print pushtwisted's version, not Twisted's."""
+        expected = f"pushtwisted {pushtwisted.__version__}\n"
+        for command in ([*MODULE, "--version"], twistd_command("simplepush", "--version")):
+            result = self.run_command(command)
+            self.assertEqual((result.returncode, result.stdout, result.stderr), (0, expected, ""))
+
+    def test_module_help_names_itself(self) -> None:
+        """``python -m pushtwisted --help`` names itself and its commands, not twistd."""
+        result = self.run_command([*MODULE, "--help"])
+        self.assertEqual(result.returncode, 0)
+        self.assertTrue(result.stdout.startswith("Usage: python -m pushtwisted "), result.stdout)
+        self.assertNotIn("twistd [options]", result.stdout)
+        self.assertIn("sample-config", result.stdout)
+
+    def test_sample_config(self) -> None:
+        """``sample-config`` prints the shipped sample, byte for byte."""
+        result = subprocess.run(
+            [*MODULE, "sample-config"],
+            cwd=self.directory(),
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        self.assertEqual(result.stdout, SAMPLE.read_bytes())
+
+
 class LoggingTests(SynchronousTestCase):
     """Log levels and formats of a real running server."""
 
-    def run_server(self, level: str) -> str:
+    def run_server(self, level: str, command: list[str] | None = None) -> str:
         """Start and stop a server at ``level``; return everything it printed."""
         server = ServerProcess(
-            self, {"server": {"log_level": level}, "storage": {"backend": "memory"}}
+            self,
+            {"server": {"log_level": level}, "storage": {"backend": "memory"}},
+            command=command,
         )
         server.start()
         self.assertEqual(server.stop(signal.SIGTERM), 0, server.log)
@@ -120,3 +234,20 @@ class LoggingTests(SynchronousTestCase):
         for fragment in ("twistd ", "starting up", "Site starting on"):
             self.assertIn(fragment, info)
         self.assertEqual(self.run_server("error"), "")
+
+    def test_module_logs_json(self) -> None:
+        """``python -m pushtwisted --log-format json`` (or ``--logger``) writes JSON lines."""
+        for option in (["--log-format", "json"], ["--logger", "pushtwisted.logs.json_observer"]):
+            log = self.run_server("info", [*MODULE, *option])
+            records = [json.loads(line) for line in log.splitlines()]
+            self.assertTrue(records, log)
+            self.assertIn("starting up", " ".join(r["message"] for r in records))
+            self.assertEqual({r["level"] for r in records} - {"info", "warn"}, set())
+
+
+class ModuleRunsTheTreeTests(SynchronousTestCase):
+    """The child processes run the code under test."""
+
+    def test_code_root(self) -> None:
+        """``CODE_ROOT`` holds the imported package (children get it on PYTHONPATH)."""
+        self.assertEqual(Path(pushtwisted.__file__).resolve().parent.parent, CODE_ROOT)
