@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY pushtwisted ./pushtwisted
 COPY twisted ./twisted
 # Install, then write twisted/plugins/dropin.cache now: the runtime user cannot.
