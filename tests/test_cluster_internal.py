@@ -6,20 +6,24 @@ wrongly signed ones must get a bare 401 whatever their path.
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import fail
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.registry import ClientRegistry
-from pushtwisted.web.internal import InternalResource, InternalSite, build_internal_site
+from pushtwisted.web._site import ListenerSite
+from pushtwisted.web.internal import InternalResource, build_internal_site
 from tests._cluster_fakes import SECRET, FakeSession, RecordingMetrics
 
 NODE = "http://10.0.0.9:3000"
@@ -325,16 +329,27 @@ class PathTests(InternalTestCase):
 
 
 class SiteTests(SynchronousTestCase):
-    """``build_internal_site`` wraps the resource in an ``InternalSite``."""
+    """``build_internal_site`` wraps the resource in a ``ListenerSite``."""
 
     def test_site(self) -> None:
-        """The site limits bodies, writes no access log and uses the given clock."""
+        """The site limits bodies, writes no access log, counts no connections and adds
+        no CORS header to its early 413."""
         clock = Clock()
         signer = RequestSigner(SECRET, clock=clock)
         site = build_internal_site(
             ClientRegistry(), signer, RecordingMetrics(), clock, max_body=1234
         )
-        self.assertIsInstance(site, InternalSite)
+        self.assertIsInstance(site, ListenerSite)
         self.assertIsInstance(site.resource, InternalResource)
         self.assertEqual(site.max_body, 1234)
-        self.assertIsNone(site.log(DummyRequest([b"push", b"x"])))  # type: ignore[func-returns-value]
+        self.assertIsNone(site.limit)
+        buffer = io.StringIO()
+        site.logFile = buffer
+        site.log(DummyRequest([b"push", b"x"]))
+        self.assertEqual(buffer.getvalue(), "")
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"PUT /push/x HTTP/1.1\r\nHost: n\r\nContent-Length: 2000\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "), transport.value())
+        self.assertNotIn(b"Access-Control", transport.value())

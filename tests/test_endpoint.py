@@ -1,4 +1,4 @@
-"""Tests for ``pushtwisted.web.endpoint``: ``PUT /update/<token>`` and ``EndpointSite``."""
+"""Tests for ``pushtwisted.web.endpoint``: ``PUT /update/<token>`` and its listener's ``Site``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from pushtwisted.registry import ClientRegistry
 from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.tokens import EndpointCrypto, generate_key
+from pushtwisted.web._site import ListenerSite
 from pushtwisted.web._util import (
     JSONResponse,
     WebError,
@@ -36,7 +37,6 @@ from pushtwisted.web._util import (
     render_async,
 )
 from pushtwisted.web.endpoint import (
-    EndpointSite,
     UpdateResource,
     build_endpoint_root,
     build_endpoint_site,
@@ -730,16 +730,16 @@ class DisconnectTests(EndpointTestCase):
 
 
 class EndpointSiteTests(EndpointTestCase):
-    """``EndpointSite``: request bodies over ``max_body`` are refused early."""
+    """The endpoint listener's ``Site``: request bodies over ``max_body`` are refused early."""
 
     MAX_BODY = 64
 
-    def site(self, **kwargs: Any) -> EndpointSite:
-        return EndpointSite(
-            build_endpoint_root(self.node()), max_body=self.MAX_BODY, reactor=self.clock, **kwargs
-        )
+    def site(self, cors: bool = False) -> ListenerSite:
+        """The endpoint listener's ``Site`` with ``endpoint.max_body`` = ``MAX_BODY``."""
+        self.endpoint_config(max_body=self.MAX_BODY, cors=cors)
+        return build_endpoint_site(self.node())
 
-    def connect(self, site: EndpointSite) -> tuple[Any, StringTransport]:
+    def connect(self, site: ListenerSite) -> tuple[Any, StringTransport]:
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         transport = StringTransport()
         protocol.makeConnection(transport)
@@ -826,7 +826,7 @@ class EndpointSiteTests(EndpointTestCase):
 
     def test_early_413_cors_and_metrics(self) -> None:
         """The early 413 carries CORS headers when asked and is counted."""
-        protocol, transport = self.connect(self.site(cors=True, metrics=self.metrics))
+        protocol, transport = self.connect(self.site(cors=True))
         protocol.dataReceived(self.head("Content-Length: 1000"))
         self.assert413(transport)
         self.assertIn(b"Access-Control-Allow-Origin: *", transport.value())
@@ -851,7 +851,7 @@ class EndpointSiteTests(EndpointTestCase):
         """``build_endpoint_site`` applies ``endpoint.max_body`` and serves ``/update/``."""
         self.endpoint_config(max_body=32)
         site = build_endpoint_site(self.node())
-        self.assertIsInstance(site, EndpointSite)
+        self.assertIsInstance(site, ListenerSite)
         self.assertEqual(site.max_body, 32)
         protocol, transport = self.connect(site)
         protocol.dataReceived(self.head("Content-Length: 33"))

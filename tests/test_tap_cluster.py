@@ -38,7 +38,7 @@ from pushtwisted.config import (
 )
 from pushtwisted.errors import ConfigError
 from pushtwisted.tokens import KEY_FILE, generate_key
-from pushtwisted.web.internal import InternalSite
+from pushtwisted.web._site import ListenerSite
 from pushtwisted.websocket import PushServerFactory
 
 SECRET = "a-cluster-secret-of-some-length"
@@ -82,7 +82,8 @@ class ClusterBuildTests(SynchronousTestCase):
 
     def test_three_listeners(self) -> None:
         """WebSocket, endpoint and router listeners, in that order; the router one
-        serves the node-to-node ``InternalSite`` with the endpoint's backlog."""
+        serves the node-to-node API (a ``ListenerSite`` without access log) with the
+        endpoint's backlog."""
         reactor, service = self.build(self.config())
         self.start_listeners(service)
         self.assertEqual(
@@ -91,7 +92,8 @@ class ClusterBuildTests(SynchronousTestCase):
         )
         factories = [entry[1] for entry in reactor.tcpServers]
         self.assertIsInstance(factories[0], PushServerFactory)
-        self.assertIsInstance(factories[2], InternalSite)
+        self.assertIsInstance(factories[2], ListenerSite)
+        self.assertIsNone(factories[2].limit)
         self.assertEqual(len(service.listeners), 3)
 
     def test_node_gets_router(self) -> None:

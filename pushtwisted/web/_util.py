@@ -11,6 +11,9 @@ the peer, and neither does a traceback.
 Resources that answer asynchronously return ``render_async(request, coro)``
 from ``render``: ``coro`` computes a ``JSONResponse`` (or raises a
 ``PushError``), and the response is written only if the peer is still there.
+
+``raw_json_response`` is for the one answer written before ``twisted.web``
+has a request to render: the early 413 of ``pushtwisted.web._site``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "error_response",
     "json_bytes",
     "json_response",
+    "raw_json_response",
     "reason_phrase",
     "render_async",
 ]
@@ -179,6 +183,25 @@ def json_response(
     request.setHeader(b"Content-Length", b"%d" % len(payload))
     request.write(payload)
     request.finish()
+
+
+def raw_json_response(
+    code: int, body: object, *, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> bytes:
+    """Return a complete HTTP/1.1 response: ``body`` as JSON, then the connection closes.
+
+    For a channel whose request will never be rendered; the caller writes
+    the bytes to the transport and closes it.
+    """
+    payload = json_bytes(body)
+    lines = [
+        b"HTTP/1.1 %d %s" % (code, reason_phrase(code).encode("ascii")),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(payload),
+        b"Connection: close",
+        *(name + b": " + value for name, value in headers),
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + payload
 
 
 def render_async(request: HTTPRequest, coro: Coroutine[Any, Any, JSONResponse]) -> int:

@@ -26,7 +26,8 @@ status  errno  when
 405     304    a method other than PUT or OPTIONS (``Allow`` header)
 410     106    the channel is unregistered or unknown
 413     302    ``data`` longer than ``endpoint.max_data`` bytes, or
-                (``EndpointSite``) a body longer than ``max_body``
+                (the listener, before reading it) a body longer
+                than ``endpoint.max_body``
 500     999    an unexpected error (logged, never shown)
 503     999    storage unavailable (``Retry-After: 5``)
 ======  =====  =====================================================
@@ -46,35 +47,28 @@ from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value
 from typing import Any
 
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import connectionDone
-from twisted.python.failure import Failure
-from twisted.web import http
-from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET
 
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.errors import InvalidToken, StorageError, StorageUnavailable
 from pushtwisted.logs import logger, uaid_hash
-from pushtwisted.metrics import Metrics, NullMetrics
+from pushtwisted.messages import MAX_VERSION
 from pushtwisted.node import Node
 from pushtwisted.storage.interface import UpdateOutcome
+from pushtwisted.web._site import ListenerSite
 from pushtwisted.web._util import (
     HTTPRequest,
     JSONResponse,
     WebError,
     error_body,
     error_response,
-    json_bytes,
     json_response,
-    reason_phrase,
     render_async,
 )
 
-__all__ = ["UpdateResource", "EndpointSite", "build_endpoint_root", "build_endpoint_site"]
+__all__ = ["UpdateResource", "build_endpoint_root", "build_endpoint_site"]
 
-_MAX_VERSION = 2**63 - 1
 _ALLOW = b"PUT, OPTIONS"
 _CORS_HEADERS = (
     (b"Access-Control-Allow-Origin", b"*"),
@@ -120,7 +114,7 @@ def _parse_version(raw: str | None, now: float) -> int:
     if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 19:
         raise WebError(400, 301, "Invalid Version")
     version = int(text)
-    if version > _MAX_VERSION:
+    if version > MAX_VERSION:
         raise WebError(400, 301, "Invalid Version")
     return version
 
@@ -427,166 +421,34 @@ def build_endpoint_root(node: Node) -> Resource:
     return root
 
 
-class _BodyLimitedRequest(Request):
-    """A ``Request`` that refuses bodies larger than its ``EndpointSite``'s ``max_body``.
+def _access_logged(uri: bytes) -> bool:
+    """True for the URIs the access log may show: not ``/update/`` (the path holds a token)."""
+    return not uri.startswith(b"/update/")
 
-    A declared ``Content-Length`` over the limit is answered 413 as soon as
-    the headers are in, before any of the body is read; a chunked body is
-    counted as it arrives and answered 413 once it passes the limit.  Either
-    way the connection is closed and the request is never rendered.  Only
-    HTTP/1.x channels are limited (HTTP/2 is not offered by this listener).
+
+def build_endpoint_site(node: Node) -> ListenerSite:
+    """Return the endpoint listener's ``Site`` for ``node``, timed by ``node.clock``.
+
+    Its transport policy (``pushtwisted.web._site``): bodies over
+    ``endpoint.max_body`` answered 413 before they are read (with the CORS
+    headers when ``endpoint.cors`` is set, and counted as
+    ``notifications_rejected{reason="body_too_large"}`` and
+    ``endpoint_requests{status="413"}``), ``endpoint.max_connections``, and an
+    access log without the ``/update/`` lines (``UpdateResource`` logs them).
     """
-
-    def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
-        super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
-        site = getattr(channel, "site", None)
-        limited = isinstance(site, EndpointSite) and isinstance(channel, HTTPChannel)
-        self._site: EndpointSite | None = site if limited else None
-        self._body_seen = 0
-        self._rejected = False
-
-    def gotLength(self, length: int | None) -> None:
-        """Refuse a declared length over the limit, else prepare the body buffer."""
-        if self._site is not None and length is not None and length > self._site.max_body:
-            self._reject(length)
-            return
-        super().gotLength(length)  # type: ignore[no-untyped-call]
-
-    def handleContentChunk(self, data: bytes) -> None:
-        """Buffer a body chunk, or refuse the request once the limit is passed."""
-        if self._rejected:
-            return
-        self._body_seen += len(data)
-        if self._site is not None and self._body_seen > self._site.max_body:
-            self._reject(None)
-            return
-        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        """Process the request unless it was refused."""
-        if self._rejected:
-            return
-        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
-
-    def _reject(self, declared: int | None) -> None:
-        assert self._site is not None
-        self._rejected = True
-        # The channel sends "100 Continue" after gotLength; the 413 replaces it.
-        self.requestHeaders.removeHeader(b"Expect")
-        self._site.reject_oversize(self.channel, declared)
-
-
-class _CountedChannel(HTTPChannel):
-    """An ``HTTPChannel`` that frees its place on its ``EndpointSite`` when lost.
-
-    HTTP/1.x only, like the ``Site`` default without ALPN (this listener
-    offers no HTTP/2).
-    """
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """Let ``HTTPChannel`` handle the loss, then release the site's connection slot."""
-        try:
-            super().connectionLost(reason)  # type: ignore[no-untyped-call]
-        finally:
-            site = getattr(self, "site", None)
-            if isinstance(site, EndpointSite):
-                site.limit.release()
-
-
-class EndpointSite(Site):
-    """A ``Site`` that answers 413 to request bodies over ``max_body`` bytes, early.
-
-    When ``Content-Length`` exceeds ``max_body`` the 413 is sent and the
-    connection closed before the body is read; a chunked body is buffered
-    only up to ``max_body``.  Requests under ``/update/`` are left out of the
-    access log (their path holds the token); ``UpdateResource`` logs them.
-
-    :param root: the root resource.
-    :param max_body: the largest request body accepted, in bytes.
-    :param cors: add the CORS headers to the early 413 too.
-    :param metrics: where early rejections are counted (none by default).
-    :param max_connections: the most open connections; past it a new one is
-        closed at once (``connections_refused{listener="endpoint"}``).  0 = no limit.
-    :param kwargs: passed to ``Site`` (``reactor``, ``timeout``...).
-    """
-
-    #: Not ``log``: ``HTTPFactory.log`` is the access-log method.
-    _logger = logger()
-    # Twisted types ``protocol`` as its (private) HTTP/1.1-or-2 switcher.
-    protocol = _CountedChannel  # type: ignore[assignment]
-
-    def __init__(
-        self,
-        root: Resource,
-        *,
-        max_body: int,
-        cors: bool = False,
-        metrics: Metrics | None = None,
-        max_connections: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(root, requestFactory=_BodyLimitedRequest, **kwargs)  # type: ignore[no-untyped-call]
-        self.max_body = max_body
-        self._cors = cors
-        self._metrics = metrics
-        #: The open connections, against ``max_connections``.
-        self.limit = ConnectionLimit(
-            "endpoint", max_connections, self.reactor, metrics or NullMetrics()
-        )
-
-    def buildProtocol(self, addr: IAddress | None) -> Any:
-        """Return a new connection's channel, or None (close it) when the listener is full."""
-        if not self.limit.acquire():
-            return None
-        try:
-            channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
-        except BaseException:
-            self.limit.release()
-            raise
-        return channel
-
-    def reject_oversize(self, channel: HTTPChannel, declared: int | None) -> None:
-        """Write a 413 JSON answer straight to ``channel`` and close it."""
-        message = f"Request body exceeds max length of {self.max_body} bytes"
-        raw = json_bytes(error_body(413, 302, message))
-        headers = [
-            b"HTTP/1.1 413 " + reason_phrase(413).encode("ascii"),
-            b"Content-Type: application/json",
-            b"Content-Length: %d" % len(raw),
-            b"Connection: close",
-        ]
-        if self._cors:
-            headers.extend(name + b": " + value for name, value in _CORS_HEADERS)
-        transport = channel.transport
-        if transport is None:  # already gone
-            return
-        transport.write(b"\r\n".join(headers) + b"\r\n\r\n" + raw)
-        channel.loseConnection()  # type: ignore[no-untyped-call]
-        self._logger.info(
-            "request body over {limit} bytes refused (declared {declared})",
-            limit=self.max_body,
-            declared=declared,
-        )
-        if self._metrics is not None:
-            self._metrics.increment("notifications_rejected", reason="body_too_large")
-            self._metrics.increment("endpoint_requests", status="413")
-
-    def log(self, request: http.Request) -> None:
-        """Write the access line of ``request``, except under ``/update/``."""
-        uri: bytes = getattr(request, "uri", b"")
-        if uri.startswith(b"/update/"):
-            return
-        super().log(request)
-
-
-def build_endpoint_site(node: Node) -> EndpointSite:
-    """Return the endpoint listener's ``Site`` for ``node``, timed by ``node.clock``."""
     endpoint = node.config.endpoint
-    return EndpointSite(
+    metrics = node.metrics
+
+    def count_oversize() -> None:
+        metrics.increment("notifications_rejected", reason="body_too_large")
+        metrics.increment("endpoint_requests", status="413")
+
+    return ListenerSite(
         build_endpoint_root(node),
         max_body=endpoint.max_body,
-        cors=endpoint.cors,
-        metrics=node.metrics,
-        max_connections=endpoint.max_connections,
+        limit=ConnectionLimit("endpoint", endpoint.max_connections, node.clock, metrics),
+        access_log=_access_logged,
+        oversize_headers=_CORS_HEADERS if endpoint.cors else (),
+        on_oversize=count_oversize,
         reactor=node.clock,
     )

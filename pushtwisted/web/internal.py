@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -49,14 +48,14 @@ from pushtwisted.cluster.signing import (
 )
 from pushtwisted.ids import is_valid_id
 from pushtwisted.logs import logger, uaid_hash
+from pushtwisted.messages import MAX_VERSION
 from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.web._site import ListenerSite
 from pushtwisted.web._util import HTTPRequest, JSONResponse, error_body, json_response
-from pushtwisted.web.endpoint import EndpointSite
 
-__all__ = ["InternalResource", "InternalSite", "build_internal_site"]
+__all__ = ["InternalResource", "build_internal_site"]
 
-_MAX_VERSION = 2**63 - 1
 _MAX_CONNECTED_AT_DIGITS = 18
 _UNAUTHORIZED_ERRNO = 109
 
@@ -100,7 +99,7 @@ def _parse_push(body: bytes) -> _Push | None:
         return None
     if not isinstance(version, int) or isinstance(version, bool):
         return None
-    if not 0 <= version <= _MAX_VERSION:
+    if not 0 <= version <= MAX_VERSION:
         return None
     if data is not None and not isinstance(data, str):
         return None
@@ -246,13 +245,6 @@ class InternalResource(Resource):
             return False
 
 
-class InternalSite(EndpointSite):
-    """The router listener's ``Site``: bodies limited early, no access log."""
-
-    def log(self, request: http.Request) -> None:
-        """Write nothing: ``InternalResource`` logs each request with the UAID hashed."""
-
-
 def build_internal_site(
     registry: ClientRegistry[Any],
     signer: RequestSigner,
@@ -260,7 +252,12 @@ def build_internal_site(
     clock: IReactorTime,
     *,
     max_body: int = 65536,
-) -> InternalSite:
-    """Return the router listener's ``Site``, timed by ``clock``."""
+) -> ListenerSite:
+    """Return the router listener's ``Site``, timed by ``clock``.
+
+    Its transport policy (``pushtwisted.web._site``): bodies over
+    ``max_body`` answered 413 before they are read, and no access log
+    (``InternalResource`` logs each request with the UAID hashed).
+    """
     resource = InternalResource(registry, signer, metrics, clock)
-    return InternalSite(resource, max_body=max_body, reactor=clock)
+    return ListenerSite(resource, max_body=max_body, reactor=clock)

@@ -1,0 +1,186 @@
+"""The transport policy of pushtwisted's HTTP listeners, shared by all of them.
+
+``ListenerSite`` is a ``twisted.web.server.Site`` with the policies a
+listener needs, each chosen by its builder:
+
+- a request body limit: a declared ``Content-Length`` over ``max_body`` is
+  answered 413 (the one JSON error shape) as soon as the headers are in,
+  before any of the body is read; a chunked body is counted as it arrives
+  and answered 413 once it passes the limit.  Either way the connection is
+  closed and the request is never rendered;
+- a connection limit (``pushtwisted.connlimit``): past it a new connection
+  is closed at once, and each lost connection frees its place;
+- an access log filter: which request URIs Twisted's access log may show
+  (none at all, or all but those that carry a secret);
+- optionally one request per connection (``Connection: close``).
+
+Only HTTP/1.x channels are built (no listener offers HTTP/2).  The early
+413 is written straight to the transport with ``raw_json_response``: the
+request is not rendered, so ``twisted.web`` has no response to write it
+through (Twisted answers its own early 400s the same way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+from pushtwisted.connlimit import ConnectionLimit
+from pushtwisted.logs import logger
+from pushtwisted.web._util import error_body, raw_json_response
+
+__all__ = ["ListenerSite"]
+
+
+class _BodyLimitedRequest(Request):
+    """A ``Request`` that refuses bodies larger than its ``ListenerSite``'s ``max_body``."""
+
+    def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
+        site = getattr(channel, "site", None)
+        limited = isinstance(site, ListenerSite) and isinstance(channel, HTTPChannel)
+        self._site: ListenerSite | None = site if limited else None
+        self._body_seen = 0
+        self._rejected = False
+
+    def gotLength(self, length: int | None) -> None:
+        """Refuse a declared length over the limit, else prepare the body buffer."""
+        if self._site is not None and length is not None and length > self._site.max_body:
+            self._reject(length)
+            return
+        super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """Buffer a body chunk, or refuse the request once the limit is passed."""
+        if self._rejected:
+            return
+        self._body_seen += len(data)
+        if self._site is not None and self._body_seen > self._site.max_body:
+            self._reject(None)
+            return
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """Process the request unless it was refused."""
+        if self._rejected:
+            return
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def _reject(self, declared: int | None) -> None:
+        assert self._site is not None
+        self._rejected = True
+        # The channel sends "100 Continue" after gotLength; the 413 replaces it.
+        self.requestHeaders.removeHeader(b"Expect")
+        self._site.refuse_oversize(self.channel, declared)
+
+
+class _ListenerChannel(HTTPChannel):
+    """An ``HTTPChannel`` that frees its place on its ``ListenerSite`` when lost.
+
+    With ``keep_alive`` off on the site, every response says
+    ``Connection: close`` and the connection closes once it is written.
+    """
+
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:
+        """Keep the connection open after this request, unless the site says no."""
+        site = getattr(self, "site", None)
+        if isinstance(site, ListenerSite) and not site.keep_alive:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        keep: bool = super().checkPersistence(request, version)  # type: ignore[no-untyped-call]
+        return keep
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Let ``HTTPChannel`` handle the loss, then release the site's connection slot."""
+        try:
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        finally:
+            site = getattr(self, "site", None)
+            if isinstance(site, ListenerSite) and site.limit is not None:
+                site.limit.release()
+
+
+class ListenerSite(Site):
+    """A ``Site`` with a body limit, a connection limit and an access-log filter.
+
+    :param root: the root resource.
+    :param max_body: the largest request body accepted, in bytes.
+    :param limit: counts this listener's open connections against its
+        ``max_connections``; None counts nothing.
+    :param access_log: True when Twisted's access log may show a request
+        URI; None (the default) writes no access log at all.
+    :param keep_alive: False closes every connection after one response.
+    :param oversize_headers: extra headers of the early 413 (CORS...).
+    :param on_oversize: called once per early 413 (metrics).
+    :param kwargs: passed to ``Site`` (``reactor``, ``timeout``...).
+    """
+
+    #: Not ``log``: ``HTTPFactory.log`` is the access-log method.
+    _logger = logger()
+    # Twisted types ``protocol`` as its (private) HTTP/1.1-or-2 switcher.
+    protocol = _ListenerChannel  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        root: IResource,
+        *,
+        max_body: int,
+        limit: ConnectionLimit | None = None,
+        access_log: Callable[[bytes], bool] | None = None,
+        keep_alive: bool = True,
+        oversize_headers: Sequence[tuple[bytes, bytes]] = (),
+        on_oversize: Callable[[], object] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, requestFactory=_BodyLimitedRequest, **kwargs)  # type: ignore[no-untyped-call]
+        self.max_body = max_body
+        self.limit = limit
+        self.keep_alive = keep_alive
+        self._access_log = access_log
+        self._oversize_headers = tuple(oversize_headers)
+        self._on_oversize = on_oversize
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        """Return a new connection's channel, or None (close it) when the listener is full."""
+        if self.limit is not None and not self.limit.acquire():
+            return None
+        try:
+            return super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        except BaseException:
+            if self.limit is not None:
+                self.limit.release()
+            raise
+
+    def refuse_oversize(self, channel: HTTPChannel, declared: int | None) -> None:
+        """Answer 413 (the JSON error shape) straight to ``channel`` and close it."""
+        transport = channel.transport
+        if transport is None:  # already gone
+            return
+        message = f"Request body exceeds max length of {self.max_body} bytes"
+        transport.write(
+            raw_json_response(413, error_body(413, 302, message), headers=self._oversize_headers)
+        )
+        channel.loseConnection()  # type: ignore[no-untyped-call]
+        self._logger.info(
+            "request body over {limit} bytes refused (declared {declared})",
+            limit=self.max_body,
+            declared=declared,
+        )
+        if self._on_oversize is not None:
+            self._on_oversize()
+
+    def log(self, request: http.Request) -> None:
+        """Write the access line of ``request`` if the access-log filter allows it."""
+        if self._access_log is None:
+            return
+        uri: bytes = getattr(request, "uri", b"")
+        if self._access_log(uri):
+            super().log(request)

@@ -1,0 +1,138 @@
+"""Tests for ``pushtwisted.web._site``: the transport policy of every HTTP listener.
+
+Bytes go in through ``StringTransport``; the resource is a static page, so
+these tests see only what the ``Site`` itself adds.  The endpoint's own use
+of it (413 on ``PUT /update/``, CORS, metrics) is tested in
+``tests/test_endpoint.py``, connection limits in ``tests/test_connlimit.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.static import Data
+
+from pushtwisted.connlimit import ConnectionLimit
+from pushtwisted.metrics import NullMetrics
+from pushtwisted.web._site import ListenerSite
+from pushtwisted.web._util import raw_json_response
+
+_PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+def _root() -> Resource:
+    root = Resource()
+    root.putChild(b"page", Data(b"hello", "text/plain"))
+    root.putChild(b"secret", Data(b"token", "text/plain"))
+    return root
+
+
+class ListenerSiteTests(SynchronousTestCase):
+    """``ListenerSite`` applies the policy its builder chose."""
+
+    def site(self, **kwargs: Any) -> ListenerSite:
+        kwargs.setdefault("max_body", 16)
+        site = ListenerSite(_root(), reactor=Clock(), **kwargs)
+        site.startFactory()
+        self.addCleanup(site.stopFactory)
+        return site
+
+    def connect(self, site: ListenerSite) -> tuple[Any, StringTransport]:
+        channel = site.buildProtocol(_PEER)
+        transport = StringTransport(peerAddress=_PEER)
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def test_keep_alive_by_default(self) -> None:
+        """By default a response leaves the connection open for the next request."""
+        channel, transport = self.connect(self.site())
+        channel.dataReceived(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+        self.assertFalse(transport.disconnecting)
+
+    def test_one_request_per_connection(self) -> None:
+        """With ``keep_alive`` off, the response says ``Connection: close`` and the
+        connection closes once it is written."""
+        channel, transport = self.connect(self.site(keep_alive=False))
+        channel.dataReceived(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertIn(b"\r\nConnection: close", head)
+        self.assertEqual(body, b"hello")
+        self.assertTrue(transport.disconnecting)
+
+    def test_early_413_headers_and_hook(self) -> None:
+        """The early 413 carries the extra headers and calls ``on_oversize`` once."""
+        calls: list[str] = []
+        site = self.site(
+            oversize_headers=((b"X-Extra", b"yes"),), on_oversize=lambda: calls.append("413")
+        )
+        channel, transport = self.connect(site)
+        channel.dataReceived(b"PUT /page HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n")
+        raw = transport.value()
+        self.assertTrue(raw.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n"), raw)
+        self.assertIn(b"\r\nX-Extra: yes\r\n", raw)
+        self.assertEqual(json.loads(raw.partition(b"\r\n\r\n")[2])["errno"], 302)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(calls, ["413"])
+
+    def test_no_access_log_by_default(self) -> None:
+        """Without an ``access_log`` filter nothing reaches the access log."""
+        site = self.site()
+        site.logFile = buffer = io.StringIO()
+        channel, _ = self.connect(site)
+        channel.dataReceived(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(buffer.getvalue(), "")
+
+    def test_access_log_filter(self) -> None:
+        """With a filter, only the URIs it accepts reach the access log."""
+        site = self.site(access_log=lambda uri: not uri.startswith(b"/secret"))
+        site.logFile = buffer = io.StringIO()
+        channel, _ = self.connect(site)
+        channel.dataReceived(b"GET /secret HTTP/1.1\r\nHost: x\r\n\r\n")
+        channel.dataReceived(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn("/page", buffer.getvalue())
+        self.assertNotIn("/secret", buffer.getvalue())
+
+    def test_limit_counts_and_releases(self) -> None:
+        """With a ``ConnectionLimit`` each channel holds a place until its connection is lost."""
+        limit = ConnectionLimit("test", 1, Clock(), NullMetrics())
+        site = self.site(limit=limit)
+        channel, _ = self.connect(site)
+        self.assertIsNone(site.buildProtocol(_PEER))
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(limit.open, 0)
+        self.assertIsNotNone(site.buildProtocol(_PEER))
+
+    def test_no_limit(self) -> None:
+        """Without a limit every connection is accepted."""
+        site = self.site()
+        self.assertTrue(all(site.buildProtocol(_PEER) is not None for _ in range(50)))
+
+
+class RawJSONResponseTests(SynchronousTestCase):
+    """``raw_json_response`` builds a whole closing HTTP/1.1 answer."""
+
+    def test_shape(self) -> None:
+        """Status line, JSON type, exact length, ``Connection: close``, extra headers, body."""
+        raw = raw_json_response(503, {"a": "\u00e9"}, headers=((b"Retry-After", b"5"),))
+        head, _, body = raw.partition(b"\r\n\r\n")
+        self.assertEqual(
+            head.split(b"\r\n"),
+            [
+                b"HTTP/1.1 503 Service Unavailable",
+                b"Content-Type: application/json",
+                b"Content-Length: %d" % len(body),
+                b"Connection: close",
+                b"Retry-After: 5",
+            ],
+        )
+        self.assertEqual(json.loads(body), {"a": "\u00e9"})
