@@ -197,7 +197,8 @@ def apply() -> list[str]:
     Returns the ``module.name`` replaced by this call.  Idempotent: a name
     already replaced is left alone.  A name that is not the function
     expected (another Autobahn release) is skipped with a warning rather
-    than guessed at.  Called by ``PushServerFactory``.
+    than guessed at.  Called once, at start-up, by the composition root
+    (``tap.build_service``); the classes below need no call.
     """
     check_version(installed_autobahn())
     return _replace(_TARGETS)

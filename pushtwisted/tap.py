@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from pushtwisted import _autobahn_tuning
 from pushtwisted.cli import VersionedOptions, check_report, error_exit
 from pushtwisted.cluster.directory import MemcachedDirectory
 from pushtwisted.cluster.reuseport import ReusePortService, parse_tcp_description
@@ -291,6 +292,9 @@ def build_service(config: Config, reactor: Any) -> PushService:
         ``crypto.keys``.
     """
     _check_cluster(config)
+    # Autobahn's eager debug formatting and per-frame native unmasking are
+    # module-level names: replaced once, for the whole process.
+    _autobahn_tuning.apply()
     crypto = EndpointCrypto(_token_keys(config))
     metrics = PrometheusMetrics()
     storage, pool = _build_storage(config, reactor, metrics)

@@ -5,35 +5,39 @@
 the session's text messages.  Text and binary frames are both accepted (a
 binary frame must hold UTF-8).  ``PushServerFactory`` applies
 ``[websocket]`` from the config, ``max_connections`` included (past it a
-new connection is closed at once).  A plain HTTP GET (no upgrade) of
-``/status`` (liveness) or ``/health`` (readiness: the storage check of
-``pushtwisted.web.status``, 200 or 503) answers JSON; anything else 404.
+new connection is closed at once).
+
+A plain HTTP GET (no upgrade) is not Autobahn's to answer: the connection is
+handed to the listener's ``twisted.web`` site (``web.status.build_status_site``),
+so ``/status`` and ``/health`` answer exactly as on the endpoint listener and
+anything else is the JSON 404.  Only that rare path pays for ``twisted.web``;
+a WebSocket connection never meets it.
 
 Both classes build on ``pushtwisted._autobahn_tuning``, which removes
 Autobahn's per-connection overhead (memory per idle socket, debug formatting
-per connection and per message) without changing its behaviour.
+per connection and per message) without changing its behaviour; the
+composition root applies its module patches once (``tap.build_service``).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlsplit
 
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import connectionDone
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
-from pushtwisted import __version__, _autobahn_tuning
+from pushtwisted import __version__
 from pushtwisted._autobahn_tuning import LeanServerFactory, LeanServerProtocol
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.logs import logger
 from pushtwisted.node import Node
 from pushtwisted.session import CloseCode, Session
-from pushtwisted.web.status import HEALTH_TIMEOUT, check_health
+from pushtwisted.web.status import build_status_site
 
 __all__ = ["PushServerProtocol", "PushServerFactory", "SUBPROTOCOL"]
 
@@ -122,9 +126,7 @@ class PushServerProtocol(LeanServerProtocol):
         try:
             super().connectionLost(reason)
         finally:
-            factory = self.factory
-            factory.health_pending.discard(self)
-            factory.limit.release()
+            self.factory.limit.release()
 
     def send_text(self, text: str) -> bool:
         """Send one text message; return False when the connection is not open."""
@@ -148,55 +150,41 @@ class PushServerProtocol(LeanServerProtocol):
             self.sendCloseFrame(code=int(code), reasonUtf8=encode_truncate(reason, 123))
 
     def sendServerStatus(self, redirectUrl: str | None = None, redirectAfter: int = 0) -> None:
-        """Answer a plain HTTP GET: ``/status`` (liveness), ``/health`` (readiness), else 404."""
-        path = self.http_request_path
-        if path in ("/status", "/status/"):
-            clients = len(self.factory.node.registry)
-            body = {"status": "OK", "clients": clients, "version": __version__}
-            self._send_json(200, "OK", body)
-        elif path in ("/health", "/health/"):
-            self._send_health()
-        else:
-            self._send_json(404, "Not Found", {"error": "Not Found"})
-
-    def _send_health(self) -> None:
-        """Probe storage, then answer and close (Autobahn's close waits for it)."""
+        """Hand a plain HTTP request (no upgrade) to the listener's web site."""
+        transport = self.transport
+        if transport is None:
+            return
         factory = self.factory
-        factory.health_pending.add(self)
-        d = Deferred.fromCoroutine(check_health(factory.node, factory.health_timeout))
-
-        def answer(result: tuple[int, dict[str, Any]]) -> None:
-            if self not in factory.health_pending:
-                return  # the client went away meanwhile
-            factory.health_pending.discard(self)
-            code, body = result
-            phrase = "OK" if code == 200 else "Service Unavailable"
-            self._send_json(code, phrase, body)
-            self.dropConnection(abort=False)
-
-        d.addCallback(answer)
-        d.addErrback(lambda f: self._log.failure("health answer failed", f))
+        # Autobahn's part of this connection ends here: no handshake timer,
+        # and its dropConnection (called next) must leave the transport alone.
+        timer, self.openHandshakeTimeoutCall = self.openHandshakeTimeoutCall, None
+        if timer is not None:
+            timer.cancel()
+        self.state = self.STATE_CLOSED
+        self.transport = None
+        # The connection keeps its place on the listener: the site's channel takes it.
+        factory.limit.release()
+        channel = factory.http_site.buildProtocol(transport.getPeer())
+        if channel is None:
+            transport.loseConnection()
+            return
+        if isinstance(transport, ProtocolWrapper):  # TLS
+            transport.wrappedProtocol = channel
+        else:  # a TCP connection: it hands its data to ``.protocol``
+            transport.protocol = channel  # type: ignore[attr-defined]
+        channel.makeConnection(transport)
+        # Autobahn has read the request head but kept every byte received.
+        received, self.data = self.data, b""
+        channel.dataReceived(received)
 
     def dropConnection(self, abort: bool = False) -> None:
-        """Close the TCP connection, unless a ``/health`` answer is still to be sent."""
-        if not abort and self in self.factory.health_pending:
-            return
-        super().dropConnection(abort)
+        """Close the TCP connection, unless it was handed to the web site."""
+        if self.transport is not None:
+            super().dropConnection(abort)
 
     def sendRedirect(self, url: str) -> None:
-        """Serve the status page instead of Autobahn's ``?redirect=`` (no open redirect)."""
+        """Serve the request like any plain GET instead of Autobahn's ``?redirect=``."""
         self.sendServerStatus()
-
-    def _send_json(self, code: int, phrase: str, body: dict[str, Any]) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode("utf-8")
-        head = (
-            f"HTTP/1.1 {code} {phrase}\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n"
-            "Cache-Control: no-cache\r\n"
-            "Connection: close\r\n\r\n"
-        )
-        self.sendData(head.encode("ascii") + data)
 
 
 class PushServerFactory(LeanServerFactory):
@@ -209,16 +197,13 @@ class PushServerFactory(LeanServerFactory):
     protocol = PushServerProtocol
 
     def __init__(self, node: Node, *, url: str | None = None) -> None:
-        _autobahn_tuning.apply()
         super().__init__(url=url, server=f"pushtwisted/{__version__}", reactor=node.clock)
         self.node = node
         ws = node.config.websocket
         #: The open connections of this listener, against ``[websocket] max_connections``.
         self.limit = ConnectionLimit("websocket", ws.max_connections, node.clock, node.metrics)
-        #: Plain-HTTP ``/health`` requests waiting for the storage check.
-        self.health_pending: set[PushServerProtocol] = set()
-        #: Seconds the ``/health`` storage check may take.
-        self.health_timeout = HEALTH_TIMEOUT
+        #: Where plain HTTP requests (no upgrade) are served: ``/status``, ``/health``.
+        self.http_site = build_status_site(node, limit=self.limit, timeout=ws.handshake_timeout)
         #: Allowed origins in normal form; empty allows every origin.
         self.allowed_origins = frozenset(_origin_or_raw(origin) for origin in ws.origins)
         self.setProtocolOptions(  # type: ignore[no-untyped-call]

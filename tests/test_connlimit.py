@@ -1,8 +1,9 @@
 """Tests for the operational limits of the listeners.
 
 ``[websocket]``/``[endpoint] max_connections`` (``pushtwisted.connlimit``),
-the WebSocket listener's plain-HTTP ``/health`` and ``[websocket]
-handshake_timeout``; all on fakes (StringTransport, Clock), no reactor.
+the WebSocket listener's plain-HTTP ``/health`` (served by the web site it
+hands the connection to) and ``[websocket] handshake_timeout``; all on fakes
+(StringTransport, Clock), no reactor.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pushtwisted.errors import StorageUnavailable
 from pushtwisted.metrics import PrometheusMetrics
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.web.endpoint import build_endpoint_site
+from pushtwisted.web.status import HEALTH_TIMEOUT
 from pushtwisted.websocket import PushServerFactory
 from tests._session_fakes import RecordingMetrics, make_node
 from tests.test_websocket import Connection, _Transport, ws_config
@@ -192,8 +194,7 @@ class WebSocketHealthTests(SynchronousTestCase):
 
     def _hanging(self) -> tuple[Connection, _HangingStorage]:
         storage = _HangingStorage()
-        conn = Connection()
-        conn.factory.node = make_node(config=conn.node.config, storage=storage, clock=Clock())
+        conn = Connection(node=make_node(config=ws_config(), storage=storage, clock=Clock()))
         return conn, storage
 
     def test_waits_for_storage(self) -> None:
@@ -223,19 +224,33 @@ class WebSocketHealthTests(SynchronousTestCase):
         conn.request("/health")
         clock = conn.factory.node.clock
         assert isinstance(clock, Clock)
-        clock.advance(conn.factory.health_timeout + 0.1)
+        clock.advance(HEALTH_TIMEOUT + 0.1)
         response = conn.take().decode("latin-1")
         self.assertTrue(response.startswith("HTTP/1.1 503 "), response)
         self.assertIn("no answer within", self.body(response)["storage"])
 
     def test_client_gone(self) -> None:
-        """When the client leaves before the check answers, nothing is written."""
+        """When the client leaves before the check answers, nothing is written and the
+        connection's place on the listener is free."""
         conn, storage = self._hanging()
         conn.request("/health")
-        conn.protocol.connectionLost(_DONE)
-        self.assertEqual(conn.factory.health_pending, set())
+        self.assertEqual(conn.factory.limit.open, 1)
+        conn.transport.protocol.connectionLost(_DONE)
+        self.assertEqual(conn.factory.limit.open, 0)
         storage.pending[0].callback(None)
         self.assertEqual(conn.take(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_place_kept_while_served(self) -> None:
+        """When a plain GET is handed to the web site, the connection keeps its one
+        place on the listener until it closes."""
+        conn = Connection(ws_config(max_connections=1))
+        conn.request("/status")
+        self.assertEqual(conn.factory.limit.open, 1)
+        self.assertIsNone(conn.factory.buildProtocol(_PEER))
+        conn.transport.protocol.connectionLost(_DONE)
+        self.assertEqual(conn.factory.limit.open, 0)
+        self.assertIsNotNone(conn.factory.buildProtocol(_PEER))
 
 
 class HandshakeTimeoutTests(SynchronousTestCase):

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from pushtwisted import tap
+from pushtwisted import _autobahn_tuning, tap
 from pushtwisted.config import (
     Config,
     EndpointConfig,
@@ -29,6 +29,7 @@ from pushtwisted.storage.sqlite import SqliteStorage
 from pushtwisted.threadpool import ThreadPoolService
 from pushtwisted.tokens import KEY_FILE, EndpointCrypto, generate_key
 from pushtwisted.websocket import PushServerFactory
+from tests._session_fakes import make_node
 
 UAID = "0123456789abcdef0123456789abcdef"
 
@@ -80,6 +81,18 @@ class BuildServiceTests(SynchronousTestCase):
         ws_factory, endpoint_factory = (entry[1] for entry in reactor.tcpServers)
         self.assertIsInstance(ws_factory, PushServerFactory)
         self.assertIsInstance(endpoint_factory, Site)
+
+    def test_autobahn_tuning_applied_by_build_service(self) -> None:
+        """``build_service`` applies the Autobahn tuning; building a factory alone does not."""
+        for module, name, original, _ in _autobahn_tuning._TARGETS:
+            setattr(module, name, original)
+        self.addCleanup(_autobahn_tuning.apply)
+        PushServerFactory(make_node())
+        for module, name, original, _ in _autobahn_tuning._TARGETS:
+            self.assertIs(getattr(module, name), original, name)
+        tap.build_service(self.config(), MemoryReactorClock())
+        for module, name, _, stand_in in _autobahn_tuning._TARGETS:
+            self.assertIs(getattr(module, name), stand_in, name)
 
     def test_listen_and_backlog_from_config(self) -> None:
         """Ports, interfaces and backlogs come from ``listen`` and ``backlog``."""

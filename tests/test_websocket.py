@@ -17,6 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted import __version__
 from pushtwisted.config import Config, WebSocketConfig
+from pushtwisted.node import Node
+from pushtwisted.web.status import HealthResource, StatusResource
 from pushtwisted.websocket import PushServerFactory, PushServerProtocol
 from tests._session_fakes import make_node
 
@@ -75,8 +77,8 @@ class _Transport(StringTransport):
 class Connection:
     """One server protocol on a StringTransport."""
 
-    def __init__(self, config: Config | None = None) -> None:
-        self.node = make_node(config=config or ws_config())
+    def __init__(self, config: Config | None = None, node: Node | None = None) -> None:
+        self.node = node or make_node(config=config or ws_config())
         self.factory = PushServerFactory(self.node)
         # Autobahn's timers run on the global reactor: keep them off in unit tests.
         self.factory.openHandshakeTimeout = 0
@@ -85,9 +87,11 @@ class Connection:
         self.transport = _Transport(peerAddress=_PEER)
         self.protocol.makeConnection(self.transport)
 
-    def request(self, path: str = "/", headers: dict[str, str] | None = None) -> str:
-        """Send an HTTP request head; return the response head."""
-        lines = [f"GET {path} HTTP/1.1", "Host: localhost:8080"]
+    def request(
+        self, path: str = "/", headers: dict[str, str] | None = None, method: str = "GET"
+    ) -> str:
+        """Send an HTTP request head; return the response."""
+        lines = [f"{method} {path} HTTP/1.1", "Host: localhost:8080"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.protocol.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
         return self.take().decode("latin-1")
@@ -299,9 +303,38 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(self.body(conn.request("/status"))["clients"], 1)
 
     def test_not_found(self) -> None:
-        """When another path is fetched without upgrade, the server answers JSON 404."""
+        """When another path is fetched without upgrade, the server answers the JSON 404."""
         for path in ("/", "/healthz", "/status/x", "/?redirect=http://evil.test/"):
             response = Connection().request(path)
             self.assertTrue(response.startswith("HTTP/1.1 404 "), response)
             self.assertNotIn("Location", response)
-            self.assertEqual(self.body(response), {"error": "Not Found"})
+            self.assertEqual(
+                self.body(response),
+                {"code": 404, "errno": 102, "error": "Not Found", "message": "Not Found"},
+            )
+
+    def test_one_request_then_close(self) -> None:
+        """When a plain GET is answered, the answer says ``Connection: close`` and the
+        connection closes, as Autobahn's own status page did."""
+        conn = Connection()
+        response = conn.request("/status")
+        self.assertIn("\r\nConnection: close\r\n", response)
+        self.assertIn("\r\nCache-Control: no-store\r\n", response)
+        self.assertTrue(conn.transport.disconnecting)
+
+    def test_same_resources_as_endpoint_listener(self) -> None:
+        """The plain-HTTP side serves the ``twisted.web`` status resources of the
+        endpoint listener, without ``/metrics``."""
+        children = Connection().factory.http_site.resource.children
+        self.assertEqual(set(children), {b"status", b"health"})
+        self.assertIsInstance(children[b"status"], StatusResource)
+        self.assertIsInstance(children[b"health"], HealthResource)
+
+    def test_handed_over_connection_is_not_autobahns(self) -> None:
+        """When a plain GET is handed to the web site, Autobahn lets go of the
+        connection: its handshake timer is gone and it holds no transport."""
+        conn = Connection()
+        conn.request("/status")
+        self.assertIsNone(conn.protocol.openHandshakeTimeoutCall)
+        self.assertIsNone(conn.protocol.transport)
+        self.assertIsNot(conn.transport.protocol, conn.protocol)

@@ -12,6 +12,9 @@ Resources that answer asynchronously return ``render_async(request, coro)``
 from ``render``: ``coro`` computes a ``JSONResponse`` (or raises a
 ``PushError``), and the response is written only if the peer is still there.
 
+``JSONRoot`` is the root resource of a listener: its registered children
+answer as usual, and any other path is a JSON 404 of that shape.
+
 ``raw_json_response`` is for the one answer written before ``twisted.web``
 has a request to render: the early 413 of ``pushtwisted.web._site``.
 """
@@ -27,6 +30,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from pushtwisted.errors import InvalidToken, PushError, StorageError
@@ -34,7 +38,9 @@ from pushtwisted.errors import InvalidToken, PushError, StorageError
 __all__ = [
     "RETRY_AFTER_SECONDS",
     "HTTPRequest",
+    "JSONNotFound",
     "JSONResponse",
+    "JSONRoot",
     "WebError",
     "error_body",
     "error_response",
@@ -183,6 +189,43 @@ def json_response(
     request.setHeader(b"Content-Length", b"%d" % len(payload))
     request.write(payload)
     request.finish()
+
+
+class JSONNotFound(Resource):
+    """A leaf that answers every request with the JSON 404 (errno 102).
+
+    :param headers: extra response headers (CORS...).
+    """
+
+    isLeaf = True
+
+    def __init__(self, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._headers = tuple(headers)
+
+    def render(self, request: HTTPRequest) -> int:
+        """Answer 404 with the JSON error shape."""
+        json_response(request, 404, error_body(404, 102, "Not Found"), headers=self._headers)
+        return NOT_DONE_YET
+
+
+class JSONRoot(Resource):
+    """A listener's root: registered children answer, any other path is a JSON 404.
+
+    :param headers: extra headers of the 404 answers (CORS...).
+    """
+
+    def __init__(self, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._not_found = JSONNotFound(headers)
+
+    def getChild(self, path: bytes, request: HTTPRequest) -> Resource:
+        """Return the JSON 404 resource for any path without a registered child."""
+        return self._not_found
+
+    def render(self, request: HTTPRequest) -> int:
+        """Answer ``/`` itself with the JSON 404."""
+        return self._not_found.render(request)
 
 
 def raw_json_response(

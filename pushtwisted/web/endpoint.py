@@ -60,8 +60,8 @@ from pushtwisted.web._site import ListenerSite
 from pushtwisted.web._util import (
     HTTPRequest,
     JSONResponse,
+    JSONRoot,
     WebError,
-    error_body,
     error_response,
     json_response,
     render_async,
@@ -378,45 +378,13 @@ class UpdateResource(Resource):
         )
 
 
-class _NotFound(Resource):
-    """A JSON 404 for every path the endpoint listener does not serve."""
-
-    isLeaf = True
-
-    def __init__(self, cors: bool) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._cors = cors
-
-    def render(self, request: HTTPRequest) -> int:
-        """Answer 404 with the JSON error shape."""
-        _apply_cors(request, self._cors)
-        json_response(request, 404, error_body(404, 102, "Not Found"))
-        return NOT_DONE_YET
-
-
-class _EndpointRoot(Resource):
-    """The root of the endpoint listener; unknown children are a JSON 404."""
-
-    def __init__(self, cors: bool) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._not_found = _NotFound(cors)
-
-    def getChild(self, path: bytes, request: HTTPRequest) -> Resource:
-        """Return the JSON 404 resource for any path without a registered child."""
-        return self._not_found
-
-    def render(self, request: HTTPRequest) -> int:
-        """Answer ``/`` itself with the JSON 404."""
-        return self._not_found.render(request)
-
-
 def build_endpoint_root(node: Node) -> Resource:
     """Return the endpoint listener's root: ``update`` -> ``UpdateResource``.
 
     Other children (status, metrics) are added later with ``putChild``; any
     other path is a JSON 404.
     """
-    root = _EndpointRoot(node.config.endpoint.cors)
+    root = JSONRoot(_CORS_HEADERS if node.config.endpoint.cors else ())
     root.putChild(b"update", UpdateResource(node))
     return root
 

@@ -13,10 +13,15 @@
 - ``GET /metrics`` answers the Prometheus text exposition of a
   ``PrometheusMetrics``.
 
-Each resource answers with or without a trailing slash, answers ``HEAD`` like
-``GET`` without a body, and rejects every other method with 405 (the one JSON
-error shape, with ``Allow: GET, HEAD``).  Every answer carries
-``Cache-Control: no-store``.
+Each resource answers with or without a trailing slash (a deeper path is the
+JSON 404), answers ``HEAD`` like ``GET`` without a body, and rejects every
+other method with 405 (the one JSON error shape, with ``Allow: GET, HEAD``).
+Every answer carries ``Cache-Control: no-store``.
+
+The endpoint listener serves all three (``add_status_children``).  The
+WebSocket listener serves ``/status`` and ``/health`` through the same
+resources, under ``build_status_site``: Autobahn hands it every request
+that is not a WebSocket upgrade (``pushtwisted.websocket``).
 """
 
 from __future__ import annotations
@@ -25,17 +30,21 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.web.resource import IResource, NoResource, Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 import pushtwisted
+from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.errors import StorageError
 from pushtwisted.logs import logger
 from pushtwisted.metrics import PrometheusMetrics
 from pushtwisted.node import Node
+from pushtwisted.web._site import ListenerSite
 from pushtwisted.web._util import (
     HTTPRequest,
+    JSONNotFound,
     JSONResponse,
+    JSONRoot,
     WebError,
     error_response,
     json_response,
@@ -47,6 +56,7 @@ __all__ = [
     "MetricsResource",
     "StatusResource",
     "add_status_children",
+    "build_status_site",
     "check_health",
     "HEALTH_TIMEOUT",
 ]
@@ -57,6 +67,8 @@ _NO_STORE = (b"Cache-Control", b"no-store")
 HEALTH_TIMEOUT = 2.0
 #: Longest storage failure reason put in a ``/health`` answer.
 _MAX_REASON = 200
+#: Largest request body ``build_status_site`` reads (its GETs carry none).
+_STATUS_MAX_BODY = 4096
 
 
 class _ReadOnlyResource(Resource):
@@ -66,10 +78,10 @@ class _ReadOnlyResource(Resource):
         Resource.__init__(self)  # type: ignore[no-untyped-call]
 
     def getChild(self, path: bytes, request: HTTPRequest) -> IResource:
-        """Return self for the empty segment (``/x/``), else a 404."""
+        """Return self for the empty segment (``/x/``), else the JSON 404."""
         if path == b"":
             return self
-        return NoResource()
+        return JSONNotFound()
 
     def render(self, request: HTTPRequest) -> bytes | int:
         """Answer 405 for methods other than GET and HEAD; HEAD renders GET."""
@@ -140,7 +152,6 @@ async def check_health(node: Node, timeout: float) -> tuple[int, dict[str, Any]]
     200 ``{"status": "OK", "storage": "OK", ...}`` when ``Storage.check()``
     succeeds within ``timeout`` seconds (on the node's clock), else 503
     ``{"status": "FAIL", "storage": "unavailable: <reason>", ...}``.  Never raises.
-    Shared by ``HealthResource`` and the WebSocket listener's plain-HTTP ``/health``.
     """
     storage = await _check_storage(node, timeout)
     healthy = storage == "OK"
@@ -215,3 +226,27 @@ def add_status_children(
     root.putChild(b"health", HealthResource(node, timeout=health_timeout))
     if metrics is not None:
         root.putChild(b"metrics", MetricsResource(metrics))
+
+
+def build_status_site(node: Node, *, limit: ConnectionLimit, timeout: float) -> ListenerSite:
+    """Return the ``Site`` of the WebSocket listener's plain HTTP requests.
+
+    ``/status`` and ``/health`` (no ``/metrics``), the JSON 404 elsewhere; one
+    request per connection (``Connection: close``, as Autobahn's own status
+    page did), no access log.
+
+    :param limit: the WebSocket listener's ``ConnectionLimit``: a connection
+        handed over keeps its place on it until it closes.
+    :param timeout: seconds a connection may stay idle (an unfinished
+        request); 0 means no limit.
+    """
+    root = JSONRoot()
+    add_status_children(root, node)
+    return ListenerSite(
+        root,
+        max_body=_STATUS_MAX_BODY,
+        limit=limit,
+        keep_alive=False,
+        timeout=timeout if timeout > 0 else None,
+        reactor=node.clock,
+    )

@@ -265,11 +265,19 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(client.recv()["updates"], [{"channelID": chid, "version": 9}])
 
     def test_status_on_websocket_port(self) -> None:
-        """A plain ``GET /status`` on the WebSocket port answers 200 with JSON status OK."""
-        url = f"http://127.0.0.1:{self.server.ws_port}/status"
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-            self.assertEqual(response.status, 200)
-            self.assertEqual(json.loads(response.read())["status"], "OK")
+        """Plain ``GET /status`` and ``/health`` on the WebSocket port answer 200 with JSON
+        status OK; another path is the JSON 404."""
+        for path in ("/status", "/health"):
+            url = f"http://127.0.0.1:{self.server.ws_port}{path}"
+            with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+                self.assertEqual(response.status, 200)
+                self.assertEqual(json.loads(response.read())["status"], "OK")
+        url = f"http://127.0.0.1:{self.server.ws_port}/nothing"
+        with self.assertRaises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(url, timeout=TIMEOUT)
+        self.assertEqual(raised.exception.code, 404)
+        self.assertEqual(json.loads(raised.exception.read())["errno"], 102)
+        raised.exception.close()
 
     def test_sigterm_shuts_down_cleanly(self) -> None:
         """SIGTERM closes clients with 1001 (going away) and the process exits 0."""

@@ -102,3 +102,9 @@ class TLSTests(SynchronousTestCase):
         notification = json.loads(ws.recv())
         self.assertEqual(notification["messageType"], "notification")
         self.assertEqual(notification["updates"], [{"channelID": channel, "version": 7}])
+
+        # A plain GET on the wss:// port is handed to its web site through TLS.
+        health = f"https://127.0.0.1:{server.ws_port}/health"
+        with urllib.request.urlopen(health, timeout=TIMEOUT, context=context) as response:
+            self.assertEqual(response.status, 200)
+            self.assertEqual(json.loads(response.read())["storage"], "OK")
