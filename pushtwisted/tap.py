@@ -14,7 +14,6 @@ the ``Node``), and a third listener serving the node-to-node API.
 from __future__ import annotations
 
 import gc
-import re
 import signal
 from collections.abc import Callable
 from typing import Any, cast
@@ -24,19 +23,18 @@ from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from pushtwisted import _autobahn_tuning
 from pushtwisted.cli import VersionedOptions, check_report, error_exit
 from pushtwisted.cluster.directory import MemcachedDirectory
-from pushtwisted.cluster.reuseport import ReusePortService, parse_tcp_description
 from pushtwisted.cluster.router import HTTPClient as RouterHTTPClient
 from pushtwisted.cluster.router import Router
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.config import Config, load_config
 from pushtwisted.errors import ConfigError
+from pushtwisted.listeners import ReusePortError, listener_description
 from pushtwisted.logs import filter_observers_at_begin, logger, set_log_level
 from pushtwisted.metrics import Metrics, PrometheusMetrics
 from pushtwisted.node import Node
@@ -53,9 +51,6 @@ from pushtwisted.websocket import PushServerFactory
 
 __all__ = ["Options", "PushService", "build_service", "makeService"]
 
-# Endpoint types whose strports parser accepts a ``backlog`` argument.
-_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
-_UNESCAPED_COLON = re.compile(r"(?<!\\):")
 #: Seconds between purges of expired tombstones (sqlite).
 _PURGE_INTERVAL = 3600.0
 #: Idle keep-alive connections kept per other node by the router's HTTP client.
@@ -163,16 +158,6 @@ class PushService(MultiService):
         return len(self.node.registry) == 0 and busy == 0
 
 
-def _with_backlog(description: str, backlog: int) -> str:
-    """Append ``backlog=`` to a strports description that takes one and has none."""
-    parts = _UNESCAPED_COLON.split(description)
-    if parts[0].strip().lower() not in _BACKLOG_TYPES:
-        return description
-    if any(part.strip().lower().startswith("backlog=") for part in parts[1:]):
-        return description
-    return f"{description}:backlog={backlog}"
-
-
 def _token_keys(config: Config) -> list[str]:
     """Return the configured keys, or the one generated and kept in the state dir."""
     if config.crypto.keys:
@@ -193,10 +178,6 @@ def _build_storage(
         pool = build_thread_pool(config.storage, reactor=reactor, metrics=metrics)
     storage = build_storage(config.storage, reactor=reactor, pool=pool, metrics=metrics)
     return storage, pool
-
-
-def _listener(description: str, backlog: int, factory: IProtocolFactory, reactor: Any) -> Any:
-    return strports.service(_with_backlog(description, backlog), factory, reactor=reactor)
 
 
 def _check_cluster(config: Config) -> None:
@@ -350,31 +331,33 @@ def build_service(config: Config, reactor: Any) -> PushService:
         root.closers.append(close_directory)
     for section, description, backlog, reuse_port, factory in listeners:
         service = _build_listener(section, description, backlog, reuse_port, factory, reactor)
-        service.setServiceParent(root)
+        service.setServiceParent(root)  # type: ignore[no-untyped-call]
         root.listeners.append(service)
     return root
 
 
 def _build_listener(
     section: str, description: str, backlog: int, reuse_port: bool, factory: Any, reactor: Any
-) -> Any:
-    """Return the service listening on ``description`` (``SO_REUSEPORT`` if asked).
+) -> IService:
+    """Return the service listening on ``description`` with the section's options.
+
+    ``strports.service`` (``serverFromString`` + ``StreamServerEndpointService``)
+    parses it, through ``pushtwisted.listeners``' endpoint type, which adds
+    the ``backlog`` and, with ``reuse_port``, a ``SO_REUSEPORT`` socket.
 
     :raises ConfigError: naming ``<section>.listen`` (or ``<section>.reuse_port``
         for a description ``reuse_port`` cannot serve).
     """
-    if reuse_port:
-        try:
-            listen = parse_tcp_description(description, default_backlog=backlog)
-        except ValueError as e:
-            raise ConfigError(f"{section}.reuse_port: {e} (listen = {description!r})") from None
-        return ReusePortService(listen, factory, reactor)
+    full = listener_description(description, backlog=backlog, reuse_port=reuse_port)
     try:
-        return _listener(description, backlog, factory, reactor)
-    except (ValueError, TypeError, KeyError, OSError) as e:
+        service: IService = strports.service(full, factory, reactor=reactor)
+    except ReusePortError as e:
+        raise ConfigError(f"{section}.reuse_port: {e} (listen = {description!r})") from None
+    except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
         raise ConfigError(
             f"{section}.listen: invalid endpoint description {description!r}: {e}"
         ) from None
+    return service
 
 
 def _log_errors(call: Callable[[], Deferred[Any]]) -> Callable[[], Deferred[Any]]:

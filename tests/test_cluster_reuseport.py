@@ -1,4 +1,4 @@
-"""Tests for ``pushtwisted.cluster.reuseport``: descriptions, sockets, the service.
+"""Tests for ``pushtwisted.cluster.reuseport``: the ``reuseport:`` endpoint type.
 
 The socket tests bind real sockets on 127.0.0.1 (port 0, then that same
 port again) but never run a reactor: the reactor is a fake that keeps the
@@ -10,16 +10,13 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushtwisted.cluster.reuseport import (
-    ReusePortService,
-    TCPListen,
-    listen_reuse_port,
-    parse_tcp_description,
-)
+from pushtwisted.cluster.reuseport import ReusePortEndpoint, listen_reuse_port
 
 
 class _AdoptingReactor:
@@ -38,46 +35,49 @@ class _AdoptingReactor:
             sock.close()
 
 
-class ParseTests(SynchronousTestCase):
-    """``parse_tcp_description`` reads tcp/tcp6 descriptions only."""
+def parse(description: str) -> ReusePortEndpoint:
+    """Return what ``serverFromString`` makes of ``description`` (through the plugin)."""
+    endpoint = serverFromString(MemoryReactorClock(), description)
+    assert isinstance(endpoint, ReusePortEndpoint), endpoint
+    return endpoint
 
-    def test_tcp(self) -> None:
+
+class ParseTests(SynchronousTestCase):
+    """``reuseport:`` descriptions, parsed by Twisted and our parser plugin."""
+
+    def test_all_keys(self) -> None:
         """Port, interface and backlog are read; IPv4 by default."""
+        endpoint = parse("reuseport:8080:interface=127.0.0.1:backlog=1024")
         self.assertEqual(
-            parse_tcp_description("tcp:8080:interface=127.0.0.1:backlog=1024"),
-            TCPListen(port=8080, interface="127.0.0.1", backlog=1024, family=socket.AF_INET),
+            (endpoint.port, endpoint.interface, endpoint.backlog, endpoint.family),
+            (8080, "127.0.0.1", 1024, socket.AF_INET),
         )
 
     def test_defaults(self) -> None:
-        """Without keys: every IPv4 address and the default backlog."""
-        self.assertEqual(
-            parse_tcp_description("tcp:80", default_backlog=7),
-            TCPListen(port=80, interface="", backlog=7, family=socket.AF_INET),
-        )
-        self.assertEqual(parse_tcp_description("tcp:port=81").port, 81)
+        """Without keys: every IPv4 address and a backlog of 50; ``port=`` works too."""
+        endpoint = parse("reuseport:80")
+        self.assertEqual((endpoint.interface, endpoint.backlog), ("", 50))
+        self.assertEqual(parse("reuseport:port=81").port, 81)
 
     def test_ipv6(self) -> None:
-        """``tcp6`` or an IPv6 interface (colons escaped) means IPv6."""
-        self.assertEqual(parse_tcp_description("tcp6:8080").interface, "::")
-        listen = parse_tcp_description(r"tcp:8080:interface=\:\:1")
-        self.assertEqual((listen.interface, listen.family), ("::1", socket.AF_INET6))
+        """An IPv6 interface (colons escaped) means an IPv6 socket."""
+        endpoint = parse(r"reuseport:8080:interface=\:\:1")
+        self.assertEqual((endpoint.interface, endpoint.family), ("::1", socket.AF_INET6))
 
     def test_refused(self) -> None:
-        """Other types, bad values and unknown keys are a ``ValueError``."""
+        """Bad values, a missing port, extra arguments and unknown keys are a ``ValueError``."""
         for bad in (
-            "ssl:443:privateKey=k.pem",
-            "unix:/tmp/s",
-            "systemd:domain=INET:index=0",
-            "tcp",
-            "tcp:http",
-            "tcp:70000",
-            "tcp:80:backlog=0",
-            "tcp:80:backlog=x",
-            "tcp:80:81",
-            "tcp:80:reuse=1",
+            "reuseport",
+            "reuseport:http",
+            "reuseport:70000",
+            "reuseport:80:backlog=0",
+            "reuseport:80:backlog=x",
+            "reuseport:80:81",
+            "reuseport:80:port=81",
+            "reuseport:80:reuse=1",
         ):
             with self.assertRaises(ValueError, msg=bad):
-                parse_tcp_description(bad)
+                serverFromString(MemoryReactorClock(), bad)
 
 
 class ListenTests(SynchronousTestCase):
@@ -87,14 +87,21 @@ class ListenTests(SynchronousTestCase):
         self.reactor = _AdoptingReactor()
         self.addCleanup(self.reactor.close)
 
+    def listen(self, port: int) -> None:
+        listen_reuse_port(
+            self.reactor,  # type: ignore[arg-type]
+            ServerFactory(),
+            port=port,
+            interface="127.0.0.1",
+            backlog=5,
+            family=socket.AF_INET,
+        )
+
     def test_two_listeners_share_a_port(self) -> None:
         """Two listeners bind the same port, both with SO_REUSEPORT, listening."""
-        factory: ServerFactory[Any] = ServerFactory()
-        first = TCPListen(port=0, interface="127.0.0.1", backlog=5, family=socket.AF_INET)
-        listen_reuse_port(self.reactor, first, factory)  # type: ignore[arg-type]
+        self.listen(0)
         port = self.reactor.sockets[0].getsockname()[1]
-        second = TCPListen(port=port, interface="127.0.0.1", backlog=5, family=socket.AF_INET)
-        listen_reuse_port(self.reactor, second, factory)  # type: ignore[arg-type]
+        self.listen(port)
         for sock in self.reactor.sockets:
             self.assertEqual(sock.getsockname(), ("127.0.0.1", port))
             self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), 1)
@@ -107,27 +114,32 @@ class ListenTests(SynchronousTestCase):
         self.addCleanup(holder.close)
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
-        port = holder.getsockname()[1]
-        listen = TCPListen(port=port, interface="127.0.0.1", backlog=5, family=socket.AF_INET)
         with self.assertRaises(OSError):
-            listen_reuse_port(self.reactor, listen, ServerFactory())  # type: ignore[arg-type]
+            self.listen(holder.getsockname()[1])
         self.assertEqual(self.reactor.sockets, [])
 
 
-class ServiceTests(SynchronousTestCase):
-    """``ReusePortService`` listens while running."""
+class EndpointTests(SynchronousTestCase):
+    """``ReusePortEndpoint.listen`` answers like Twisted's own TCP endpoints."""
 
-    def test_start_stop(self) -> None:
-        """Starting adopts one port; stopping stops listening; stopping again is fine."""
+    def test_listen(self) -> None:
+        """Listening adopts one port serving the factory and fires with it."""
         reactor = MemoryReactorClock()
         factory: ServerFactory[Any] = ServerFactory()
-        listen = TCPListen(port=0, interface="127.0.0.1", backlog=5, family=socket.AF_INET)
-        service = ReusePortService(listen, factory, reactor)
-        service.privilegedStartService()
-        service.startService()
-        self.assertEqual(len(reactor.adoptedPorts), 1)
-        self.assertIs(reactor.adoptedPorts[0][2], factory)
-        self.assertIsNotNone(service.port)
-        self.successResultOf(service.stopService())
-        self.assertIsNone(service.port)
-        self.successResultOf(service.stopService())
+        endpoint = ReusePortEndpoint(reactor, 0, interface="127.0.0.1", backlog=5)
+        port = self.successResultOf(endpoint.listen(factory))
+        [(_, family, adopted)] = reactor.adoptedPorts
+        self.assertIs(adopted, factory)
+        self.assertEqual(family, socket.AF_INET)
+        self.assertIsNotNone(port)
+
+    def test_cannot_listen(self) -> None:
+        """A port held without SO_REUSEPORT fails the Deferred with ``CannotListenError``."""
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        reactor = MemoryReactorClock()
+        endpoint = ReusePortEndpoint(reactor, holder.getsockname()[1], interface="127.0.0.1")
+        self.failureResultOf(endpoint.listen(ServerFactory()), CannotListenError)
+        self.assertEqual(reactor.adoptedPorts, [])

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import ast
 import inspect
+import subprocess
+import sys
+from pathlib import Path
 
 from twisted.application.service import IServiceMaker
+from twisted.internet.interfaces import IStreamServerEndpointStringParser
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
+import pushtwisted
 from pushtwisted import tap
+from pushtwisted.cluster.reuseport import ReusePortParser
+from pushtwisted.listeners import PREFIX, ListenerParser
 
 
 def _simplepush_plugins() -> list[IServiceMaker]:
@@ -42,3 +49,41 @@ class PluginTests(SynchronousTestCase):
                 imported.append(node.module or "")
         self.assertEqual([name for name in imported if name.startswith("pushtwisted")], [])
         self.assertNotEqual(imported, [])
+
+
+class EndpointPluginTests(SynchronousTestCase):
+    """``serverFromString`` finds pushtwisted's endpoint types."""
+
+    def test_found(self) -> None:
+        """``reuseport`` and ``pushtwisted-listener`` are each found exactly once."""
+        parsers = list(getPlugins(IStreamServerEndpointStringParser))
+        reuseport = [p for p in parsers if p.prefix == "reuseport"]
+        listener = [p for p in parsers if p.prefix == PREFIX]
+        self.assertEqual(len(reuseport), 1)
+        self.assertEqual(len(listener), 1)
+        self.assertIsInstance(reuseport[0], ReusePortParser)
+        self.assertIsInstance(listener[0], ListenerParser)
+
+    def test_plugin_module_is_light(self) -> None:
+        """Importing the endpoint plugin module (twistd imports it to list plugins) loads
+        no Autobahn, web, HTTP client, memcached or Prometheus code, nor ``tap``."""
+        heavy = (
+            "autobahn",
+            "treq",
+            "pymemcache",
+            "prometheus_client",
+            "twisted.web",
+            "pushtwisted.tap",
+            "pushtwisted.session",
+        )
+        script = (
+            "import sys, twisted.plugins.pushtwisted_endpoints\n"
+            f"heavy = {heavy!r}\n"
+            "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+        )
+        # From the directory holding the pushtwisted under test (the tree or site-packages).
+        root = Path(pushtwisted.__file__).resolve().parents[1]
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root
+        ).stdout
+        self.assertEqual(out.strip(), "[]")

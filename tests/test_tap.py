@@ -124,16 +124,21 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual((address, backlog), (path, 12))
         self.assertIsInstance(factory, Site)
 
-    def test_backlog_not_added_where_unsupported(self) -> None:
-        """Descriptions whose type takes no backlog (systemd) are left as written."""
-        description = "systemd:domain=INET:index=0"
-        self.assertEqual(tap._with_backlog(description, 10), description)
-
-    def test_backlog_added_to_escaped_description(self) -> None:
-        """An escaped colon does not hide a missing backlog, nor fake a present one."""
-        self.assertEqual(
-            tap._with_backlog(r"unix:/tmp/a\:backlog=1", 9), r"unix:/tmp/a\:backlog=1:backlog=9"
+    def test_unix_path_with_escaped_colon(self) -> None:
+        """An escaped colon stays part of a ``unix:`` path, which still gets the backlog."""
+        path = self.mktemp() + ":sock"
+        escaped = path.replace(":", "\\:")
+        reactor, _ = self.start(
+            self.config(endpoint=EndpointConfig(listen=f"unix:{escaped}", backlog=12))
         )
+        [(address, _, backlog, _, _)] = reactor.unixServers
+        self.assertEqual((address, backlog), (path, 12))
+
+    def test_tcp6_listener(self) -> None:
+        """A ``tcp6:`` description listens on IPv6 with the configured backlog."""
+        reactor, _ = self.start(self.config(endpoint=EndpointConfig(listen="tcp6:9003", backlog=8)))
+        self.assertEqual(reactor.tcpServers[1][0::2], (9003, 8))
+        self.assertEqual(reactor.tcpServers[1][3], "::")
 
     def test_invalid_listen_is_config_error(self) -> None:
         """An unusable endpoint description is a ``ConfigError`` naming the key."""

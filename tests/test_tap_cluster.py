@@ -10,12 +10,14 @@ no I/O, and the memcached thread pool is never started.
 from __future__ import annotations
 
 import dataclasses
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, Logger
@@ -25,7 +27,7 @@ from zope.interface import implementer
 
 from pushtwisted import tap
 from pushtwisted.cluster.directory import MemcachedDirectory
-from pushtwisted.cluster.reuseport import ReusePortService
+from pushtwisted.cluster.reuseport import ReusePortEndpoint
 from pushtwisted.cluster.router import Router
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.config import (
@@ -178,7 +180,7 @@ class ClusterBuildTests(SynchronousTestCase):
 
 
 class ReusePortTests(SynchronousTestCase):
-    """``reuse_port`` turns a ``tcp:`` listener into a ``ReusePortService``."""
+    """``reuse_port`` serves a ``tcp:`` listener on a ``ReusePortEndpoint``."""
 
     def config(self, **sections: Any) -> Config:
         sections.setdefault("storage", StorageConfig(path=self.mktemp(), backend="memory"))
@@ -193,10 +195,10 @@ class ReusePortTests(SynchronousTestCase):
         )
         reactor = MemoryReactorClock()
         service = tap.build_service(config, reactor)
-        listeners = service.listeners
-        self.assertTrue(all(isinstance(s, ReusePortService) for s in listeners))
-        assert isinstance(listeners[1], ReusePortService)
-        self.assertEqual(listeners[1].listen.backlog, 7)
+        endpoints = [getattr(listener, "endpoint", None) for listener in service.listeners]
+        self.assertTrue(all(isinstance(e, ReusePortEndpoint) for e in endpoints), endpoints)
+        assert isinstance(endpoints[1], ReusePortEndpoint)
+        self.assertEqual(endpoints[1].backlog, 7)
         service.startService()
         self.addCleanup(lambda: self.successResultOf(service.stopService()))
         self.assertEqual(reactor.tcpServers, [])
@@ -214,6 +216,20 @@ class ReusePortTests(SynchronousTestCase):
         self.addCleanup(lambda: self.successResultOf(service.stopService()))
         self.assertEqual([entry[0] for entry in reactor.tcpServers], [8080])
         self.assertEqual(len(reactor.adoptedPorts), 1)
+
+    def test_port_held_without_reuse_port(self) -> None:
+        """When another socket holds the port without ``SO_REUSEPORT``, starting fails
+        with ``CannotListenError`` instead of running without that listener."""
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        config = self.config(
+            websocket=WebSocketConfig(listen=f"tcp:{port}:interface=127.0.0.1", reuse_port=True)
+        )
+        service = tap.build_service(config, MemoryReactorClock())
+        self.assertRaises(CannotListenError, service.privilegedStartService)
 
     def test_needs_tcp(self) -> None:
         """``reuse_port`` with a non-tcp description is a ``ConfigError`` naming

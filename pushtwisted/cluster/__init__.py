@@ -5,7 +5,8 @@ routing, request signing and ``SO_REUSEPORT`` listeners.
 - ``directory``: the ``uaid -> node`` directory (``MemoryDirectory``,
   ``MemcachedDirectory``).
 - ``router``: ``Router``, which delivers an update wherever the device is.
-- ``reuseport``: listening sockets shared by several processes on one host.
+- ``reuseport``: the ``reuseport:`` endpoint type, listening sockets shared by
+  several processes on one host.
 
 The node-to-node HTTP API itself is served by ``pushtwisted.web.internal``.
 """

@@ -7,145 +7,166 @@ non-blocking, close-on-exec) and hands it to the reactor with
 process listening on the port.  Run one ``twistd simplepush`` per core this
 way, each with its own router port (``docs/cluster.md``).
 
-Only ``tcp:`` and ``tcp6:`` descriptions are accepted, with the keys
-``interface`` and ``backlog``: ``tcp:8080:interface=0.0.0.0:backlog=1024``.
-Terminate TLS in front of the nodes (the load balancer) when you use it.
+``ReusePortParser`` makes this an endpoint type for ``serverFromString``
+(registered by ``twisted/plugins/pushtwisted_endpoints.py``)::
+
+    reuseport:PORT[:interface=ADDR][:backlog=N]
+
+IPv6 when the interface is an IPv6 address (colons escaped: ``\\:\\:``).
+``[websocket] reuse_port = true`` turns a ``tcp:`` or ``tcp6:`` listener into
+this endpoint (``pushtwisted.listeners``).  Terminate TLS in front of the
+nodes (the load balancer) when you use it.
 """
 
 from __future__ import annotations
 
-import re
 import socket
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IListeningPort, IReactorSocket
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorSocket,
+    IStreamServerEndpoint,
+    IStreamServerEndpointStringParser,
+)
 from twisted.internet.protocol import ServerFactory
+from twisted.plugin import IPlugin
+from zope.interface import implementer
 
-__all__ = ["ReusePortService", "TCPListen", "listen_reuse_port", "parse_tcp_description"]
-
-_UNESCAPED_COLON = re.compile(r"(?<!\\):")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TCPListen:
-    """A parsed ``tcp:`` / ``tcp6:`` listener description.
-
-    :ivar port: the TCP port (0 picks a free one).
-    :ivar interface: the address to bind ("" = every IPv4 address).
-    :ivar backlog: the listen backlog.
-    :ivar family: ``socket.AF_INET`` or ``socket.AF_INET6``.
-    """
-
-    port: int
-    interface: str
-    backlog: int
-    family: socket.AddressFamily
-
-
-def parse_tcp_description(description: str, *, default_backlog: int = 50) -> TCPListen:
-    """Parse ``tcp:PORT[:interface=ADDR][:backlog=N]`` (or ``tcp6:``).
-
-    :raises ValueError: for another endpoint type, a bad port or backlog, or
-        an unknown key.
-    """
-    parts = [p.replace("\\:", ":") for p in _UNESCAPED_COLON.split(description.strip())]
-    kind = parts[0].lower()
-    if kind not in ("tcp", "tcp6"):
-        raise ValueError(f"reuse_port needs a tcp: or tcp6: listener, not {parts[0]!r}")
-    port: int | None = None
-    interface = "::" if kind == "tcp6" else ""
-    backlog = default_backlog
-    for part in parts[1:]:
-        key, sep, value = part.partition("=")
-        if not sep:
-            if port is not None:
-                raise ValueError(f"unexpected argument {part!r}")
-            key, value = "port", part
-        key = key.strip().lower()
-        if key == "port":
-            if not value.isdigit() or not 0 <= int(value) < 65536:
-                raise ValueError(f"bad port {value!r}")
-            port = int(value)
-        elif key == "interface":
-            interface = value
-        elif key == "backlog":
-            if not value.isdigit() or int(value) < 1:
-                raise ValueError(f"bad backlog {value!r}")
-            backlog = int(value)
-        else:
-            raise ValueError(f"unknown key {key!r} (reuse_port takes interface and backlog)")
-    if port is None:
-        raise ValueError("no port given")
-    v6 = kind == "tcp6" or ":" in interface
-    family = socket.AF_INET6 if v6 else socket.AF_INET
-    return TCPListen(port=port, interface=interface, backlog=backlog, family=family)
+__all__ = ["ReusePortEndpoint", "ReusePortParser", "listen_reuse_port", "reuse_port_endpoint"]
 
 
 def listen_reuse_port(
-    reactor: IReactorSocket, listen: TCPListen, factory: ServerFactory[Any]
+    reactor: IReactorSocket,
+    factory: ServerFactory[Any],
+    *,
+    port: int,
+    interface: str,
+    backlog: int,
+    family: socket.AddressFamily,
 ) -> IListeningPort:
-    """Bind a ``SO_REUSEPORT`` socket as ``listen`` says and let the reactor serve it.
+    """Bind a ``SO_REUSEPORT`` socket and let the reactor serve ``factory`` on it.
 
     :raises OSError: when the socket cannot be bound (another process holds
         the port without ``SO_REUSEPORT``, or a permission is missing).
     """
-    sock = socket.socket(listen.family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.set_inheritable(False)
-        sock.bind((listen.interface, listen.port))
-        sock.listen(listen.backlog)
+        sock.bind((interface, port))
+        sock.listen(backlog)
         sock.setblocking(False)
         # The reactor duplicates the descriptor; ours is closed below.
-        return reactor.adoptStreamPort(sock.fileno(), listen.family, factory)
+        return reactor.adoptStreamPort(sock.fileno(), family, factory)
     finally:
         sock.close()
 
 
-class ReusePortService(Service):
-    """A service listening on a ``SO_REUSEPORT`` socket while it runs.
+@implementer(IStreamServerEndpoint)
+class ReusePortEndpoint:
+    """A TCP server endpoint whose socket has ``SO_REUSEPORT`` set.
 
-    The socket is bound in ``privilegedStartService`` (so a port below 1024
-    can be bound before twistd drops privileges) or else in
-    ``startService``; a bind failure raises there and stops the start.
-
-    :param listen: where to listen.
-    :param factory: the protocol factory served (a ``Site``...).
     :param reactor: provides ``IReactorSocket``.
-    :ivar port: the ``IListeningPort`` while listening, else None.
+    :param port: the TCP port (0 picks a free one).
+    :param interface: the address to bind ("" = every IPv4 address).
+    :param backlog: the listen backlog.
+    :param ipv6: bind an IPv6 socket (implied by an interface with a colon).
     """
 
-    def __init__(self, listen: TCPListen, factory: ServerFactory[Any], reactor: Any) -> None:
-        self.listen = listen
-        self.factory = factory
+    def __init__(
+        self,
+        reactor: IReactorSocket,
+        port: int,
+        *,
+        interface: str = "",
+        backlog: int = 50,
+        ipv6: bool = False,
+    ) -> None:
         self._reactor = reactor
-        self.port: IListeningPort | None = None
+        self.port = port
+        self.interface = interface
+        self.backlog = backlog
+        v6 = ipv6 or ":" in interface
+        self.family = socket.AF_INET6 if v6 else socket.AF_INET
 
-    def privilegedStartService(self) -> None:
-        """Bind the socket now (before privileges are dropped)."""
-        super().privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted: untyped
-        self._listen()
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """Listen now; fire with the port, or fail with ``CannotListenError``."""
+        try:
+            listening = listen_reuse_port(
+                self._reactor,
+                # Twisted annotates ServerFactory; any IProtocolFactory is served.
+                protocolFactory,  # type: ignore[arg-type]
+                port=self.port,
+                interface=self.interface,
+                backlog=self.backlog,
+                family=self.family,
+            )
+        except OSError as e:
+            error = CannotListenError(self.interface, self.port, e)  # type: ignore[no-untyped-call]
+            return fail(error)
+        return succeed(listening)
 
-    def startService(self) -> None:
-        """Bind the socket unless ``privilegedStartService`` did."""
-        super().startService()  # type: ignore[no-untyped-call]  # Twisted: untyped
-        self._listen()
 
-    def _listen(self) -> None:
-        if self.port is None:
-            self.port = listen_reuse_port(self._reactor, self.listen, self.factory)
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class ReusePortParser:
+    """The ``reuseport:PORT[:interface=ADDR][:backlog=N]`` endpoint type.
 
-    def stopService(self) -> Deferred[None]:
-        """Stop listening; fires when the socket is closed."""
-        super().stopService()  # type: ignore[no-untyped-call]  # Twisted: untyped
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        stopped = port.stopListening()
-        if stopped is None:
-            return succeed(None)
-        return stopped
+    :raises ValueError: (from ``parseStreamServer``) for a bad port or
+        backlog, a missing port or an unknown key.
+    """
+
+    prefix = "reuseport"
+
+    def parseStreamServer(
+        self, reactor: IReactorCore, *args: object, **kwargs: object
+    ) -> IStreamServerEndpoint:
+        """Return the endpoint the description's arguments name."""
+        return reuse_port_endpoint(
+            IReactorSocket(reactor),
+            [str(arg) for arg in args],
+            {key: str(value) for key, value in kwargs.items()},
+        )
+
+
+def reuse_port_endpoint(
+    reactor: IReactorSocket,
+    args: Sequence[str],
+    kwargs: Mapping[str, str],
+    *,
+    ipv6: bool = False,
+) -> ReusePortEndpoint:
+    """Build a ``ReusePortEndpoint`` from a parsed description's strings.
+
+    Takes ``port`` (the one argument, or a keyword), ``interface`` and
+    ``backlog``; ``ipv6`` makes the default interface ``::``.
+
+    :raises ValueError: for a bad port or backlog, a missing port, an extra
+        argument or an unknown key.
+    """
+    unknown = sorted(set(kwargs) - {"port", "interface", "backlog"})
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (reuseport takes interface and backlog)")
+    if len(args) > 1 or (args and "port" in kwargs):
+        raise ValueError(f"unexpected argument {args[-1]!r}")
+    raw_port = args[0] if args else kwargs.get("port")
+    if raw_port is None:
+        raise ValueError("no port given")
+    if not raw_port.isdigit() or not 0 <= int(raw_port) < 65536:
+        raise ValueError(f"bad port {raw_port!r}")
+    raw_backlog = kwargs.get("backlog", "50")
+    if not raw_backlog.isdigit() or int(raw_backlog) < 1:
+        raise ValueError(f"bad backlog {raw_backlog!r}")
+    return ReusePortEndpoint(
+        reactor,
+        int(raw_port),
+        interface=kwargs.get("interface", "::" if ipv6 else ""),
+        backlog=int(raw_backlog),
+        ipv6=ipv6,
+    )
