@@ -3,12 +3,15 @@
 The newest connection for a UAID wins: adding a session for a UAID that is
 already held closes the older one.  Removing only removes the entry when it
 still belongs to the session being removed, so a closing old socket never
-unregisters its replacement.
+unregisters its replacement.  ``when_empty`` lets a shutdown wait for the
+last session to go.
 """
 
 from __future__ import annotations
 
 from typing import Generic, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, succeed
 
 __all__ = ["ClientRegistry", "Replaceable"]
 
@@ -28,6 +31,7 @@ class ClientRegistry(Generic[_S]):
 
     def __init__(self) -> None:
         self._sessions: dict[str, _S] = {}
+        self._empty_waiters: list[Deferred[None]] = []
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -43,6 +47,10 @@ class ClientRegistry(Generic[_S]):
         """Forget ``uaid`` if ``session`` still holds it."""
         if self._sessions.get(uaid) is session:
             del self._sessions[uaid]
+            if self._empty_waiters and not self._sessions:
+                waiters, self._empty_waiters = self._empty_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
 
     def get(self, uaid: str) -> _S | None:
         """Return the session holding ``uaid``, or None."""
@@ -51,3 +59,14 @@ class ClientRegistry(Generic[_S]):
     def sessions(self) -> list[_S]:
         """Return every connected session (for shutdown)."""
         return list(self._sessions.values())
+
+    def when_empty(self) -> Deferred[None]:
+        """Return a Deferred that fires once no session is held (at once if none is).
+
+        Cancelling it only stops the wait.
+        """
+        if not self._sessions:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred(self._empty_waiters.remove)
+        self._empty_waiters.append(waiter)
+        return waiter

@@ -12,7 +12,8 @@ pool and returns a Deferred that fires on the reactor thread.  On top of
   ``StorageUnavailable`` (the thread may still finish; its result is dropped);
 - metrics: the ``storage_queue_depth`` gauge on every change and one
   ``storage_latency_seconds`` observation per finished call, labelled with the
-  operation name the caller passes.
+  operation name the caller passes;
+- ``when_idle``, which lets a shutdown wait for the calls in flight.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from typing import ParamSpec, Protocol, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, TimeoutError, fail
+from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -95,12 +96,25 @@ class ThreadPoolService(Service):
         self._timeout = timeout
         self._metrics = metrics
         self._depth = 0
+        self._idle_waiters: list[Deferred[None]] = []
         self.pool = ThreadPool(min_threads, max_threads, name=POOL_NAME)
 
     @property
     def depth(self) -> int:
         """The number of calls submitted and not yet finished."""
         return self._depth
+
+    def when_idle(self) -> Deferred[None]:
+        """Return a Deferred that fires once no call is in flight (at once if none is).
+
+        A call counts until its thread finishes, even when its caller timed
+        out.  Cancelling the Deferred only stops the wait.
+        """
+        if self._depth == 0:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred(self._idle_waiters.remove)
+        self._idle_waiters.append(waiter)
+        return waiter
 
     def startService(self) -> None:
         """Start the pool's threads."""
@@ -167,6 +181,10 @@ class ThreadPoolService(Service):
     def _set_depth(self, depth: int) -> None:
         self._depth = depth
         self._metrics.gauge("storage_queue_depth", depth)
+        if depth == 0 and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def _timed_out(self, failure: Failure, operation: str) -> Failure:
         if isinstance(failure.value, TimeoutError):

@@ -215,6 +215,32 @@ class ThreadPoolServiceTests(SynchronousTestCase):
         pool.run_next()
         self.assertEqual(service.depth, 0)
 
+    def test_when_idle(self) -> None:
+        """``when_idle`` fires at once with nothing in flight, else when the last call
+        finishes, even one whose caller timed out."""
+        service, pool, reactor, _ = self.make(timeout=1.0)
+        self.successResultOf(service.when_idle())
+        service.run("a", lambda: 1)
+        late = service.run("b", lambda: 2)
+        idle = service.when_idle()
+        pool.run_next()
+        self.assertNoResult(idle)
+        reactor.advance(1.0)
+        self.failureResultOf(late, StorageUnavailable)
+        self.assertNoResult(idle)
+        pool.run_next()
+        self.successResultOf(idle)
+
+    def test_when_idle_cancelled(self) -> None:
+        """Cancelling a ``when_idle`` wait forgets it; other waits still fire."""
+        service, pool, _, _ = self.make()
+        service.run("op", lambda: 1)
+        cancelled, kept = service.when_idle(), service.when_idle()
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        pool.run_next()
+        self.successResultOf(kept)
+
     def test_not_running(self) -> None:
         """Before start and after stop, calls fail with ``StorageUnavailable``."""
         service, pool, _, _ = self.make(start=False)
