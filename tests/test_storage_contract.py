@@ -568,6 +568,10 @@ class FakeMemcache:
     def close(self) -> None:
         pass
 
+    def check_servers(self) -> None:
+        """One server, which fails like every other call when told to."""
+        self._check()
+
 
 # -- the contract, synchronously ----------------------------------------------
 

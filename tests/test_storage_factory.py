@@ -209,6 +209,32 @@ class ClientTests(SynchronousTestCase):
         self.assertRaises(TimeoutError, client._safely_run_func, server, slow, None)
         self.assertEqual(server.closed, 0)
 
+    def test_check_servers(self) -> None:
+        """``check_servers`` asks every server of the ring its version; a failing one raises."""
+        client = make_memcached_client(
+            ["127.0.0.1:11211", "127.0.0.1:11212"], pool_size=1, connect_timeout=1, timeout=1
+        )
+        servers = {key: _VersionServer() for key in client.clients}
+        client.clients = servers
+        client.check_servers()
+        self.assertEqual([server.asked for server in servers.values()], [1, 1])
+        list(servers.values())[1].fails = True
+        self.assertRaises(MemcacheError, client.check_servers)
+
+
+class _VersionServer:
+    """Counts ``version()`` calls; raises like a dead server when told to."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.fails = False
+
+    def version(self) -> bytes:
+        self.asked += 1
+        if self.fails:
+            raise MemcacheError("down")
+        return b"1.6"
+
 
 class _StubServer:
     server = ("127.0.0.1", 11211)

@@ -164,6 +164,11 @@ class _StoreHashClient(HashClient):  # type: ignore[misc]  # pymemcache is untyp
         for client in self.clients.values():
             client.close()
 
+    def check_servers(self) -> None:
+        """Ask every server for its version; raise for the first that fails."""
+        for client in self.clients.values():
+            client.version()
+
     def set_many(self, *args: Any, **kwargs: Any) -> Any:
         """Unsupported: stock ``set_many`` reports failures as a key list."""
         raise NotImplementedError("set_many is not used by pushtwisted")
@@ -240,6 +245,9 @@ class MemcacheClient(Protocol):
 
     def close(self) -> None:
         """Close every connection."""
+
+    def check_servers(self) -> None:
+        """Reach every server (a ``HashClient`` spreads keys); raise when one fails."""
 
 
 def translate_errors(func: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -651,8 +659,7 @@ class MemcachedStorage:
             raise StorageUnavailable("memcached: health probe read back wrong")
         self._client.delete(key, noreply=False)
         # A HashClient spreads keys: probe every server, not just this key's.
-        for server in getattr(self._client, "clients", {}).values():
-            server.version()
+        self._client.check_servers()
 
     @translate_errors
     def _close_blocking(self) -> None:
