@@ -5,43 +5,45 @@ imports the reactor (inside ``makeService``).  ``build_service(config,
 reactor)`` does the wiring and can be started on a ``MemoryReactorClock`` in
 tests.
 
-With ``[router] listen`` set the node joins a cluster (``docs/cluster.md``):
-it also builds the memcached directory, an HTTP client with its own
-persistent connection pool, the request signer and the ``Router`` (given to
-the ``Node``), and a third listener serving the node-to-node API.
+Each part owns what it starts, as a service in the tree of ``PushService``:
+the storage thread pool, the ``StorageService`` (opens, purges and closes the
+backend), in a cluster the ``ClusterService``, then the listeners.  With
+``[router] listen`` set the node joins a cluster (``docs/cluster.md``): the
+``ClusterService`` holds the directory (on the storage's memcached client),
+the HTTP client with its own persistent connection pool, the request signer
+and the ``Router`` (given to the ``Node``), and a third listener serves the
+node-to-node API.
 """
 
 from __future__ import annotations
 
 import gc
 import signal
-from collections.abc import Callable
 from typing import Any, cast
 
-from treq.client import HTTPClient
 from twisted.application import strports
-from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.task import deferLater
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IProtocolFactory
 
 from pushtwisted import _autobahn_tuning
+from pushtwisted._reactor import IServerReactor
 from pushtwisted.cli import VersionedOptions, check_report, error_exit
-from pushtwisted.cluster.directory import MemcachedDirectory
-from pushtwisted.cluster.router import HTTPClient as RouterHTTPClient
-from pushtwisted.cluster.router import Router
-from pushtwisted.cluster.signing import RequestSigner
+from pushtwisted.cluster.service import ClusterService, build_cluster
 from pushtwisted.config import Config, load_config
 from pushtwisted.errors import ConfigError
 from pushtwisted.listeners import ReusePortError, listener_description
 from pushtwisted.logs import filter_observers_at_begin, logger, set_log_level
-from pushtwisted.metrics import Metrics, PrometheusMetrics
+from pushtwisted.metrics import PrometheusMetrics
 from pushtwisted.node import Node
 from pushtwisted.registry import ClientRegistry
-from pushtwisted.storage.factory import build_storage, build_thread_pool
-from pushtwisted.storage.interface import Storage
-from pushtwisted.storage.memcached import make_memcached_client
+from pushtwisted.storage.factory import (
+    build_memcache_client,
+    build_storage_service,
+    build_thread_pool,
+)
+from pushtwisted.storage.service import StorageService
 from pushtwisted.threadpool import ThreadPoolService
 from pushtwisted.tokens import EndpointCrypto, load_or_create_key
 from pushtwisted.web.endpoint import build_endpoint_site
@@ -49,14 +51,7 @@ from pushtwisted.web.internal import build_internal_site
 from pushtwisted.web.status import add_status_children
 from pushtwisted.websocket import PushServerFactory
 
-__all__ = ["Options", "PushService", "build_service", "makeService"]
-
-#: Seconds between purges of expired tombstones (sqlite).
-_PURGE_INTERVAL = 3600.0
-#: Idle keep-alive connections kept per other node by the router's HTTP client.
-_ROUTER_PERSISTENT_PER_NODE = 16
-#: Seconds an idle keep-alive connection to another node is kept.
-_ROUTER_IDLE_TIMEOUT = 120
+__all__ = ["IServerReactor", "Options", "PushService", "build_service", "makeService"]
 
 
 class Options(VersionedOptions):
@@ -81,16 +76,21 @@ class Options(VersionedOptions):
 class PushService(MultiService):
     """The root service of one node; ``node`` holds the shared collaborators.
 
+    Its children start in the order they were added: the storage thread pool
+    (sqlite, memcached), the cluster service (with ``[router] listen``), the
+    storage service, then the listeners (``add_listener``).
+
     Stopping it is a graceful shutdown, in this order: stop accepting on every
     listener; close every client with 1001 (going away) so devices reconnect
-    elsewhere; wait, at most ``shutdown_timeout`` seconds, for the clients to
-    go and for in-flight storage calls (accepted PUTs, and in a cluster the
-    directory entries of the closed clients) to finish; close the storage;
-    run ``closers`` in order (the router's HTTP connection pool, the
-    directory's memcached client); stop the storage thread pool last.
+    elsewhere; wait, at most ``shutdown_timeout`` seconds in all, until no
+    client is left (``ClientRegistry.when_empty``) and then until no storage
+    call is in flight (``ThreadPoolService.when_idle``: accepted PUTs, and in
+    a cluster the directory entries of the closed clients); then stop the
+    other children one after the other, in reverse order: close the storage,
+    close the cluster's connections to other nodes, stop the storage thread
+    pool last.  Each is waited for before the next; none fails the stop.
 
-    :ivar closers: calls made after the storage is closed; each may return a
-        Deferred, which is waited for; a failure is logged and ignored.
+    :ivar listeners: the listening services, stopped first.
     """
 
     log = logger()
@@ -107,14 +107,11 @@ class PushService(MultiService):
         self.pool = pool
         self.shutdown_timeout = shutdown_timeout
         self.listeners: list[IService] = []
-        self.closers: list[Callable[[], object]] = []
 
-    def startService(self) -> None:
-        """Start the children, then open the storage (sqlite creates its schema)."""
-        super().startService()  # type: ignore[no-untyped-call]
-        opener = getattr(self.node.storage, "open", None)
-        if opener is not None:
-            opener().addErrback(lambda f: self.log.failure("storage could not be opened", f))
+    def add_listener(self, listener: IService) -> None:
+        """Add a listening service: started last, stopped first."""
+        listener.setServiceParent(self)  # type: ignore[no-untyped-call]  # Twisted: untyped
+        self.listeners.append(listener)
 
     def stopService(self) -> Deferred[None]:
         """Shut down gracefully (see the class docstring); never fails."""
@@ -122,7 +119,6 @@ class PushService(MultiService):
 
     async def _stop(self) -> None:
         self.running = False
-        clock = self.node.clock
         await DeferredList(
             [maybeDeferred(listener.stopService) for listener in self.listeners if listener.running]
         )
@@ -130,32 +126,28 @@ class PushService(MultiService):
         self.log.info("shutting down: closing {count} clients", count=len(sessions))
         for session in sessions:
             session.shutdown()
-        deadline = clock.seconds() + self.shutdown_timeout
-        while clock.seconds() < deadline and not self._drained():
-            await deferLater(clock, 0.05, lambda: None)
-        if not self._drained():
+        drained = Deferred.fromCoroutine(self._drained())
+        drained.addTimeout(self.shutdown_timeout, self.node.clock)
+        try:
+            await drained
+        except DeferredTimeout:
             self.log.warn(
                 "shutdown timeout: {clients} clients, {calls} storage calls left",
                 clients=len(self.node.registry),
                 calls=self.pool.depth if self.pool is not None else 0,
             )
-        try:
-            await self.node.storage.close()
-        except Exception:
-            self.log.failure("storage close failed")
-        for close in self.closers:
-            try:
-                await maybeDeferred(close)
-            except Exception:
-                self.log.failure("closing {closer} failed", closer=close)
         for child in reversed(list(self)):
             if child.running:
-                await maybeDeferred(child.stopService)
+                try:
+                    await maybeDeferred(child.stopService)
+                except Exception:
+                    self.log.failure("stopping {service} failed", service=child.name)
 
-    def _drained(self) -> bool:
-        """True once no client is connected and no storage call is in flight."""
-        busy = self.pool.depth if self.pool is not None else 0
-        return len(self.node.registry) == 0 and busy == 0
+    async def _drained(self) -> None:
+        """Return once no client is connected, then once no storage call is in flight."""
+        await self.node.registry.when_empty()
+        if self.pool is not None:
+            await self.pool.when_idle()
 
 
 def _token_keys(config: Config) -> list[str]:
@@ -163,21 +155,6 @@ def _token_keys(config: Config) -> list[str]:
     if config.crypto.keys:
         return list(config.crypto.keys)
     return [load_or_create_key(config.storage.path)]
-
-
-def _build_storage(
-    config: Config, reactor: Any, metrics: Metrics
-) -> tuple[Storage, ThreadPoolService | None]:
-    """Return the storage backend chosen by ``[storage]`` and its thread pool.
-
-    ``memory`` needs no pool; ``sqlite`` and ``memcached`` run every blocking
-    call on the dedicated pool returned here.
-    """
-    pool = None
-    if config.storage.backend != "memory":
-        pool = build_thread_pool(config.storage, reactor=reactor, metrics=metrics)
-    storage = build_storage(config.storage, reactor=reactor, pool=pool, metrics=metrics)
-    return storage, pool
 
 
 def _check_cluster(config: Config) -> None:
@@ -203,71 +180,17 @@ def _check_cluster(config: Config) -> None:
         )
 
 
-def _build_router(
-    config: Config,
-    reactor: Any,
-    pool: ThreadPoolService,
-    registry: ClientRegistry[Any],
-    metrics: Metrics,
-) -> tuple[Router, RequestSigner, HTTPConnectionPool, Callable[[], object]]:
-    """Build the cluster's router and what it needs (``[router] listen`` is set).
-
-    :returns: the router, the request signer (shared with the router
-        listener), the HTTP connection pool and a call that closes the
-        directory's memcached client (both closed by ``PushService``).
-    """
-    storage = config.storage
-    client = make_memcached_client(
-        storage.servers,
-        pool_size=storage.pool_max_threads,
-        connect_timeout=storage.connect_timeout,
-        timeout=storage.timeout,
-    )
-    directory = MemcachedDirectory(
-        client,
-        pool.run,
-        reactor,
-        ttl=storage.ttl_registered,
-        key_prefix=storage.key_prefix,
-    )
-    http_pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
-    http_pool.maxPersistentPerHost = _ROUTER_PERSISTENT_PER_NODE
-    http_pool.cachedConnectionTimeout = _ROUTER_IDLE_TIMEOUT
-    agent = Agent(  # type: ignore[no-untyped-call]  # Twisted: untyped
-        reactor, connectTimeout=config.router.timeout, pool=http_pool
-    )
-    # treq's ``request`` takes its options as typed keywords, which the
-    # router's structural ``HTTPClient`` (``**kwargs: Any``) cannot express.
-    http = cast(RouterHTTPClient, HTTPClient(agent))
-    signer = RequestSigner(config.router.secret, clock=reactor, max_skew=config.router.max_skew)
-    router = Router(
-        node_url=config.router.public_url.strip(),
-        directory=directory,
-        registry=registry,
-        http=http,
-        signer=signer,
-        clock=reactor,
-        timeout=config.router.timeout,
-        metrics=metrics,
-    )
-
-    def close_directory() -> Deferred[None]:
-        return pool.run("directory_close", client.close)
-
-    return router, signer, http_pool, close_directory
-
-
 def _router_max_body(config: Config) -> int:
     """Largest ``PUT /push`` body another node may send: the data, JSON-escaped."""
     # Each character of ``data`` is at most 6 bytes once JSON-escaped (\uXXXX).
     return max(config.endpoint.max_body, 6 * config.endpoint.max_data + 1024)
 
 
-def build_service(config: Config, reactor: Any) -> PushService:
+def build_service(config: Config, reactor: IServerReactor) -> PushService:
     """Wire one node from ``config`` and return its (not yet started) root service.
 
-    :param reactor: provides ``IReactorTime`` and the listening interfaces the
-        configured endpoint descriptions need (``MemoryReactorClock`` in tests).
+    :param reactor: the reactor (``MemoryReactorClock`` in tests; with
+        ``callFromThread`` added for the sqlite and memcached backends).
     :raises ConfigError: when a token key or a listener description is invalid,
         or a cluster (``router.listen``) is configured without memcached or
         ``crypto.keys``.
@@ -278,33 +201,46 @@ def build_service(config: Config, reactor: Any) -> PushService:
     _autobahn_tuning.apply()
     crypto = EndpointCrypto(_token_keys(config))
     metrics = PrometheusMetrics()
-    storage, pool = _build_storage(config, reactor, metrics)
+    pool = None
+    if config.storage.backend != "memory":
+        pool = build_thread_pool(config.storage, reactor=reactor, metrics=metrics)
+    # One memcached client per server set: the storage's, shared by the directory.
+    memcache = None
+    if config.storage.backend == "memcached":
+        memcache = build_memcache_client(config.storage)
+    storage: StorageService = build_storage_service(
+        config.storage, reactor=reactor, pool=pool, metrics=metrics, memcache=memcache
+    )
     registry: ClientRegistry[Any] = ClientRegistry()
-    cluster = None
+    cluster: ClusterService | None = None
     if config.router.enabled:
-        assert pool is not None  # memcached, checked above
-        cluster = _build_router(config, reactor, pool, registry, metrics)
+        assert pool is not None and memcache is not None  # memcached, checked above
+        cluster = build_cluster(
+            config,
+            reactor=reactor,
+            run=pool.run,
+            memcache=memcache,
+            registry=registry,
+            metrics=metrics,
+        )
     node = Node(
         config=config,
-        storage=storage,
+        storage=storage.storage,
         registry=registry,
         crypto=crypto,
         clock=reactor,
         metrics=metrics,
-        router=cluster[0] if cluster is not None else None,
+        router=cluster.router if cluster is not None else None,
     )
     root = PushService(node, pool=pool, shutdown_timeout=config.server.shutdown_timeout)
-    if pool is not None:
-        pool.setServiceParent(root)  # type: ignore[no-untyped-call]  # first child: stopped last
-    purge = getattr(storage, "purge_expired", None)
-    if purge is not None:
-        timer = TimerService(_PURGE_INTERVAL, _log_errors(purge))  # type: ignore[no-untyped-call]
-        timer.clock = reactor
-        timer.setServiceParent(root)  # type: ignore[no-untyped-call]
+    # Started in this order, stopped in the reverse one (see PushService).
+    for child in (pool, cluster, storage):
+        if child is not None:
+            child.setServiceParent(root)  # type: ignore[no-untyped-call]  # Twisted: untyped
     site = build_endpoint_site(node)
     add_status_children(site.resource, node, metrics)
     # (section, listen description, backlog, reuse_port, factory)
-    listeners: list[tuple[str, str, int, bool, Any]] = [
+    listeners: list[tuple[str, str, int, bool, IProtocolFactory]] = [
         (
             "websocket",
             config.websocket.listen,
@@ -321,23 +257,25 @@ def build_service(config: Config, reactor: Any) -> PushService:
         ),
     ]
     if cluster is not None:
-        _, signer, http_pool, close_directory = cluster
         internal = build_internal_site(
-            registry, signer, metrics, reactor, max_body=_router_max_body(config)
+            registry, cluster.signer, metrics, reactor, max_body=_router_max_body(config)
         )
         # The router listener takes the endpoint's backlog: it carries its traffic.
         listeners.append(("router", config.router.listen, config.endpoint.backlog, False, internal))
-        root.closers.append(http_pool.closeCachedConnections)
-        root.closers.append(close_directory)
     for section, description, backlog, reuse_port, factory in listeners:
-        service = _build_listener(section, description, backlog, reuse_port, factory, reactor)
-        service.setServiceParent(root)  # type: ignore[no-untyped-call]
-        root.listeners.append(service)
+        root.add_listener(
+            _build_listener(section, description, backlog, reuse_port, factory, reactor)
+        )
     return root
 
 
 def _build_listener(
-    section: str, description: str, backlog: int, reuse_port: bool, factory: Any, reactor: Any
+    section: str,
+    description: str,
+    backlog: int,
+    reuse_port: bool,
+    factory: IProtocolFactory,
+    reactor: IServerReactor,
 ) -> IService:
     """Return the service listening on ``description`` with the section's options.
 
@@ -360,16 +298,7 @@ def _build_listener(
     return service
 
 
-def _log_errors(call: Callable[[], Deferred[Any]]) -> Callable[[], Deferred[Any]]:
-    """Wrap a periodic storage job so that a failure is logged, not fatal to the timer."""
-
-    def run() -> Deferred[Any]:
-        return call().addErrback(lambda f: PushService.log.failure("periodic job failed", f))
-
-    return run
-
-
-def _exit_cleanly_on_signals(reactor: Any) -> None:
+def _exit_cleanly_on_signals(reactor: IServerReactor) -> None:
     """Make SIGTERM and SIGINT a graceful stop that exits with status 0.
 
     Twisted's own handlers stop the reactor too, but make twistd re-raise the
@@ -411,8 +340,9 @@ def makeService(options: Options) -> MultiService:
             raise SystemExit(0)
         set_log_level(config.server.log_level)
         filter_observers_at_begin()
-        from twisted.internet import reactor
+        from twisted.internet import reactor as installed
 
+        reactor = cast(IServerReactor, installed)
         service = build_service(config, reactor)
     except ConfigError as e:
         raise error_exit(e) from None

@@ -126,7 +126,7 @@ class WebSocketLimitTests(SynchronousTestCase):
 
 
 class EndpointLimitTests(SynchronousTestCase):
-    """``[endpoint] max_connections`` in ``EndpointSite.buildProtocol``."""
+    """``[endpoint] max_connections`` in the endpoint listener's ``ListenerSite``."""
 
     def setUp(self) -> None:
         endpoint = dataclasses.replace(EndpointConfig(), max_connections=2)

@@ -14,7 +14,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushtwisted.config import StorageConfig, parse_config
 from pushtwisted.errors import ConfigError
 from pushtwisted.metrics import NullMetrics
-from pushtwisted.storage.factory import build_storage, build_thread_pool, sqlite_path
+from pushtwisted.storage.factory import (
+    build_memcache_client,
+    build_storage_service,
+    build_thread_pool,
+    sqlite_path,
+)
 from pushtwisted.storage.memcached import (
     MAX_RELATIVE_EXPIRE,
     JsonSerde,
@@ -23,13 +28,14 @@ from pushtwisted.storage.memcached import (
     memcached_expire,
 )
 from pushtwisted.storage.memory import MemoryStorage
+from pushtwisted.storage.service import PURGE_INTERVAL, StorageService
 from pushtwisted.storage.sqlite import SqliteStorage
 from pushtwisted.threadpool import ThreadPoolService
-from tests.test_threadpool import InlineReactor
+from tests.test_threadpool import InlineReactor, ManualPool
 
 
 class FactoryTests(SynchronousTestCase):
-    """``build_storage`` picks the backend named by ``[storage] backend``."""
+    """``build_storage_service`` picks the backend named by ``[storage] backend``."""
 
     def setUp(self) -> None:
         self.reactor = InlineReactor()
@@ -37,43 +43,63 @@ class FactoryTests(SynchronousTestCase):
     def pool(self, config: StorageConfig) -> ThreadPoolService:
         return build_thread_pool(config, reactor=self.reactor, metrics=NullMetrics())
 
+    def build(self, config: StorageConfig, **kwargs: Any) -> StorageService:
+        kwargs.setdefault("pool", self.pool(config))
+        return build_storage_service(config, reactor=self.reactor, metrics=NullMetrics(), **kwargs)
+
     def test_memory(self) -> None:
-        """The memory backend needs no pool."""
-        storage = build_storage(
-            StorageConfig(backend="memory"), reactor=self.reactor, pool=None, metrics=NullMetrics()
-        )
-        self.assertIsInstance(storage, MemoryStorage)
+        """The memory backend needs no pool, and nothing to open or purge."""
+        service = self.build(StorageConfig(backend="memory"), pool=None)
+        self.assertIsInstance(service.storage, MemoryStorage)
+        service.startService()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_sqlite(self) -> None:
         """``sqlite`` opens ``<path>/pushtwisted.sqlite3`` on the pool."""
         config = StorageConfig(backend="sqlite", path="/var/lib/pushtwisted")
-        storage = build_storage(
-            config, reactor=self.reactor, pool=self.pool(config), metrics=NullMetrics()
-        )
-        self.assertIsInstance(storage, SqliteStorage)
+        service = self.build(config)
+        self.assertIsInstance(service.storage, SqliteStorage)
         self.assertEqual(
             sqlite_path(config), os.path.join("/var/lib/pushtwisted", "pushtwisted.sqlite3")
         )
 
+    def test_sqlite_opened_and_purged(self) -> None:
+        """The sqlite service opens the database at start and purges it every hour."""
+        config = StorageConfig(backend="sqlite", path=self.mktemp())
+        pool = self.pool(config)
+        pool.pool = ManualPool()  # type: ignore[assignment]
+        pool.startService()
+        service = self.build(config, pool=pool)
+        service.startService()
+        self.assertEqual(len(pool.pool.jobs), 1)  # type: ignore[attr-defined]
+        pool.pool.run_next()  # type: ignore[attr-defined]  # open
+        self.reactor.advance(PURGE_INTERVAL - 1)
+        self.assertEqual(pool.pool.jobs, [])  # type: ignore[attr-defined]
+        self.reactor.advance(1)
+        self.assertEqual(len(pool.pool.jobs), 1)  # type: ignore[attr-defined]
+        pool.pool.run_next()  # type: ignore[attr-defined]  # purge
+        d = service.stopService()
+        pool.pool.run_next()  # type: ignore[attr-defined]  # close
+        self.successResultOf(d)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_memcached(self) -> None:
         """``memcached`` builds a client over the configured servers (no connection yet)."""
         config = StorageConfig(backend="memcached", servers=["127.0.0.1:1", "127.0.0.1:2"])
-        storage = build_storage(
-            config, reactor=self.reactor, pool=self.pool(config), metrics=NullMetrics()
-        )
-        self.assertIsInstance(storage, MemcachedStorage)
+        service = self.build(config)
+        self.assertIsInstance(service.storage, MemcachedStorage)
+
+    def test_memcached_given_client(self) -> None:
+        """``memcached`` uses the client it is given (the one the directory shares)."""
+        config = StorageConfig(backend="memcached")
+        client = build_memcache_client(config)
+        service = self.build(config, memcache=client)
+        self.assertIs(service.storage._client, client)  # type: ignore[attr-defined]
 
     def test_needs_pool(self) -> None:
         """Blocking backends without a pool are a ``ConfigError``."""
         for backend in ("sqlite", "memcached"):
-            self.assertRaises(
-                ConfigError,
-                build_storage,
-                StorageConfig(backend=backend),
-                reactor=self.reactor,
-                pool=None,
-                metrics=NullMetrics(),
-            )
+            self.assertRaises(ConfigError, self.build, StorageConfig(backend=backend), pool=None)
 
     def test_pool_from_config(self) -> None:
         """The pool is sized, bounded and timed by the config."""

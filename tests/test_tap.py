@@ -25,11 +25,13 @@ from pushtwisted.errors import ConfigError
 from pushtwisted.metrics import PrometheusMetrics
 from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.memory import MemoryStorage
+from pushtwisted.storage.service import StorageService
 from pushtwisted.storage.sqlite import SqliteStorage
 from pushtwisted.threadpool import ThreadPoolService
 from pushtwisted.tokens import KEY_FILE, EndpointCrypto, generate_key
 from pushtwisted.websocket import PushServerFactory
 from tests._session_fakes import make_node
+from tests.test_threadpool import ManualPool
 
 UAID = "0123456789abcdef0123456789abcdef"
 
@@ -332,8 +334,10 @@ class GracefulShutdownTests(SynchronousTestCase):
             server=ServerConfig(shutdown_timeout=timeout),
         )
         service = tap.build_service(config, reactor)
-        storage = _ClosingStorage()
-        service.node = dataclasses.replace(service.node, storage=storage)
+        self.storage = _ClosingStorage()
+        storage_service = service.getServiceNamed("storage")
+        assert isinstance(storage_service, StorageService)
+        storage_service.storage = self.storage
         service.startService()
         return reactor, service
 
@@ -347,10 +351,11 @@ class GracefulShutdownTests(SynchronousTestCase):
         self.assertFalse(any(listener.running for listener in service.listeners))
         reactor.advance(1)
         self.assertNoResult(d)
+        self.assertEqual(self.storage.closed, 0)
         service.node.registry.remove(UAID, session)
-        reactor.advance(0.1)
         self.successResultOf(d)
-        self.assertEqual(service.node.storage.closed, 1)  # type: ignore[attr-defined]
+        self.assertEqual(self.storage.closed, 1)
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_stop_is_bounded_by_shutdown_timeout(self) -> None:
         """A client that never goes does not hold the process past ``shutdown_timeout``."""
@@ -361,5 +366,27 @@ class GracefulShutdownTests(SynchronousTestCase):
         self.assertNoResult(d)
         reactor.advance(0.2)
         self.successResultOf(d)
-        self.assertEqual(service.node.storage.closed, 1)  # type: ignore[attr-defined]
+        self.assertEqual(self.storage.closed, 1)
         self.assertFalse(any(child.running for child in service))
+
+    def test_stop_waits_for_storage_calls(self) -> None:
+        """With no client left, the stop still waits for the storage calls in flight
+        before it closes the storage, then stops the pool."""
+        config = dataclasses.replace(
+            Config(), storage=StorageConfig(path=self.mktemp(), backend="sqlite")
+        )
+        service = tap.build_service(config, _ThreadedMemoryReactor())
+        assert service.pool is not None
+        jobs = service.pool.pool = ManualPool()  # type: ignore[assignment]
+        storage_service = service.getServiceNamed("storage")
+        assert isinstance(storage_service, StorageService)
+        storage_service.storage = storage = _ClosingStorage()
+        service.startService()  # the sqlite open is now in flight
+        self.assertEqual(service.pool.depth, 1)
+        d = service.stopService()
+        self.assertNoResult(d)
+        self.assertEqual(storage.closed, 0)
+        jobs.run_next()
+        self.successResultOf(d)
+        self.assertEqual(storage.closed, 1)
+        self.assertTrue(jobs.stopped)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorFromThreads
@@ -29,6 +30,7 @@ from pushtwisted import tap
 from pushtwisted.cluster.directory import MemcachedDirectory
 from pushtwisted.cluster.reuseport import ReusePortEndpoint
 from pushtwisted.cluster.router import Router
+from pushtwisted.cluster.service import ClusterService
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.config import (
     Config,
@@ -39,6 +41,9 @@ from pushtwisted.config import (
     WebSocketConfig,
 )
 from pushtwisted.errors import ConfigError
+from pushtwisted.storage.memcached import MemcachedStorage
+from pushtwisted.storage.service import StorageService
+from pushtwisted.threadpool import POOL_NAME
 from pushtwisted.tokens import KEY_FILE, generate_key
 from pushtwisted.web._site import ListenerSite
 from pushtwisted.websocket import PushServerFactory
@@ -125,34 +130,43 @@ class ClusterBuildTests(SynchronousTestCase):
         self.assertEqual(put(SECRET), 404)  # signed well: no such session here
         self.assertEqual(put("another-secret-entirely"), 401)
 
-    def test_closers(self) -> None:
-        """Stopping the node closes the router's persistent HTTP pool, then the
-        directory's memcached client (through the storage pool)."""
+    def test_cluster_service(self) -> None:
+        """The cluster service holds the router's persistent HTTP pool, and the directory
+        shares the storage's memcached client (one client per server set)."""
         _, service = self.build(self.config())
-        self.assertEqual(len(service.closers), 2)
-        close_http, close_directory = service.closers
-        pool = getattr(close_http, "__self__", None)
-        self.assertIsInstance(pool, HTTPConnectionPool)
-        assert isinstance(pool, HTTPConnectionPool)
-        self.assertTrue(pool.persistent)
-        calls: list[str] = []
+        cluster = service.getServiceNamed("cluster")
+        assert isinstance(cluster, ClusterService)
+        self.assertIsInstance(cluster.http_pool, HTTPConnectionPool)
+        self.assertTrue(cluster.http_pool.persistent)
+        self.assertIs(service.node.router, cluster.router)
+        storage = service.node.storage
+        assert isinstance(storage, MemcachedStorage)
+        self.assertIs(cluster.router.directory._client, storage._client)  # type: ignore[attr-defined]
 
-        def run(operation: str, func: Any, *args: Any) -> Deferred[Any]:
-            calls.append(operation)
-            return succeed(func(*args))
-
+    def test_stop_order(self) -> None:
+        """Stopping the node closes the storage (and with it the shared memcached client),
+        then the connections to other nodes, then stops the storage pool."""
+        _, service = self.build(self.config())
+        order: list[str] = []
+        storage = service.getServiceNamed("storage")
+        assert isinstance(storage, StorageService)
+        storage.storage = _Storage(order)  # type: ignore[assignment]
+        cluster = service.getServiceNamed("cluster")
+        assert isinstance(cluster, ClusterService)
+        cluster.http_pool = _HTTPPool(order)  # type: ignore[assignment]
         assert service.pool is not None
-        service.pool.run = run  # type: ignore[method-assign]
-        self.successResultOf(close_directory())  # type: ignore[arg-type]
-        self.assertEqual(calls, ["directory_close"])
+        service.pool.pool = _Pool(order)  # type: ignore[assignment]
+        service.startService()
+        self.successResultOf(service.stopService())
+        self.assertEqual(order, ["storage", "http", "pool"])
 
     def test_single_node_has_no_router(self) -> None:
-        """Without ``router.listen``: no router, two listeners, no closers."""
+        """Without ``router.listen``: no router, two listeners, no cluster service."""
         reactor, service = self.build(self.config(router=RouterConfig()))
         self.start_listeners(service)
         self.assertIsNone(service.node.router)
         self.assertEqual(len(reactor.tcpServers), 2)
-        self.assertEqual(service.closers, [])
+        self.assertEqual([child.name for child in service if child.name], [POOL_NAME, "storage"])
 
     def test_backend_must_be_memcached(self) -> None:
         """A cluster on sqlite or memory is a ``ConfigError`` naming ``router.listen``."""
@@ -251,36 +265,60 @@ class _Storage:
         return succeed(None)
 
 
-class ClosersTests(SynchronousTestCase):
-    """``PushService.closers`` run after the storage is closed, in order."""
+class _HTTPPool:
+    """HTTP connection pool stand-in that records ``closeCachedConnections``."""
 
-    def test_order_and_failures(self) -> None:
-        """Each closer runs once after the storage close, waited for in order; a failing
-        one is logged and the others still run."""
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    def closeCachedConnections(self) -> Deferred[None]:
+        self.order.append("http")
+        return succeed(None)
+
+
+class _Pool:
+    """Thread pool stand-in that records ``stop`` (no threads)."""
+
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.order.append("pool")
+
+
+class _Failing(Service):
+    """A child service whose stop fails."""
+
+    name = "failing"
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return fail(RuntimeError("stop failed"))
+
+
+class StopTests(SynchronousTestCase):
+    """``PushService`` stops its children one after the other, whatever happens."""
+
+    def test_failing_child(self) -> None:
+        """A child whose stop fails is logged; the children before it still stop."""
         config = dataclasses.replace(
             Config(), storage=StorageConfig(path=self.mktemp(), backend="memory")
         )
         service = tap.build_service(config, MemoryReactorClock())
         order: list[str] = []
-        service.node = dataclasses.replace(service.node, storage=_Storage(order))  # type: ignore[arg-type]
-        waiting: Deferred[None] = Deferred()
-
-        def first() -> Deferred[None]:
-            order.append("first")
-            return waiting
-
-        def broken() -> Deferred[None]:
-            order.append("broken")
-            return fail(RuntimeError("close failed"))
-
-        service.closers.extend([first, broken, lambda: order.append("last")])
+        storage = service.getServiceNamed("storage")
+        assert isinstance(storage, StorageService)
+        storage.storage = _Storage(order)  # type: ignore[assignment]
+        _Failing().setServiceParent(service)  # added last: stopped before the storage
         events: list[LogEvent] = []
         service.log = Logger(observer=events.append)  # type: ignore[misc]
         service.startService()
-        d = service.stopService()
-        self.assertEqual(order, ["storage", "first"])
-        self.assertNoResult(d)
-        waiting.callback(None)
-        self.successResultOf(d)
-        self.assertEqual(order, ["storage", "first", "broken", "last"])
-        self.assertTrue(any("log_failure" in event for event in events))
+        self.successResultOf(service.stopService())
+        self.assertEqual(order, ["storage"])
+        self.assertEqual(
+            [e["log_format"] for e in events if "log_failure" in e], ["stopping {service} failed"]
+        )
+        self.assertFalse(any(child.running for child in service))

@@ -1,13 +1,17 @@
-"""Build the storage backend and its thread pool from ``[storage]``.
+"""Build the storage backend, its service and its thread pool from ``[storage]``.
 
 ``build_thread_pool`` makes the ``ThreadPoolService`` (add it to the service
-tree first, so it stops last); ``build_storage`` picks the backend:
+tree first, so it stops last); ``build_storage_service`` picks the backend
+and wraps it in the ``StorageService`` that opens, purges and closes it:
 
 - ``memory``: ``MemoryStorage``, volatile, needs no pool;
 - ``sqlite``: ``SqliteStorage`` on ``<path>/pushtwisted.sqlite3``, its write
-  queue bounded by ``queue_limit`` and each write by ``timeout``;
-- ``memcached``: ``MemcachedStorage`` over ``servers``, with a client whose
-  connection pools are sized to the thread pool.
+  queue bounded by ``queue_limit`` and each write by ``timeout``; opened at
+  start and purged of expired tombstones every hour;
+- ``memcached``: ``MemcachedStorage`` over ``servers``, with the client of
+  ``build_memcache_client``, whose connection pools are sized to the thread
+  pool.  The cluster directory shares that client (one per server set);
+  closing the storage closes it.
 """
 
 from __future__ import annotations
@@ -19,13 +23,18 @@ from twisted.internet.interfaces import IReactorTime
 from pushtwisted.config import StorageConfig
 from pushtwisted.errors import ConfigError
 from pushtwisted.metrics import Metrics
-from pushtwisted.storage.interface import Storage
-from pushtwisted.storage.memcached import MemcachedStorage, make_memcached_client
+from pushtwisted.storage.memcached import MemcacheClient, MemcachedStorage, make_memcached_client
 from pushtwisted.storage.memory import MemoryStorage
+from pushtwisted.storage.service import StorageService
 from pushtwisted.storage.sqlite import DB_FILENAME, SqliteStorage
 from pushtwisted.threadpool import ThreadPoolService
 
-__all__ = ["build_storage", "build_thread_pool", "sqlite_path"]
+__all__ = [
+    "build_memcache_client",
+    "build_storage_service",
+    "build_thread_pool",
+    "sqlite_path",
+]
 
 
 def sqlite_path(config: StorageConfig) -> str:
@@ -47,29 +56,47 @@ def build_thread_pool(
     )
 
 
-def build_storage(
+def build_memcache_client(config: StorageConfig) -> MemcacheClient:
+    """Return the memcached client of ``config.servers``, sized to the storage pool.
+
+    No I/O: connections are made by the first calls.
+    """
+    client: MemcacheClient = make_memcached_client(
+        config.servers,
+        pool_size=config.pool_max_threads,
+        connect_timeout=config.connect_timeout,
+        timeout=config.timeout,
+    )
+    return client
+
+
+def build_storage_service(
     config: StorageConfig,
     *,
     reactor: IReactorTime,
     pool: ThreadPoolService | None,
     metrics: Metrics,
-) -> Storage:
-    """Return the backend named by ``config.backend``.
+    memcache: MemcacheClient | None = None,
+) -> StorageService:
+    """Return the ``StorageService`` of the backend named by ``config.backend``.
 
     :param pool: runs the blocking calls of ``sqlite`` and ``memcached``;
         may be None for ``memory``.
     :param metrics: reserved for backend metrics (the pool reports latency
         and queue depth already).
+    :param memcache: the client ``memcached`` uses (``build_memcache_client``;
+        one is built when None).
     :raises ConfigError: for an unknown backend, or a pool-less blocking one.
     """
     if config.backend == "memory":
-        return MemoryStorage(clock=reactor, tombstone_ttl=config.ttl_deleted)
+        memory = MemoryStorage(clock=reactor, tombstone_ttl=config.ttl_deleted)
+        return StorageService(memory, reactor)
     if config.backend not in ("sqlite", "memcached"):
         raise ConfigError(f"storage.backend: unknown backend {config.backend!r}")
     if pool is None:
         raise ConfigError(f"storage.backend: {config.backend} needs the storage thread pool")
     if config.backend == "sqlite":
-        return SqliteStorage(
+        sqlite = SqliteStorage(
             sqlite_path(config),
             pool.run,
             reactor,
@@ -79,14 +106,9 @@ def build_storage(
             max_pending=config.queue_limit,
             timeout=config.timeout,
         )
-    client = make_memcached_client(
-        config.servers,
-        pool_size=config.pool_max_threads,
-        connect_timeout=config.connect_timeout,
-        timeout=config.timeout,
-    )
-    return MemcachedStorage(
-        client,
+        return StorageService(sqlite, reactor, opener=sqlite.open, purge=sqlite.purge_expired)
+    memcached = MemcachedStorage(
+        memcache if memcache is not None else build_memcache_client(config),
         pool.run,
         reactor,
         ttl_live=config.ttl_live,
@@ -94,3 +116,4 @@ def build_storage(
         ttl_deleted=config.ttl_deleted,
         key_prefix=config.key_prefix,
     )
+    return StorageService(memcached, reactor)
