@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from pushtwisted import _autobahn_tuning as tuning
+from pushtwisted._bucket_timer import BucketTimer
 from pushtwisted.websocket import PushServerFactory, PushServerProtocol
 from tests._session_fakes import make_node
 from tests.test_websocket import Connection, client_frame, close_code, server_frames, ws_config
@@ -345,7 +346,7 @@ class BucketTimerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(100.5)
-        self.timer = tuning.BucketTimer(self.clock, chunk_size=2, spread=0.2)
+        self.timer = BucketTimer(self.clock, chunk_size=2, spread=0.2)
         self.calls: list[object] = []
 
     def test_whole_second(self) -> None:
