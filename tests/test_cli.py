@@ -154,8 +154,9 @@ class SampleConfigTests(SynchronousTestCase):
     """The sample configuration is shipped inside the package, the same as the top one."""
 
     def test_packaged_copy_is_identical(self) -> None:
-        """``pushtwisted/config.sample.toml`` is byte for byte ``config.sample.toml``
-        (edit the top-level file, then copy it over the packaged one)."""
+        """``pushtwisted/config.sample.toml`` reads byte for byte as ``config.sample.toml``
+        (in the source tree it is a symbolic link to the top-level file; the build copies
+        the file's content into the package)."""
         self.assertEqual(PACKAGED_SAMPLE.read_bytes(), SAMPLE.read_bytes())
 
     def test_sample_config_text(self) -> None:
