@@ -35,8 +35,8 @@ from pushtwisted.config import Config, load_config
 from pushtwisted.errors import ConfigError
 from pushtwisted.listeners import ReusePortError, listener_description
 from pushtwisted.logs import filter_observers_at_begin, logger, set_log_level
-from pushtwisted.metrics import PrometheusMetrics
 from pushtwisted.node import Node
+from pushtwisted.prometheus import PrometheusMetrics
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.storage.factory import (
     build_memcache_client,

@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushtwisted.config import Config, EndpointConfig, WebSocketConfig
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.errors import StorageUnavailable
-from pushtwisted.metrics import PrometheusMetrics
+from pushtwisted.prometheus import PrometheusMetrics
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.web.endpoint import build_endpoint_site
 from pushtwisted.web.status import HEALTH_TIMEOUT

@@ -1,4 +1,4 @@
-"""Tests for ``pushtwisted.metrics.PrometheusMetrics``."""
+"""Tests for ``pushtwisted.prometheus.PrometheusMetrics``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from twisted.logger import LogEvent, Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 import pushtwisted
-from pushtwisted.metrics import METRIC_NAMES, Metrics, NullMetrics, PrometheusMetrics
+from pushtwisted.metrics import Metrics, NullMetrics
+from pushtwisted.prometheus import METRIC_NAMES, PrometheusMetrics
 
 
 def _samples(metrics: PrometheusMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

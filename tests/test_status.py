@@ -14,8 +14,9 @@ from twisted.web.resource import Resource
 import pushtwisted
 from pushtwisted.config import Config
 from pushtwisted.errors import StorageUnavailable
-from pushtwisted.metrics import NullMetrics, PrometheusMetrics
+from pushtwisted.metrics import NullMetrics
 from pushtwisted.node import Node
+from pushtwisted.prometheus import PrometheusMetrics
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.tokens import EndpointCrypto, generate_key

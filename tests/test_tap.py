@@ -22,7 +22,7 @@ from pushtwisted.config import (
     WebSocketConfig,
 )
 from pushtwisted.errors import ConfigError
-from pushtwisted.metrics import PrometheusMetrics
+from pushtwisted.prometheus import PrometheusMetrics
 from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.storage.service import StorageService

@@ -37,8 +37,8 @@ import pushtwisted
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.errors import StorageError
 from pushtwisted.logs import logger
-from pushtwisted.metrics import PrometheusMetrics
 from pushtwisted.node import Node
+from pushtwisted.prometheus import PrometheusMetrics
 from pushtwisted.web._site import ListenerSite
 from pushtwisted.web._util import (
     HTTPRequest,

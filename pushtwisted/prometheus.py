@@ -1,0 +1,349 @@
+"""``PrometheusMetrics``: the ``Metrics`` of a running node, on ``prometheus_client``.
+
+Domain code (session, endpoint, router, storage pool) reports events by name
+through an injected ``pushtwisted.metrics.Metrics``; ``PrometheusMetrics``
+maps each name to a declared Prometheus metric on a private registry,
+rendered by ``GET /metrics``.  Calls
+never block and never raise: an unknown name, a wrong label set or a call
+that does not fit the metric's type is logged once and otherwise ignored.
+
+Names and the Prometheus metric each one feeds (every metric has the
+``pushtwisted_`` prefix; counters end in ``_total``, latencies are
+histograms in seconds):
+
+- ``connections`` (``gauge``) -> ``pushtwisted_connections`` gauge
+- ``handshakes`` -> ``pushtwisted_handshakes_total``
+- ``connections_refused`` (label ``listener`` = websocket or endpoint) ->
+  ``pushtwisted_connections_refused_total{listener}``: connections closed at
+  once because the listener had ``max_connections`` open
+- ``hellos`` -> ``pushtwisted_hellos_total``
+- ``registers`` -> ``pushtwisted_registers_total``
+- ``unregisters`` -> ``pushtwisted_unregisters_total``
+- ``acks`` -> ``pushtwisted_acks_total``
+- ``pings`` -> ``pushtwisted_pings_total``
+- ``too_many_pings`` -> ``pushtwisted_too_many_pings_total``
+- ``protocol_errors`` (label ``reason``) -> ``pushtwisted_protocol_errors_total{reason}``
+- ``notifications_received`` -> ``pushtwisted_notifications_received_total``
+- ``notifications_delivered`` -> ``pushtwisted_notifications_delivered_total``
+- ``notifications_stored`` -> ``pushtwisted_notifications_stored_total``
+- ``notifications_rejected`` (label ``reason``) ->
+  ``pushtwisted_notifications_rejected_total{reason}``
+- ``notifications_resent`` -> ``pushtwisted_notifications_resent_total``
+- ``endpoint_requests`` (label ``status``) -> ``pushtwisted_endpoint_requests_total{status}``
+- ``endpoint_latency_seconds`` (``observe``, label ``status``) ->
+  ``pushtwisted_endpoint_request_duration_seconds{status}`` histogram
+- ``storage_latency_seconds`` (``observe``, label ``operation``) ->
+  ``pushtwisted_storage_latency_seconds{operation}`` histogram
+- ``storage_queue_depth`` (``gauge``) -> ``pushtwisted_storage_queue_depth`` gauge
+
+Cluster (``pushtwisted.cluster.router`` and the router listener,
+``pushtwisted.web.internal``; only with ``[router] listen`` set):
+
+- ``router_requests`` (labels ``kind`` = push, notif or kick; ``result`` =
+  ok, not_found, unreachable, timeout or error) ->
+  ``pushtwisted_router_requests_total{kind,result}``: requests sent to other nodes
+- ``router_latency_seconds`` (``observe``, label ``kind``) ->
+  ``pushtwisted_router_latency_seconds{kind}`` histogram
+- ``router_received`` (labels ``kind`` = push, notif, kick, unauthorized or
+  unknown; ``status``) -> ``pushtwisted_router_received_total{kind,status}``:
+  requests the router listener answered
+- ``route_outcomes`` (label ``outcome`` = local, remote, not_connected,
+  node_failed, notified or directory_failed) ->
+  ``pushtwisted_route_outcomes_total{outcome}``: what became of each stored update
+- ``directory_errors`` (label ``operation`` = get, clear) ->
+  ``pushtwisted_directory_errors_total{operation}``
+
+``increment`` also works on a gauge (``increment("connections", -1)``).
+A declared label missing from a call is exported as ``"unknown"``; labels
+that are not declared are dropped (with the one-time warning).
+
+The registry also carries ``pushtwisted_build_info{version}`` and, unless
+disabled, the standard ``process_*`` (CPU, memory, open files, start time;
+Linux only), ``python_info`` and ``python_gc_*`` collectors.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+import pushtwisted
+from pushtwisted.logs import logger
+
+__all__ = ["PrometheusMetrics", "METRIC_NAMES"]
+
+
+class _Kind(enum.Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+#: Which ``Metrics`` calls each kind of metric accepts.
+_CALLS: Mapping[_Kind, frozenset[str]] = {
+    _Kind.COUNTER: frozenset({"increment"}),
+    _Kind.GAUGE: frozenset({"increment", "gauge"}),
+    _Kind.HISTOGRAM: frozenset({"observe"}),
+}
+
+#: Request latencies: 1 ms to 10 s.
+_ENDPOINT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Storage calls: 0.25 ms to 5 s.
+_STORAGE_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    kind: _Kind
+    prometheus_name: str
+    documentation: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+def _counter(name: str, doc: str, *labels: str) -> _Spec:
+    return _Spec(_Kind.COUNTER, f"pushtwisted_{name}_total", doc, labels)
+
+
+_SPECS: Mapping[str, _Spec] = {
+    "connections": _Spec(
+        _Kind.GAUGE, "pushtwisted_connections", "Open client WebSocket connections."
+    ),
+    "handshakes": _counter("handshakes", "WebSocket handshakes completed."),
+    "connections_refused": _counter(
+        "connections_refused",
+        "Connections closed at once because the listener was full, by listener.",
+        "listener",
+    ),
+    "hellos": _counter("hellos", "Successful hello messages."),
+    "registers": _counter("registers", "Successful register messages."),
+    "unregisters": _counter("unregisters", "Unregister messages handled."),
+    "acks": _counter("acks", "Ack messages handled."),
+    "pings": _counter("pings", "Client pings answered."),
+    "too_many_pings": _counter("too_many_pings", "Clients closed for pinging too often."),
+    "protocol_errors": _counter("protocol_errors", "Client protocol errors.", "reason"),
+    "notifications_received": _counter(
+        "notifications_received", "Notifications accepted from app servers."
+    ),
+    "notifications_delivered": _counter(
+        "notifications_delivered", "Notifications handed to a connected client."
+    ),
+    "notifications_stored": _counter(
+        "notifications_stored", "Notifications stored for an offline client."
+    ),
+    "notifications_rejected": _counter(
+        "notifications_rejected", "Notifications refused, by reason.", "reason"
+    ),
+    "notifications_resent": _counter(
+        "notifications_resent", "Unacknowledged notifications sent again."
+    ),
+    "endpoint_requests": _counter(
+        "endpoint_requests", "Endpoint (app server) requests, by HTTP status.", "status"
+    ),
+    "endpoint_latency_seconds": _Spec(
+        _Kind.HISTOGRAM,
+        "pushtwisted_endpoint_request_duration_seconds",
+        "Time to answer an endpoint request, by HTTP status.",
+        ("status",),
+        _ENDPOINT_BUCKETS,
+    ),
+    "storage_latency_seconds": _Spec(
+        _Kind.HISTOGRAM,
+        "pushtwisted_storage_latency_seconds",
+        "Duration of storage calls, by operation.",
+        ("operation",),
+        _STORAGE_BUCKETS,
+    ),
+    "storage_queue_depth": _Spec(
+        _Kind.GAUGE,
+        "pushtwisted_storage_queue_depth",
+        "Storage calls waiting for a thread of the storage pool.",
+    ),
+    "router_requests": _counter(
+        "router_requests", "Requests sent to other nodes, by kind and result.", "kind", "result"
+    ),
+    "router_latency_seconds": _Spec(
+        _Kind.HISTOGRAM,
+        "pushtwisted_router_latency_seconds",
+        "Duration of requests sent to other nodes, by kind.",
+        ("kind",),
+        _ENDPOINT_BUCKETS,
+    ),
+    "router_received": _counter(
+        "router_received",
+        "Requests answered by the router listener, by kind and status.",
+        "kind",
+        "status",
+    ),
+    "route_outcomes": _counter(
+        "route_outcomes", "What became of each stored update, by outcome.", "outcome"
+    ),
+    "directory_errors": _counter(
+        "directory_errors", "Failed reads and writes of the cluster directory.", "operation"
+    ),
+}
+
+#: The names ``PrometheusMetrics`` knows, mapped to their Prometheus names.
+METRIC_NAMES: Mapping[str, str] = {name: spec.prometheus_name for name, spec in _SPECS.items()}
+
+_UNKNOWN_LABEL = "unknown"
+#: The classic Prometheus text format, which ``generate_latest`` writes.
+_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_Metric = Counter | Gauge | Histogram
+
+
+class PrometheusMetrics:
+    """A ``pushtwisted.metrics.Metrics`` backed by ``prometheus_client`` on a private registry.
+
+    :param registry: where to declare the metrics; a fresh
+        ``CollectorRegistry`` by default (never the process-global one).
+    :param process_collectors: also register the ``process_*``,
+        ``python_info`` and ``python_gc_*`` collectors.
+    """
+
+    log = logger()
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        process_collectors: bool = True,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._metrics: dict[str, _Metric] = {
+            name: self._declare(spec) for name, spec in _SPECS.items()
+        }
+        self._warned: set[tuple[str, ...]] = set()
+        build = Info("pushtwisted_build", "Version of pushtwisted.", registry=self.registry)
+        build.info({"version": pushtwisted.__version__})
+        if process_collectors:
+            self._add_process_collectors()
+
+    def _declare(self, spec: _Spec) -> _Metric:
+        labels = list(spec.labels)
+        if spec.kind is _Kind.COUNTER:
+            return Counter(spec.prometheus_name, spec.documentation, labels, registry=self.registry)
+        if spec.kind is _Kind.GAUGE:
+            return Gauge(spec.prometheus_name, spec.documentation, labels, registry=self.registry)
+        return Histogram(
+            spec.prometheus_name,
+            spec.documentation,
+            labels,
+            registry=self.registry,
+            buckets=spec.buckets,
+        )
+
+    def _add_process_collectors(self) -> None:
+        # A registry passed in may already have some of them: registering
+        # one twice raises ValueError on the duplicate names; keep the first.
+        for make in (
+            lambda: ProcessCollector(registry=self.registry),
+            lambda: PlatformCollector(registry=self.registry),
+            lambda: GCCollector(registry=self.registry),
+        ):
+            try:
+                make()
+            except ValueError:
+                pass
+
+    def _warn_once(self, key: tuple[str, ...], text: str, **fields: object) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        self.log.warn(text, **fields)
+
+    def _child(self, call: str, name: str, labels: Mapping[str, object]) -> _Metric | None:
+        """Return the labelled metric ``call`` should act on, or None (warned)."""
+        spec = _SPECS.get(name)
+        if spec is None:
+            self._warn_once(("unknown", name), "ignoring unknown metric {metric}", metric=name)
+            return None
+        if call not in _CALLS[spec.kind]:
+            self._warn_once(
+                ("call", name, call),
+                "ignoring {call}() on {kind} metric {metric}",
+                metric=name,
+                call=call,
+                kind=spec.kind.value,
+            )
+            return None
+        extra = sorted(set(labels) - set(spec.labels))
+        if extra:
+            self._warn_once(
+                ("labels", name, *extra),
+                "dropping undeclared labels {labels} of metric {metric}",
+                metric=name,
+                labels=extra,
+            )
+        metric = self._metrics[name]
+        if not spec.labels:
+            return metric
+        values = {label: str(labels.get(label, _UNKNOWN_LABEL)) for label in spec.labels}
+        return metric.labels(**values)
+
+    def _apply(self, call: str, name: str, value: float, labels: Mapping[str, object]) -> None:
+        try:
+            metric = self._child(call, name, labels)
+            if metric is None:
+                return
+            if call == "observe":
+                assert isinstance(metric, Histogram)
+                metric.observe(value)
+            elif call == "gauge":
+                assert isinstance(metric, Gauge)
+                metric.set(value)
+            else:
+                assert isinstance(metric, Counter | Gauge)
+                metric.inc(value)
+        except Exception as e:  # metrics must never break a request
+            self._warn_once(
+                ("error", name, call, type(e).__name__),
+                "metric {metric} {call}() failed: {error}",
+                metric=name,
+                call=call,
+                error=repr(e),
+            )
+
+    def increment(self, name: str, value: float = 1, **labels: str) -> None:
+        """Add ``value`` to the counter (or gauge) ``name``."""
+        self._apply("increment", name, value, labels)
+
+    def gauge(self, name: str, value: float, **labels: str) -> None:
+        """Set the gauge ``name`` to ``value``."""
+        self._apply("gauge", name, value, labels)
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """Record one observation in the histogram ``name``."""
+        self._apply("observe", name, value, labels)
+
+    def render(self) -> tuple[bytes, str]:
+        """Return the text exposition of every metric and its content type."""
+        return generate_latest(self.registry), _CONTENT_TYPE
