@@ -40,6 +40,8 @@ __all__ = [
     "load_config",
     "parse_config",
     "ENV_PREFIX",
+    "MAX_KEY_PREFIX",
+    "key_prefix_problem",
 ]
 
 ENV_PREFIX = "SIMPLEPUSH_"
@@ -53,6 +55,24 @@ def _nonneg(value: float) -> str | None:
 
 def _positive(value: float) -> str | None:
     return None if value > 0 else "must be > 0"
+
+
+#: Longest ``[storage] key_prefix``: memcached keys are at most 250 bytes and
+#: the longest key suffix is ``<32 hex>.<32 hex>`` (65 characters).
+MAX_KEY_PREFIX = 185
+
+
+def key_prefix_problem(prefix: str) -> str | None:
+    """Return what makes ``prefix`` unusable as a memcached key prefix, or None.
+
+    The one rule, used by ``[storage] key_prefix`` and by the memcached storage
+    and directory: printable ASCII without spaces, at most ``MAX_KEY_PREFIX``.
+    """
+    if len(prefix) > MAX_KEY_PREFIX:
+        return f"must be at most {MAX_KEY_PREFIX} characters"
+    if not all(0x21 <= ord(c) <= 0x7E for c in prefix):
+        return "must be printable ASCII without spaces"
+    return None
 
 
 def _check(check: Callable[[Any], str | None] | None = None, *, secret: bool = False) -> Any:
@@ -147,14 +167,6 @@ class StorageConfig:
                 return f"{server!r} is not host:port"
         return None
 
-    @staticmethod
-    def _key_prefix_problem(prefix: str) -> str | None:
-        if len(prefix) > 185:
-            return "must be at most 185 characters"
-        if not all(0x21 <= ord(c) <= 0x7E for c in prefix):
-            return "must be printable ASCII without spaces"
-        return None
-
     #: ``memory`` (volatile), ``sqlite`` (one file in ``path``) or ``memcached``.
     backend: str = field(
         default="sqlite",
@@ -184,7 +196,7 @@ class StorageConfig:
         default_factory=lambda: ["127.0.0.1:11211"], metadata=_check(_servers_problem)
     )
     #: Prefix of every memcached key (lets several deployments share servers).
-    key_prefix: str = field(default="", metadata=_check(_key_prefix_problem))
+    key_prefix: str = field(default="", metadata=_check(key_prefix_problem))
     #: Threads the storage pool keeps when idle.
     pool_min_threads: int = field(default=1, metadata=_check(_nonneg))
     #: Most threads of the storage pool (and memcached connections per server).

@@ -21,7 +21,7 @@ from pushtwisted.cluster.directory import (
     NodeEntry,
 )
 from pushtwisted.errors import StorageUnavailable
-from pushtwisted.storage.memcached import MAX_RELATIVE_EXPIRE
+from pushtwisted.storage._memcache import MAX_RELATIVE_EXPIRE
 from tests.test_storage_contract import EPOCH, FakeMemcache, inline_run, synchronous
 
 NODE_A = "http://10.0.0.1:3000"

@@ -35,8 +35,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.errors import StorageUnavailable, TooManyChannels
+from pushtwisted.storage._memcache import MAX_RELATIVE_EXPIRE, JsonSerde
 from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateOutcome, UpdateResult
-from pushtwisted.storage.memcached import MAX_RELATIVE_EXPIRE, JsonSerde, MemcachedStorage
+from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.storage.sqlite import SCHEMA_VERSION, SqliteStorage
 

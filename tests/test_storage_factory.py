@@ -14,19 +14,19 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushtwisted.config import StorageConfig, parse_config
 from pushtwisted.errors import ConfigError
 from pushtwisted.metrics import NullMetrics
+from pushtwisted.storage._memcache import (
+    MAX_RELATIVE_EXPIRE,
+    JsonSerde,
+    make_memcached_client,
+    memcached_expire,
+)
 from pushtwisted.storage.factory import (
     build_memcache_client,
     build_storage_service,
     build_thread_pool,
     sqlite_path,
 )
-from pushtwisted.storage.memcached import (
-    MAX_RELATIVE_EXPIRE,
-    JsonSerde,
-    MemcachedStorage,
-    make_memcached_client,
-    memcached_expire,
-)
+from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.storage.service import PURGE_INTERVAL, StorageService
 from pushtwisted.storage.sqlite import SqliteStorage

@@ -29,21 +29,23 @@ A miss is a normal result (None); a backend failure errbacks with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import StorageUnavailable
-from pushtwisted.storage.memcached import MemcacheClient, memcached_expire, translate_errors
+from pushtwisted.storage._memcache import (
+    MemcacheClient,
+    check_key_prefix,
+    memcached_expire,
+    translate_errors,
+)
 
 if TYPE_CHECKING:
     from pushtwisted.threadpool import Runner
 
 __all__ = ["Directory", "MemcachedDirectory", "MemoryDirectory", "NodeEntry"]
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 #: gets/cas attempts before giving up with StorageUnavailable.
 _CAS_ATTEMPTS = 32
@@ -51,8 +53,6 @@ _CAS_ATTEMPTS = 32
 _TOMBSTONE_TTL = 10
 #: The value of a cleared entry.
 _TOMBSTONE: dict[str, object] = {}
-#: memcached's key length limit.
-_MAX_KEY = 250
 _KEY_TAG = "node:"
 
 
@@ -140,7 +140,7 @@ class MemcachedDirectory:
     """A ``Directory`` in memcached, shared by every node of a cluster.
 
     :param client: a thread-safe pymemcache client with the JSON serde
-        (``pushtwisted.storage.memcached.make_memcached_client``).
+        (``pushtwisted.storage._memcache.make_memcached_client``).
     :param run: the runner of blocking calls (``ThreadPoolService.run``).
     :param clock: the reactor clock (``now`` for long expiries).
     :param ttl: seconds an entry lives after its hello (clamped for
@@ -148,8 +148,8 @@ class MemcachedDirectory:
         ``ttl_registered``.
     :param key_prefix: the storage ``key_prefix``; keys are
         ``<prefix>node:<uaid>``.
-    :raises ValueError: for a non-positive ``ttl`` or a prefix that would make
-        keys too long or contains spaces or control characters.
+    :raises ValueError: for a non-positive ``ttl`` or a ``key_prefix`` that
+        ``check_key_prefix`` refuses.
     """
 
     def __init__(
@@ -163,10 +163,7 @@ class MemcachedDirectory:
     ) -> None:
         if not ttl > 0:
             raise ValueError("ttl must be > 0")
-        if len(key_prefix) + len(_KEY_TAG) + 32 > _MAX_KEY:
-            raise ValueError("key_prefix too long for directory keys")
-        if not all(0x21 <= ord(c) <= 0x7E for c in key_prefix):
-            raise ValueError("key_prefix must be printable ASCII without spaces")
+        check_key_prefix(key_prefix)
         self._client = client
         self._run = run
         self._clock = clock

@@ -29,7 +29,7 @@ from pushtwisted.config import Config
 from pushtwisted.logs import logger
 from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
-from pushtwisted.storage.memcached import MemcacheClient
+from pushtwisted.storage._memcache import MemcacheClient
 from pushtwisted.threadpool import Runner
 
 __all__ = ["ClusterService", "build_cluster"]

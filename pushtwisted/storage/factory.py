@@ -23,7 +23,8 @@ from twisted.internet.interfaces import IReactorTime
 from pushtwisted.config import StorageConfig
 from pushtwisted.errors import ConfigError
 from pushtwisted.metrics import Metrics
-from pushtwisted.storage.memcached import MemcacheClient, MemcachedStorage, make_memcached_client
+from pushtwisted.storage._memcache import MemcacheClient, make_memcached_client
+from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.storage.service import StorageService
 from pushtwisted.storage.sqlite import DB_FILENAME, SqliteStorage

@@ -27,7 +27,9 @@ registers of *different* new chids of one UAID may overshoot it by the
 number in flight, since a record being created is not counted yet.
 
 Expiry: memcached reads an expiry over 30 days as an absolute Unix time, so
-longer TTLs are sent as ``now + ttl`` (``memcached_expire``).  The list and
+longer TTLs are sent as ``now + ttl`` (``memcached_expire``).  The client,
+its serde and the error translation are in ``pushtwisted.storage._memcache``,
+shared with the cluster directory.  The list and
 the records are refreshed at hello: ``user_exists`` touches the list, and
 ``fetch_pending`` touches it and rewrites records written more than half
 their TTL ago, so idle devices keep their registrations.
@@ -41,47 +43,30 @@ clock, read on the reactor thread.
 
 from __future__ import annotations
 
-import functools
-import json
-import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING
 
-from pymemcache.client.hash import HashClient
-from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import StorageUnavailable, TooManyChannels
+from pushtwisted.storage._memcache import (
+    MemcacheClient,
+    check_key_prefix,
+    memcached_expire,
+    translate_errors,
+)
 from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
 
 if TYPE_CHECKING:
     from pushtwisted.threadpool import Runner
 
-__all__ = [
-    "JsonSerde",
-    "MemcacheClient",
-    "MemcachedStorage",
-    "MAX_RELATIVE_EXPIRE",
-    "make_memcached_client",
-    "memcached_expire",
-    "translate_errors",
-]
+__all__ = ["MemcachedStorage"]
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-#: memcached reads a larger expiry as an absolute Unix time (30 days).
-MAX_RELATIVE_EXPIRE = 30 * 24 * 3600
-
-#: memcached's key length limit, prefix included.
-_MAX_KEY = 250
-#: Longest key suffix: ``<32 hex>.<32 hex>``.
-_LONGEST_SUFFIX = 65
 #: gets/cas attempts before giving up with StorageUnavailable.
 _CAS_ATTEMPTS = 64
 
@@ -89,180 +74,6 @@ _LIVE = "live"
 _REGISTERED = "registered"
 _DELETED = "deleted"
 _STATES = frozenset((_LIVE, _REGISTERED, _DELETED))
-
-
-def memcached_expire(ttl: float, now: float) -> int:
-    """Return the memcached ``exptime`` that expires ``ttl`` seconds after ``now``.
-
-    Up to 30 days it is the relative number of seconds (at least 1, since 0
-    means "never"); beyond, memcached expects an absolute Unix time.
-    """
-    seconds = max(1, math.ceil(ttl))
-    if seconds <= MAX_RELATIVE_EXPIRE:
-        return seconds
-    return int(now) + seconds
-
-
-class JsonSerde:
-    """pymemcache serde storing values as plain JSON (flags 0), thread-safe."""
-
-    def serialize(self, key: bytes | str, value: object) -> tuple[bytes, int]:
-        """Encode ``value`` as compact ASCII JSON."""
-        return json.dumps(value, separators=(",", ":")).encode("ascii"), 0
-
-    def deserialize(self, key: bytes | str, value: bytes, flags: int) -> Any:
-        """Decode JSON; raises ``ValueError`` on corrupt data."""
-        return json.loads(value)
-
-
-class _StoreHashClient(HashClient):  # type: ignore[misc]  # pymemcache is untyped
-    """A ``HashClient`` for a *store*: keys never move, and failures raise.
-
-    Stock ``HashClient`` answers the default value (a miss) while a failed
-    server waits out ``retry_timeout``, even with ``ignore_exc=False``, and
-    after ``retry_attempts`` it drops the server from the ring so its keys
-    hash to another server, where they miss too.  For a cache that is fine;
-    here a miss resets a UAID.  This subclass keeps every server on the ring
-    and, for ``retry_timeout`` seconds after a connection failure, fails the
-    server's calls at once with ``MemcacheError`` (no connect attempt, so a
-    dead server does not tie up pool threads); the next call after that
-    tries again, so service resumes within ``retry_timeout`` of the server's
-    return.  When the server went away (not a mere timeout) its pooled
-    connections are dropped too, so stale sockets do not fail once each
-    after it returns.  ``retry_attempts`` and ``dead_timeout`` are unused.
-    """
-
-    #: The clock of the fail-fast window (tests replace it).
-    monotonic: Callable[[], float] = staticmethod(time.monotonic)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._down_until: dict[object, float] = {}
-        super().__init__(*args, **kwargs)
-
-    def _safely_run_func(
-        self, client: Any, func: Callable[..., Any], default_val: Any, *args: Any, **kwargs: Any
-    ) -> Any:
-        server = client.server
-        until = self._down_until.get(server)
-        if until is not None and self.monotonic() < until:
-            raise MemcacheError(f"memcached {server} failed less than {self.retry_timeout}s ago")
-        try:
-            result = func(*args, **kwargs)
-        except (OSError, MemcacheUnexpectedCloseError) as e:
-            self._down_until[server] = self.monotonic() + self.retry_timeout
-            if not isinstance(e, TimeoutError):
-                # The server went away: its pooled connections are all dead,
-                # and reusing them after it returns would fail once each.
-                client.close()
-            raise
-        if until is not None:
-            self._down_until.pop(server, None)
-        return result
-
-    def close(self) -> None:
-        """Close every server's connections, whatever its state."""
-        for client in self.clients.values():
-            client.close()
-
-    def check_servers(self) -> None:
-        """Ask every server for its version; raise for the first that fails."""
-        for client in self.clients.values():
-            client.version()
-
-    def set_many(self, *args: Any, **kwargs: Any) -> Any:
-        """Unsupported: stock ``set_many`` reports failures as a key list."""
-        raise NotImplementedError("set_many is not used by pushtwisted")
-
-
-def make_memcached_client(
-    servers: list[str],
-    *,
-    pool_size: int,
-    connect_timeout: float,
-    timeout: float,
-    retry_timeout: float = 1.0,
-) -> HashClient:
-    """Build the thread-safe pymemcache client of ``MemcachedStorage``.
-
-    A ``HashClient`` (rendezvous hashing over ``servers``, each
-    ``host:port``, ``[v6]:port`` or ``unix:/path``) of ``PooledClient``s, each
-    pool holding up to ``pool_size`` connections (size it to the storage
-    pool's ``max_threads``), with socket timeouts, JSON values, errors that
-    raise (``ignore_exc=False``), replies awaited on every store command
-    (``default_noreply=False``, so failed sets are seen) and a fail-fast
-    window of ``retry_timeout`` seconds after a server fails (see
-    ``_StoreHashClient``).
-    """
-    if not servers:
-        raise ValueError("at least one memcached server is needed")
-    return _StoreHashClient(
-        servers,
-        serde=JsonSerde(),
-        connect_timeout=connect_timeout,
-        timeout=timeout,
-        no_delay=True,
-        use_pooling=True,
-        max_pool_size=pool_size,
-        ignore_exc=False,
-        default_noreply=False,
-        retry_attempts=0,
-        retry_timeout=retry_timeout,
-        dead_timeout=retry_timeout,
-    )
-
-
-class MemcacheClient(Protocol):
-    """The part of pymemcache's client API that ``MemcachedStorage`` uses."""
-
-    def get(self, key: str) -> Any:
-        """Return the value or None."""
-
-    def get_many(self, keys: list[str]) -> dict[str, Any]:
-        """Return the values of the keys that exist."""
-
-    def gets(self, key: str) -> tuple[Any, Any]:
-        """Return ``(value, cas)`` or ``(None, None)``."""
-
-    def gets_many(self, keys: list[str]) -> dict[str, tuple[Any, Any]]:
-        """Return ``{key: (value, cas)}`` for the keys that exist."""
-
-    def set(self, key: str, value: Any, expire: int = 0, noreply: bool | None = None) -> bool:
-        """Store unconditionally."""
-
-    def add(self, key: str, value: Any, expire: int = 0, noreply: bool | None = None) -> bool:
-        """Store if absent; False when the key exists."""
-
-    def cas(
-        self, key: str, value: Any, cas: Any, expire: int = 0, noreply: bool = False
-    ) -> bool | None:
-        """Store if unchanged: True, False (changed) or None (absent)."""
-
-    def touch(self, key: str, expire: int = 0, noreply: bool | None = None) -> bool:
-        """Set a new expiry; False when the key is absent."""
-
-    def delete(self, key: str, noreply: bool | None = None) -> bool:
-        """Delete; False when the key was absent."""
-
-    def close(self) -> None:
-        """Close every connection."""
-
-    def check_servers(self) -> None:
-        """Reach every server (a ``HashClient`` spreads keys); raise when one fails."""
-
-
-def translate_errors(func: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Turn client errors raised by ``func`` into ``StorageUnavailable``."""
-
-    @functools.wraps(func)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return func(*args, **kwargs)
-        except (MemcacheError, OSError) as e:
-            raise StorageUnavailable(f"memcached: {e!r}") from e
-        except ValueError as e:  # corrupt JSON
-            raise StorageUnavailable(f"memcached: undecodable value: {e}") from e
-
-    return wrapper
 
 
 def _backoff(attempt: int) -> None:
@@ -316,7 +127,7 @@ def _decode_list(value: object) -> list[str]:
 class MemcachedStorage:
     """A ``Storage`` on memcached through a thread-safe pymemcache client.
 
-    :param client: from ``make_memcached_client`` (JSON serde, pooled,
+    :param client: from ``pushtwisted.storage._memcache.make_memcached_client`` (JSON serde, pooled,
         ``ignore_exc=False``, ``default_noreply=False``).
     :param run: the runner of blocking calls (``ThreadPoolService.run``).
     :param clock: the reactor clock (``now`` for expiries and refreshes).
@@ -327,7 +138,8 @@ class MemcachedStorage:
         an unregistered channel (410 to the app server).
     :param ttl_deleted: seconds a tombstone lives.
     :param key_prefix: prepended to every key (printable ASCII, no spaces,
-        at most 185 characters so keys stay under memcached's 250 bytes).
+        at most 185 characters so keys stay under memcached's 250 bytes;
+        ``check_key_prefix``).
     """
 
     def __init__(
@@ -341,10 +153,7 @@ class MemcachedStorage:
         ttl_deleted: float,
         key_prefix: str = "",
     ) -> None:
-        if len(key_prefix) + _LONGEST_SUFFIX > _MAX_KEY:
-            raise ValueError(f"key_prefix longer than {_MAX_KEY - _LONGEST_SUFFIX} characters")
-        if not all(0x21 <= ord(c) <= 0x7E for c in key_prefix):
-            raise ValueError("key_prefix must be printable ASCII without spaces")
+        check_key_prefix(key_prefix)
         for name, ttl in (
             ("ttl_live", ttl_live),
             ("ttl_registered", ttl_registered),

@@ -13,7 +13,7 @@ from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
 from pushtwisted.cluster.directory import Directory, MemcachedDirectory, NodeEntry
-from pushtwisted.storage.memcached import make_memcached_client
+from pushtwisted.storage._memcache import make_memcached_client
 from tests.integration.memcached_fixture import shared_memcached
 from tests.integration.test_storage_backends import _Pooled, _reactor
 from tests.test_cluster_directory import DirectoryContract

@@ -19,11 +19,9 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
 from pushtwisted.errors import StorageUnavailable
+from pushtwisted.storage._memcache import make_memcached_client
 from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateOutcome
-from pushtwisted.storage.memcached import (
-    MemcachedStorage,
-    make_memcached_client,
-)
+from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.sqlite import SqliteStorage
 from pushtwisted.threadpool import ThreadPoolService
 from tests.integration.memcached_fixture import MemcachedProcess, shared_memcached

@@ -1,0 +1,233 @@
+r"""memcached plumbing shared by ``MemcachedStorage`` and ``MemcachedDirectory``.
+
+- ``make_memcached_client``: the thread-safe pymemcache client (a
+  ``HashClient`` of ``PooledClient``\ s) that fails fast and never turns a
+  failure into a miss;
+- ``MemcacheClient``: the part of its API the two users call (a fake in tests);
+- ``JsonSerde``: values as plain JSON;
+- ``translate_errors``: client errors become ``StorageUnavailable``;
+- ``memcached_expire``: a TTL as memcached's ``exptime`` (relative up to 30
+  days, absolute beyond);
+- ``check_key_prefix``: refuses a ``key_prefix`` that would break keys.
+
+Everything here but ``make_memcached_client`` runs on the storage pool's
+threads, inside the ``_blocking`` methods of its two users.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from pymemcache.client.hash import HashClient
+from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
+
+from pushtwisted.config import key_prefix_problem
+from pushtwisted.errors import StorageUnavailable
+
+__all__ = [
+    "JsonSerde",
+    "MAX_RELATIVE_EXPIRE",
+    "MemcacheClient",
+    "check_key_prefix",
+    "make_memcached_client",
+    "memcached_expire",
+    "translate_errors",
+]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+#: memcached reads a larger expiry as an absolute Unix time (30 days).
+MAX_RELATIVE_EXPIRE = 30 * 24 * 3600
+
+
+def check_key_prefix(prefix: str) -> None:
+    """Refuse a ``key_prefix`` that would make memcached keys invalid.
+
+    The rule is ``[storage] key_prefix``'s (``pushtwisted.config``): printable
+    ASCII without spaces, short enough for the longest key of either user.
+
+    :raises ValueError: naming what is wrong with ``prefix``.
+    """
+    problem = key_prefix_problem(prefix)
+    if problem is not None:
+        raise ValueError(f"key_prefix {problem}")
+
+
+def memcached_expire(ttl: float, now: float) -> int:
+    """Return the memcached ``exptime`` that expires ``ttl`` seconds after ``now``.
+
+    Up to 30 days it is the relative number of seconds (at least 1, since 0
+    means "never"); beyond, memcached expects an absolute Unix time.
+    """
+    seconds = max(1, math.ceil(ttl))
+    if seconds <= MAX_RELATIVE_EXPIRE:
+        return seconds
+    return int(now) + seconds
+
+
+class JsonSerde:
+    """pymemcache serde storing values as plain JSON (flags 0), thread-safe."""
+
+    def serialize(self, key: bytes | str, value: object) -> tuple[bytes, int]:
+        """Encode ``value`` as compact ASCII JSON."""
+        return json.dumps(value, separators=(",", ":")).encode("ascii"), 0
+
+    def deserialize(self, key: bytes | str, value: bytes, flags: int) -> Any:
+        """Decode JSON; raises ``ValueError`` on corrupt data."""
+        return json.loads(value)
+
+
+class _StoreHashClient(HashClient):  # type: ignore[misc]  # pymemcache is untyped
+    """A ``HashClient`` for a *store*: keys never move, and failures raise.
+
+    Stock ``HashClient`` answers the default value (a miss) while a failed
+    server waits out ``retry_timeout``, even with ``ignore_exc=False``, and
+    after ``retry_attempts`` it drops the server from the ring so its keys
+    hash to another server, where they miss too.  For a cache that is fine;
+    here a miss resets a UAID.  This subclass keeps every server on the ring
+    and, for ``retry_timeout`` seconds after a connection failure, fails the
+    server's calls at once with ``MemcacheError`` (no connect attempt, so a
+    dead server does not tie up pool threads); the next call after that
+    tries again, so service resumes within ``retry_timeout`` of the server's
+    return.  When the server went away (not a mere timeout) its pooled
+    connections are dropped too, so stale sockets do not fail once each
+    after it returns.  ``retry_attempts`` and ``dead_timeout`` are unused.
+    """
+
+    #: The clock of the fail-fast window (tests replace it).
+    monotonic: Callable[[], float] = staticmethod(time.monotonic)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._down_until: dict[object, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def _safely_run_func(
+        self, client: Any, func: Callable[..., Any], default_val: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        server = client.server
+        until = self._down_until.get(server)
+        if until is not None and self.monotonic() < until:
+            raise MemcacheError(f"memcached {server} failed less than {self.retry_timeout}s ago")
+        try:
+            result = func(*args, **kwargs)
+        except (OSError, MemcacheUnexpectedCloseError) as e:
+            self._down_until[server] = self.monotonic() + self.retry_timeout
+            if not isinstance(e, TimeoutError):
+                # The server went away: its pooled connections are all dead,
+                # and reusing them after it returns would fail once each.
+                client.close()
+            raise
+        if until is not None:
+            self._down_until.pop(server, None)
+        return result
+
+    def close(self) -> None:
+        """Close every server's connections, whatever its state."""
+        for client in self.clients.values():
+            client.close()
+
+    def check_servers(self) -> None:
+        """Ask every server for its version; raise for the first that fails."""
+        for client in self.clients.values():
+            client.version()
+
+    def set_many(self, *args: Any, **kwargs: Any) -> Any:
+        """Unsupported: stock ``set_many`` reports failures as a key list."""
+        raise NotImplementedError("set_many is not used by pushtwisted")
+
+
+def make_memcached_client(
+    servers: list[str],
+    *,
+    pool_size: int,
+    connect_timeout: float,
+    timeout: float,
+    retry_timeout: float = 1.0,
+) -> HashClient:
+    """Build the thread-safe pymemcache client of ``MemcachedStorage``.
+
+    A ``HashClient`` (rendezvous hashing over ``servers``, each
+    ``host:port``, ``[v6]:port`` or ``unix:/path``) of ``PooledClient``s, each
+    pool holding up to ``pool_size`` connections (size it to the storage
+    pool's ``max_threads``), with socket timeouts, JSON values, errors that
+    raise (``ignore_exc=False``), replies awaited on every store command
+    (``default_noreply=False``, so failed sets are seen) and a fail-fast
+    window of ``retry_timeout`` seconds after a server fails (see
+    ``_StoreHashClient``).
+    """
+    if not servers:
+        raise ValueError("at least one memcached server is needed")
+    return _StoreHashClient(
+        servers,
+        serde=JsonSerde(),
+        connect_timeout=connect_timeout,
+        timeout=timeout,
+        no_delay=True,
+        use_pooling=True,
+        max_pool_size=pool_size,
+        ignore_exc=False,
+        default_noreply=False,
+        retry_attempts=0,
+        retry_timeout=retry_timeout,
+        dead_timeout=retry_timeout,
+    )
+
+
+class MemcacheClient(Protocol):
+    """The part of pymemcache's client API that ``MemcachedStorage`` uses."""
+
+    def get(self, key: str) -> Any:
+        """Return the value or None."""
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        """Return the values of the keys that exist."""
+
+    def gets(self, key: str) -> tuple[Any, Any]:
+        """Return ``(value, cas)`` or ``(None, None)``."""
+
+    def gets_many(self, keys: list[str]) -> dict[str, tuple[Any, Any]]:
+        """Return ``{key: (value, cas)}`` for the keys that exist."""
+
+    def set(self, key: str, value: Any, expire: int = 0, noreply: bool | None = None) -> bool:
+        """Store unconditionally."""
+
+    def add(self, key: str, value: Any, expire: int = 0, noreply: bool | None = None) -> bool:
+        """Store if absent; False when the key exists."""
+
+    def cas(
+        self, key: str, value: Any, cas: Any, expire: int = 0, noreply: bool = False
+    ) -> bool | None:
+        """Store if unchanged: True, False (changed) or None (absent)."""
+
+    def touch(self, key: str, expire: int = 0, noreply: bool | None = None) -> bool:
+        """Set a new expiry; False when the key is absent."""
+
+    def delete(self, key: str, noreply: bool | None = None) -> bool:
+        """Delete; False when the key was absent."""
+
+    def close(self) -> None:
+        """Close every connection."""
+
+    def check_servers(self) -> None:
+        """Reach every server (a ``HashClient`` spreads keys); raise when one fails."""
+
+
+def translate_errors(func: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Turn client errors raised by ``func`` into ``StorageUnavailable``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return func(*args, **kwargs)
+        except (MemcacheError, OSError) as e:
+            raise StorageUnavailable(f"memcached: {e!r}") from e
+        except ValueError as e:  # corrupt JSON
+            raise StorageUnavailable(f"memcached: undecodable value: {e}") from e
+
+    return wrapper
