@@ -3,6 +3,9 @@
 IDs are UUIDs, written either as 32 hex characters or dashed 8-4-4-4-12, in
 any case.  Storage keys and tokens use the *normal form*: 32 lower-case hex
 characters.  Replies echo the client's own spelling.
+
+A connection is identified, within its node, by ``connected_at``: the
+node's clock at its hello in integer milliseconds (``connected_at_ms``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,14 @@ from __future__ import annotations
 import re
 import uuid
 
-__all__ = ["is_valid_id", "normalize_id", "new_uaid", "id_to_bytes", "id_from_bytes"]
+__all__ = [
+    "connected_at_ms",
+    "is_valid_id",
+    "normalize_id",
+    "new_uaid",
+    "id_to_bytes",
+    "id_from_bytes",
+]
 
 _ID_RE = re.compile(
     r"\A(?:[0-9a-fA-F]{32}"
@@ -46,3 +56,8 @@ def id_to_bytes(normal: str) -> bytes:
 def id_from_bytes(raw: bytes) -> str:
     """Return the normal form of 16 raw ID bytes."""
     return raw.hex()
+
+
+def connected_at_ms(seconds: float) -> int:
+    """Return a clock reading (seconds) as the integer milliseconds of ``connected_at``."""
+    return int(seconds * 1000)

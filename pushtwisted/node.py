@@ -8,18 +8,16 @@ objects stay small.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.config import Config
 from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.routing import Router
 from pushtwisted.storage.interface import Storage
 from pushtwisted.tokens import EndpointCrypto
-
-if TYPE_CHECKING:
-    from pushtwisted.cluster.router import Router
 
 __all__ = ["Node"]
 
@@ -34,7 +32,8 @@ class Node:
     :ivar crypto: endpoint token issuer and parser.
     :ivar clock: the reactor's time (``task.Clock`` in tests).
     :ivar metrics: where events are counted.
-    :ivar router: the cluster router (``[router] listen`` set), else None.
+    :ivar router: delivers stored updates: a ``LocalRouter`` over ``registry``,
+        or the cluster's router when ``[router] listen`` is set.
     """
 
     config: Config
@@ -43,7 +42,7 @@ class Node:
     crypto: EndpointCrypto
     clock: IReactorTime
     metrics: Metrics
-    router: Router | None = None
+    router: Router
 
     def endpoint_url(self, uaid: str, chid: str) -> str:
         """Return the pushEndpoint URL for a channel (IDs in normal form)."""

@@ -45,9 +45,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from pushtwisted import messages
-from pushtwisted.cluster.router import connected_at_ms
 from pushtwisted.errors import ProtocolViolation, StorageError, TooManyChannels
-from pushtwisted.ids import is_valid_id, new_uaid, normalize_id
+from pushtwisted.ids import connected_at_ms, is_valid_id, new_uaid, normalize_id
 from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.messages import Incoming, InvalidCommand, MessageType, Update
 from pushtwisted.node import Node
@@ -137,7 +136,7 @@ class Session:
         self._queue: deque[str] | None = None
         #: Updates sent and not yet acked, by channel ID in normal form.
         self._sent: dict[str, Update] | None = None
-        #: When the hello was recorded in the cluster directory (ms), else None.
+        #: When the hello was recorded with the router (ms of the node's clock), else None.
         self.connected_at: int | None = None
         #: The message rate limit's token bucket: tokens left, and when counted.
         self._tokens = float(node.config.client.max_messages_burst)
@@ -345,24 +344,23 @@ class Session:
         if normal == echo:
             normal = echo  # one string per connection, not two equal ones
         router = self._node.router
-        if router is not None:
-            # The directory entry is written before storage is read, so an
-            # update stored meanwhile is either routed here or fetched below.
-            connected_at = connected_at_ms(self._node.clock.seconds())
-            try:
-                await router.on_hello(normal, connected_at)
-            except Exception as e:
-                if self._closed():
-                    return
-                self._storage_failed("directory", e)
-                self.state = State.AWAIT_HELLO
-                raise InvalidCommand(
-                    "directory failed during hello", status=503, echo=incoming.echo
-                ) from None
+        # The directory entry is written before storage is read, so an
+        # update stored meanwhile is either routed here or fetched below.
+        connected_at = connected_at_ms(self._node.clock.seconds())
+        try:
+            await router.on_hello(normal, connected_at)
+        except Exception as e:
             if self._closed():
-                router.on_disconnect(normal, connected_at)
                 return
-            self.connected_at = connected_at
+            self._storage_failed("directory", e)
+            self.state = State.AWAIT_HELLO
+            raise InvalidCommand(
+                "directory failed during hello", status=503, echo=incoming.echo
+            ) from None
+        if self._closed():
+            router.on_disconnect(normal, connected_at)
+            return
+        self.connected_at = connected_at
         self.uaid = normal
         self._echo_uaid = echo
         self.state = State.READY
@@ -650,15 +648,10 @@ class Session:
             registry = self._node.registry
             registry.remove(self.uaid, self)
             self._node.metrics.gauge("connections", len(registry))
-            router = self._node.router
             # A newer local session for this UAID owns the directory entry now
             # (it may even carry the same millisecond): leave it alone.
-            if (
-                router is not None
-                and self.connected_at is not None
-                and registry.get(self.uaid) is None
-            ):
-                router.on_disconnect(self.uaid, self.connected_at)
+            if self.connected_at is not None and registry.get(self.uaid) is None:
+                self._node.router.on_disconnect(self.uaid, self.connected_at)
 
 
 @types.coroutine

@@ -38,6 +38,7 @@ from pushtwisted.logs import filter_observers_at_begin, logger, set_log_level
 from pushtwisted.node import Node
 from pushtwisted.prometheus import PrometheusMetrics
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.routing import LocalRouter
 from pushtwisted.storage.factory import (
     build_memcache_client,
     build_storage_service,
@@ -230,7 +231,7 @@ def build_service(config: Config, reactor: IServerReactor) -> PushService:
         crypto=crypto,
         clock=reactor,
         metrics=metrics,
-        router=cluster.router if cluster is not None else None,
+        router=cluster.router if cluster is not None else LocalRouter(registry),
     )
     root = PushService(node, pool=pool, shutdown_timeout=config.server.shutdown_timeout)
     # Started in this order, stopped in the reverse one (see PushService).

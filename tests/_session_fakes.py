@@ -16,6 +16,7 @@ from pushtwisted.config import Config
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.node import Node
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.routing import LocalRouter
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.tokens import EndpointCrypto, generate_key
 
@@ -164,10 +165,12 @@ def make_node(
 ) -> Node:
     """Build a ``Node`` for tests (memory storage, a fresh key, a Clock)."""
     clock = clock or Clock()
+    registry: ClientRegistry[Any] = ClientRegistry()
     return Node(
         config=config or Config(),
         storage=storage if storage is not None else MemoryStorage(clock),
-        registry=ClientRegistry(),
+        registry=registry,
+        router=LocalRouter(registry),
         crypto=EndpointCrypto([generate_key()]),
         clock=clock,
         metrics=metrics if metrics is not None else RecordingMetrics(),

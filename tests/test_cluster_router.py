@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
 
 from pushtwisted.cluster.directory import MemoryDirectory, NodeEntry
-from pushtwisted.cluster.router import RouteOutcome, Router, connected_at_ms
+from pushtwisted.cluster.router import RouteOutcome, Router
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.web.internal import InternalResource
@@ -121,9 +121,13 @@ class RouteTests(RouterTestCase):
     def test_deliver_is_bool(self) -> None:
         """``deliver`` fires True exactly for LOCAL and REMOTE."""
         self.hold(self.a)
-        self.assertTrue(self.successResultOf(self.a.router.deliver(self.uaid, "c", 1, None)))
-        other = uuid.uuid4().hex
-        self.assertFalse(self.successResultOf(self.a.router.deliver(other, "c", 1, None)))
+
+        def deliver(uaid: str) -> bool:
+            d = Deferred.fromCoroutine(self.a.router.deliver(uaid, "c", 1, None))
+            return self.successResultOf(d)
+
+        self.assertTrue(deliver(self.uaid))
+        self.assertFalse(deliver(uuid.uuid4().hex))
 
     def test_not_connected(self) -> None:
         """Step 4b: no entry before or after the re-read: NOT_CONNECTED, nothing sent."""
@@ -403,11 +407,6 @@ class HelloTests(RouterTestCase):
         """A failed directory write fails the hello (the session answers 503)."""
         self.directory.fail_set = True
         self.failureResultOf(self.a.router.on_hello(self.uaid, 5000), StorageUnavailable)
-
-    def test_connected_at_ms(self) -> None:
-        """``connected_at_ms`` turns clock seconds into integer milliseconds."""
-        self.assertEqual(connected_at_ms(1.2345), 1234)
-        self.assertEqual(connected_at_ms(NOW), int(NOW) * 1000)
 
 
 class DisconnectTests(RouterTestCase):

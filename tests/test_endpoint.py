@@ -25,6 +25,7 @@ from pushtwisted.errors import InvalidToken, StorageBusy, StorageUnavailable, To
 from pushtwisted.logs import uaid_hash
 from pushtwisted.node import Node
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.routing import LocalRouter
 from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.tokens import EndpointCrypto, generate_key
@@ -168,6 +169,7 @@ class EndpointTestCase(SynchronousTestCase):
             crypto=self.crypto,
             clock=self.clock,
             metrics=self.metrics,
+            router=LocalRouter(self.registry),
         )
         return dataclasses.replace(node, **changes)
 

@@ -18,6 +18,7 @@ from pushtwisted.metrics import NullMetrics
 from pushtwisted.node import Node
 from pushtwisted.prometheus import PrometheusMetrics
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.routing import LocalRouter
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.tokens import EndpointCrypto, generate_key
 from pushtwisted.web.status import (
@@ -76,6 +77,7 @@ class StatusTestCase(SynchronousTestCase):
             crypto=EndpointCrypto([generate_key()]),
             clock=self.clock,
             metrics=NullMetrics(),
+            router=LocalRouter(self.registry),
         )
         self.metrics = PrometheusMetrics()
         self.root = Resource()

@@ -41,6 +41,7 @@ from pushtwisted.config import (
     WebSocketConfig,
 )
 from pushtwisted.errors import ConfigError
+from pushtwisted.routing import LocalRouter
 from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.service import StorageService
 from pushtwisted.threadpool import POOL_NAME
@@ -160,11 +161,11 @@ class ClusterBuildTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
         self.assertEqual(order, ["storage", "http", "pool"])
 
-    def test_single_node_has_no_router(self) -> None:
-        """Without ``router.listen``: no router, two listeners, no cluster service."""
+    def test_single_node_has_local_router(self) -> None:
+        """Without ``router.listen``: a local router, two listeners, no cluster service."""
         reactor, service = self.build(self.config(router=RouterConfig()))
         self.start_listeners(service)
-        self.assertIsNone(service.node.router)
+        self.assertIsInstance(service.node.router, LocalRouter)
         self.assertEqual(len(reactor.tcpServers), 2)
         self.assertEqual([child.name for child in service if child.name], [POOL_NAME, "storage"])
 

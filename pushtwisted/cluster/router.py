@@ -1,9 +1,10 @@
 """``Router``: deliver an update to its device, on whichever node it is connected.
 
-The endpoint has already *stored* the update when it calls ``route`` (or
-``deliver``), so every failure below ends in "stored" (202): the device gets
-the update at its next hello, or at once if a node is told to check storage.
-Only a confirmed hand-over to a live socket is "delivered" (200).
+The ``pushtwisted.routing.Router`` of a node in a cluster.  The endpoint has
+already *stored* the update when it calls ``deliver`` (or ``route``), so
+every failure below ends in "stored" (202): the device gets the update at
+its next hello, or at once if a node is told to check storage.  Only a
+confirmed hand-over to a live socket is "delivered" (200).
 
 Decision table of ``route(uaid, channel_id, version, data)``:
 
@@ -11,7 +12,7 @@ Decision table of ``route(uaid, channel_id, version, data)``:
 step  condition                                       action and outcome
 ====  ==============================================  ==========================================
 1     a session on this node holds the UAID and       ``LOCAL`` (200)
-      takes the update
+      takes the update (``LocalRouter.deliver_here``)
 2     the directory read fails                        ``DIRECTORY_FAILED`` (202)
 3     the entry names another node                    signed ``PUT {node}/push/{uaid}``:
 3a      it answers 200                                ``REMOTE`` (200)
@@ -69,19 +70,9 @@ from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.routing import LocalRouter, RoutedSession
 
-__all__ = [
-    "HTTPClient",
-    "RouteOutcome",
-    "RoutedSession",
-    "Router",
-    "connected_at_ms",
-]
-
-
-def connected_at_ms(seconds: float) -> int:
-    """Return a clock reading (seconds) as the integer milliseconds of ``connected_at``."""
-    return int(seconds * 1000)
+__all__ = ["HTTPClient", "RouteOutcome", "Router"]
 
 
 class HTTPClient(Protocol):
@@ -89,23 +80,6 @@ class HTTPClient(Protocol):
 
     def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
         """Send a request (``data=`` body bytes, ``headers=``); fire with the response."""
-
-
-class RoutedSession(Protocol):
-    """What the router and the router listener need of a connected session."""
-
-    @property
-    def connected_at(self) -> int | None:
-        """When its hello succeeded, in integer milliseconds of this node's clock."""
-
-    def deliver(self, channel_id: str, version: int, data: str | None) -> bool:
-        """Send a live update; True when it reached an open, ready connection."""
-
-    def check_storage(self) -> Deferred[None]:
-        """Read storage again and send what is pending and not yet sent."""
-
-    def replaced(self) -> None:
-        """Close because a newer connection took the UAID."""
 
 
 class RouteOutcome(enum.Enum):
@@ -152,6 +126,8 @@ def _timed_out(result: object, timeout: float) -> object:
 class Router:
     """Route stored updates to the node holding the device; keep the directory.
 
+    The ``pushtwisted.routing.Router`` of a cluster node.
+
     :param node_url: this node's router URL (``[router] public_url``), as
         written in the directory.
     :param directory: the shared ``uaid -> node`` directory.
@@ -182,6 +158,7 @@ class Router:
         self.node_url = node_url.rstrip("/")
         self.directory = directory
         self._registry = registry
+        self._local = LocalRouter(registry)
         self._http = http
         self._signer = signer
         self._clock = clock
@@ -190,10 +167,10 @@ class Router:
 
     # -- the endpoint's side ----------------------------------------------------
 
-    def deliver(self, uaid: str, channel_id: str, version: int, data: str | None) -> Deferred[bool]:
-        """Route a stored update; fire True when a live socket took it (see ``route``)."""
-        d = self.route(uaid, channel_id, version, data)
-        return d.addCallback(lambda outcome: outcome.delivered)
+    async def deliver(self, uaid: str, channel_id: str, version: int, data: str | None) -> bool:
+        """Route a stored update; True when a live socket took it (see ``route``)."""
+        outcome = await self._route(uaid, channel_id, version, data)
+        return outcome.delivered
 
     def route(
         self, uaid: str, channel_id: str, version: int, data: str | None
@@ -205,7 +182,7 @@ class Router:
         self, uaid: str, channel_id: str, version: int, data: str | None
     ) -> RouteOutcome:
         # 1. A session here.
-        if self._deliver_locally(uaid, channel_id, version, data):
+        if self._local.deliver_here(uaid, channel_id, version, data):
             return self._outcome(RouteOutcome.LOCAL)
         # 2. The directory.
         try:
@@ -236,16 +213,6 @@ class Router:
             await self._check_storage(uaid, fresh)
             return self._outcome(RouteOutcome.NOTIFIED)
         return self._outcome(RouteOutcome.NODE_FAILED if tried else RouteOutcome.NOT_CONNECTED)
-
-    def _deliver_locally(self, uaid: str, channel_id: str, version: int, data: str | None) -> bool:
-        session: RoutedSession | None = self._registry.get(uaid)
-        if session is None:
-            return False
-        try:
-            return bool(session.deliver(channel_id, version, data))
-        except Exception:
-            self.log.failure("local delivery failed {uaid_hash}", uaid_hash=uaid_hash(uaid))
-            return False
 
     async def _clear_dead(self, uaid: str, entry: NodeEntry) -> None:
         """Clear the entry of a node that refused the connection, if still unchanged."""

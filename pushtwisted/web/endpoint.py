@@ -6,11 +6,10 @@ Parameters ``version`` and ``data`` come from a form body
 the query string.  A body of any other type is not parsed.
 
 Processing order: path, method, parameters, token, storage, live delivery.
-In a cluster (``[router] listen`` set) live delivery goes through
-``pushtwisted.cluster.router.Router``, which finds the device on this node or
-forwards the update to the node that holds it; 200 still means "a live socket
-took it" and 202 "stored" (no node holds the device, or it could not be
-reached in time).
+Live delivery is ``node.router``'s (``pushtwisted.routing``): a session on
+this node, or in a cluster (``[router] listen`` set) the node that holds the
+device; 200 means "a live socket took it" and 202 "stored" (no node holds
+the device, or it could not be reached in time).
 
 ======  =====  =====================================================
 status  errno  when
@@ -45,7 +44,6 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value
-from typing import Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -332,36 +330,16 @@ class UpdateResource(Resource):
 
         node.metrics.increment("notifications_stored")
         # notifications_delivered is counted by the session that wrote it to
-        # its socket (on whichever node holds it), once per update.
-        if await self._deliver(uaid, result.channel_id or chid, version, data, exchange):
-            return JSONResponse(code=200)
-        return JSONResponse(code=202)
-
-    async def _deliver(
-        self, uaid: str, channel_id: str, version: int, data: str | None, exchange: _Exchange
-    ) -> bool:
-        """Hand the stored update to a live socket; True when one took it (200).
-
-        In a cluster (``node.router`` set) the router finds the socket on this
-        node or on another one; otherwise only a session on this node can
-        take it.  Every failure here means 202: the update is stored already,
-        and the client gets it at its next hello or retry.
-        """
-        router = self._node.router
-        if router is not None:
-            try:
-                return bool(await router.deliver(uaid, channel_id, version, data))
-            except Exception:
-                self.log.failure("routing failed {uaid_hash}", uaid_hash=exchange.uaid_hash)
-                return False
-        session: Any = self._node.registry.get(uaid)
-        if session is None:
-            return False
+        # its socket (on whichever node holds it), once per update.  The
+        # router decides (and never fails); an unexpected error here means
+        # 202 as well: the update is stored, the client gets it at its next
+        # hello or retry.
         try:
-            return bool(session.deliver(channel_id, version, data))
+            delivered = await node.router.deliver(uaid, result.channel_id or chid, version, data)
         except Exception:
-            self.log.failure("live delivery failed {uaid_hash}", uaid_hash=exchange.uaid_hash)
-            return False
+            self.log.failure("routing failed {uaid_hash}", uaid_hash=exchange.uaid_hash)
+            delivered = False
+        return JSONResponse(code=200 if delivered else 202)
 
     def _complete(self, exchange: _Exchange, status: int) -> None:
         """Record the metrics and the one access line of a request."""

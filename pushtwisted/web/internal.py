@@ -39,7 +39,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from pushtwisted.cluster.router import RoutedSession
 from pushtwisted.cluster.signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -51,6 +50,7 @@ from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.messages import MAX_VERSION
 from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.routing import RoutedSession
 from pushtwisted.web._site import ListenerSite
 from pushtwisted.web._util import HTTPRequest, JSONResponse, error_body, json_response
 
