@@ -29,6 +29,7 @@ _LEAVES = frozenset(
         "pushtwisted._reactor",
         "pushtwisted.config",
         "pushtwisted.config_toml",
+        "pushtwisted.eager",
         "pushtwisted.errors",
         "pushtwisted.ids",
         "pushtwisted.logs",
@@ -41,8 +42,10 @@ _LEAVES = frozenset(
 )
 _DOMAIN = frozenset(
     {
+        "pushtwisted.connection",
         "pushtwisted.connlimit",
         "pushtwisted.node",
+        "pushtwisted.outbox",
         "pushtwisted.registry",
         "pushtwisted.routing",
         "pushtwisted.session",

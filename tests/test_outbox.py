@@ -1,0 +1,77 @@
+"""Tests for ``pushtwisted.outbox.Outbox`` (sessions test it end to end too)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from pushtwisted.outbox import Outbox
+from pushtwisted.storage.interface import PendingUpdate
+from tests._session_fakes import RecordingMetrics, RecordingSender
+
+CHID = "01234567-89ab-cdef-0123-456789abcdef"
+CHID_N = CHID.replace("-", "")
+
+
+class OutboxTests(SynchronousTestCase):
+    """Sent updates are kept until acked and re-sent on the retry timer."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.sender = RecordingSender()
+        self.metrics = RecordingMetrics()
+        self.outbox = Outbox(self.sender, self.metrics, self.clock, 60.0)
+
+    def updates(self) -> list[Any]:
+        return [json.loads(t)["updates"] for t in self.sender.texts]
+
+    def test_same_version_once(self) -> None:
+        """A version already sent is not sent again; another version is."""
+        self.assertTrue(self.outbox.deliver(CHID, 1, None))
+        self.assertTrue(self.outbox.deliver(CHID, 1, None))
+        self.assertTrue(self.outbox.deliver(CHID, 2, "d"))
+        self.assertEqual(len(self.sender.texts), 2)
+        self.assertEqual(self.metrics.counts["notifications_delivered"], 2)
+
+    def test_refused_is_false(self) -> None:
+        """A closed connection refuses the notification: False, nothing kept."""
+        self.sender.is_open = False
+        self.assertFalse(self.outbox.deliver(CHID, 1, None))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_retry_until_acked(self) -> None:
+        """Unacked updates are re-sent every interval; an ack covering them stops it."""
+        self.outbox.deliver(CHID, 3, None)
+        self.clock.advance(60)
+        self.assertEqual(self.updates()[-1], [{"channelID": CHID, "version": 3}])
+        self.assertEqual(self.metrics.counts["notifications_resent"], 1)
+        self.outbox.acked(CHID_N, 2)  # older: still kept
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.outbox.acked(CHID_N, 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_forget_and_close(self) -> None:
+        """Forgetting the last channel or closing stops the timer."""
+        self.outbox.deliver(CHID, 1, None)
+        self.outbox.forget(CHID_N)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.outbox.deliver(CHID, 2, None)
+        self.outbox.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(120)
+        self.assertEqual(len(self.sender.texts), 2)
+
+    def test_send_pending_skips_sent_unless_resend(self) -> None:
+        """Pending updates already sent live are left out, except on a re-hello."""
+        self.outbox.deliver(CHID, 4, None)
+        pending = [
+            PendingUpdate(channel_id=CHID, version=4),
+            PendingUpdate(channel_id="x", version=1),
+        ]
+        self.outbox.send_pending(pending)
+        self.assertEqual(self.updates()[-1], [{"channelID": "x", "version": 1}])
+        self.outbox.send_pending(pending, resend=True)
+        self.assertEqual(len(self.updates()[-1]), 2)
