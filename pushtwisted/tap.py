@@ -210,7 +210,7 @@ def build_service(config: Config, reactor: IServerReactor) -> PushService:
     if config.storage.backend == "memcached":
         memcache = build_memcache_client(config.storage)
     storage: StorageService = build_storage_service(
-        config.storage, reactor=reactor, pool=pool, metrics=metrics, memcache=memcache
+        config.storage, reactor=reactor, pool=pool, memcache=memcache
     )
     registry: ClientRegistry[Any] = ClientRegistry()
     cluster: ClusterService | None = None

@@ -75,7 +75,7 @@ class RouterTestCase(SynchronousTestCase):
         self.uaid = uuid.uuid4().hex
 
     def route(self, router: Router | None = None) -> RouteOutcome:
-        d = (router or self.a.router).route(self.uaid, "chan", 7, "payload")
+        d = Deferred.fromCoroutine((router or self.a.router).route(self.uaid, "chan", 7, "payload"))
         self.network.flush()
         outcome: RouteOutcome = self.successResultOf(d)
         return outcome
@@ -158,7 +158,7 @@ class RouteTests(RouterTestCase):
     def test_remote_without_data(self) -> None:
         """An update without data arrives without data."""
         session = self.hold(self.b)
-        d = self.a.router.route(self.uaid, "chan", 8, None)
+        d = Deferred.fromCoroutine(self.a.router.route(self.uaid, "chan", 8, None))
         self.network.flush()
         self.assertIs(self.successResultOf(d), RouteOutcome.REMOTE)
         self.assertEqual(session.delivered, [("chan", 8, None)])
@@ -306,7 +306,7 @@ class RouteTests(RouterTestCase):
         self.successResultOf(self.directory.set_node(self.uaid, B, 1000))
         hung = HungResource()
         self.network.add(B, hung)
-        d = self.a.router.route(self.uaid, "chan", 7, None)
+        d = Deferred.fromCoroutine(self.a.router.route(self.uaid, "chan", 7, None))
         self.network.flush()
         self.assertNoResult(d)
         self.assertEqual(len(hung.requests), 1)
@@ -321,7 +321,7 @@ class RouteTests(RouterTestCase):
         """A hung node told to check storage does not hold the answer past the timeout."""
         self.network.add(B, HungResource())
         self.directory.before_get = [lambda: None, lambda: self.directory.set_node(self.uaid, B, 9)]
-        d = self.a.router.route(self.uaid, "chan", 7, None)
+        d = Deferred.fromCoroutine(self.a.router.route(self.uaid, "chan", 7, None))
         self.network.flush()
         self.assertNoResult(d)
         self.clock.advance(2.0)

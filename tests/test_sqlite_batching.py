@@ -1,7 +1,8 @@
 """Group commit in ``SqliteStorage``: batching, isolation, bounds and draining.
 
 A ``ManualRunner`` holds every blocking call until the test runs it, so a
-test can queue writes while the writer is busy and look at what is pending.
+test can queue writes while the writer is busy and count what
+``max_pending`` still lets in.
 A trace callback on the writer connection counts its transactions.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.errors import StorageBusy, StorageUnavailable, TooManyChannels
@@ -79,6 +81,20 @@ class BatchingTests(SynchronousTestCase):
         self.runner.run_all()
         return d
 
+    def assert_slots_free(self, storage: SqliteStorage, max_pending: int) -> None:
+        """Assert every one of ``max_pending`` write slots is free again.
+
+        Queues ``max_pending + 1`` health checks (writes): all but the last
+        must be accepted; then runs them.
+        """
+        refused: list[Failure] = []
+        probes = [storage.check() for _ in range(max_pending + 1)]
+        for d in probes:
+            d.addErrback(refused.append)
+        self.assertEqual([f.type for f in refused], [StorageBusy])
+        self.runner.run_all()
+        self.assertEqual(len(refused), 1)
+
     def commits(self) -> int:
         return sum(1 for s in self.statements if s == "COMMIT")
 
@@ -92,7 +108,7 @@ class BatchingTests(SynchronousTestCase):
 
     def test_queued_writes_share_one_commit(self) -> None:
         """Writes queued while a batch runs form the next batch: one transaction."""
-        storage = self.make()
+        storage = self.make(max_pending=10)
         uaid = new_id()
         chids = [new_id() for _ in range(5)]
         first = storage.register(uaid, chids[0], "C0", 0)
@@ -101,7 +117,8 @@ class BatchingTests(SynchronousTestCase):
         updates = [storage.update(uaid, c, 7, "x") for c in chids]
         # Still one runner call: the writer is busy, the rest waits in the queue.
         self.assertEqual(self.runner.operations, ["write_batch"])
-        self.assertEqual(storage.pending, 1 + 4 + 5)
+        # All ten count against max_pending, running or queued.
+        self.failureResultOf(storage.check(), StorageBusy)
         for d in [first, *rest, *updates]:
             self.assertNoResult(d)
 
@@ -122,8 +139,8 @@ class BatchingTests(SynchronousTestCase):
                 self.successResultOf(d),
                 UpdateResult(outcome=UpdateOutcome.STORED, channel_id=f"C{i}"),
             )
-        self.assertEqual(storage.pending, 0)
         self.assertEqual(self.runner.calls, [])
+        self.assert_slots_free(storage, 10)
 
     def test_max_batch(self) -> None:
         """No batch holds more than ``max_batch`` writes."""
@@ -183,7 +200,7 @@ class BatchingTests(SynchronousTestCase):
 
     def test_failed_batch_fails_every_op(self) -> None:
         """When the batch call itself fails, every write of it fails; later ones run."""
-        storage = self.make()
+        storage = self.make(max_pending=5)
         uaid, chid = new_id(), new_id()
         busy = storage.register(uaid, chid, "C", 0)
         queued = [storage.update(uaid, chid, v, None) for v in (1, 2)]
@@ -192,7 +209,7 @@ class BatchingTests(SynchronousTestCase):
         self.runner.fail_next(StorageUnavailable("pool gone"))
         for d in queued:
             self.failureResultOf(d, StorageUnavailable)
-        self.assertEqual(storage.pending, 0)
+        self.assert_slots_free(storage, 5)
         later = self.settle(storage.update(uaid, chid, 3, None))
         self.assertEqual(self.successResultOf(later).outcome, UpdateOutcome.STORED)
 
@@ -230,12 +247,12 @@ class BatchingTests(SynchronousTestCase):
         for d in accepted:
             self.successResultOf(d)
         self.assertEqual(self.successResultOf(reads), [])
-        self.assertEqual(storage.pending, 0)
+        self.assert_slots_free(storage, 3)
         self.successResultOf(self.settle(storage.update(uaid, chid, 1, None)))
 
     def test_timeout(self) -> None:
         """A write waiting past ``timeout`` fails; still queued, it is never run."""
-        storage = self.make(timeout=5)
+        storage = self.make(timeout=5, max_pending=4)
         uaid, chid = new_id(), new_id()
         busy = storage.register(uaid, chid, "C", 0)
         late = storage.update(uaid, chid, 1, "late")
@@ -243,11 +260,11 @@ class BatchingTests(SynchronousTestCase):
         self.failureResultOf(busy, StorageUnavailable)
         self.failureResultOf(late, StorageUnavailable)
         self.runner.run_all()
-        self.assertEqual(storage.pending, 0)
         # The running batch committed anyway; the queued write was dropped.
         self.assertEqual(
             self.peek("SELECT state, data FROM channels WHERE chid = ?", chid), [(2, None)]
         )
+        self.assert_slots_free(storage, 4)
 
     def test_close_drains(self) -> None:
         """``close`` commits every queued write before closing; new calls fail."""
@@ -274,15 +291,3 @@ class BatchingTests(SynchronousTestCase):
             self.successResultOf(self.settle(again.fetch_pending(uaid))),
             [PendingUpdate(channel_id="C", version=4, data="four")],
         )
-
-    def test_blocking_writes_use_the_writer(self) -> None:
-        """The blocking entry points (used from pool threads) commit on the writer."""
-        storage = self.make()
-        uaid, chid = new_id(), new_id()
-        self.successResultOf(self.settle(storage.register(uaid, chid, "C", 0)))
-        commits = self.commits()
-        self.assertEqual(
-            storage._update_blocking(uaid, chid, 3, None, False).outcome, UpdateOutcome.STORED
-        )
-        self.assertTrue(storage._ack_blocking(uaid, chid, 3))
-        self.assertEqual(self.commits(), commits + 2)

@@ -427,25 +427,7 @@ class StorageContract:
         self.assertEqual(await self.storage.expired(uaid, asked), [dead2, dead1])
         self.assertEqual(await self.storage.expired(uaid, []), [])
 
-    # -- drop_user, check -----------------------------------------------------
-
-    async def test_drop_user(self) -> None:
-        """``drop_user`` forgets the user, its channels, updates and tombstones."""
-        uaid, chid, _ = await self.registered()
-        _, dead, _ = await self.registered(uaid)
-        await self.storage.update(uaid, chid, 1, "x")
-        await self.storage.unregister(uaid, dead)
-        await self.storage.drop_user(uaid)
-        self.assertFalse(await self.storage.user_exists(uaid))
-        self.assertEqual(await self.storage.fetch_pending(uaid), [])
-        self.assertEqual(await self.storage.expired(uaid, [dead]), [])
-        self.assertEqual(
-            (await self.storage.update(uaid, chid, 2, None)).outcome, UpdateOutcome.GONE
-        )
-        await self.storage.drop_user(uaid)  # again: no-op
-        await self.storage.drop_user(new_id())
-        await self.storage.register(uaid, chid, "again", 0)
-        self.assertTrue(await self.storage.user_exists(uaid))
+    # -- check --------------------------------------------------------------
 
     async def test_check(self) -> None:
         """A healthy backend passes ``check``."""
@@ -656,7 +638,6 @@ _KINDS = [
     "expired",
     "user_exists",
     "advance",
-    "drop_user",
 ]
 
 
@@ -740,10 +721,8 @@ class ModelTests(SynchronousTestCase):
             d = storage.fetch_pending(u)
         elif name == "expired":
             d = storage.expired(u, [chids[i] for i in op[2]])
-        elif name == "user_exists":
-            d = storage.user_exists(u)
         else:
-            d = storage.drop_user(u)
+            d = storage.user_exists(u)
         results: list[object] = []
         d.addBoth(results.append)
         (result,) = results
@@ -952,7 +931,6 @@ class FakeMemcachedTests(SynchronousTestCase):
             self.storage.fetch_pending(uaid),
             self.storage.ack(uaid, chid, 1),
             self.storage.expired(uaid, [chid]),
-            self.storage.drop_user(uaid),
             self.storage.check(),
         ):
             self.failureResultOf(d, StorageUnavailable)

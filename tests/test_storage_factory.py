@@ -45,7 +45,7 @@ class FactoryTests(SynchronousTestCase):
 
     def build(self, config: StorageConfig, **kwargs: Any) -> StorageService:
         kwargs.setdefault("pool", self.pool(config))
-        return build_storage_service(config, reactor=self.reactor, metrics=NullMetrics(), **kwargs)
+        return build_storage_service(config, reactor=self.reactor, **kwargs)
 
     def test_memory(self) -> None:
         """The memory backend needs no pool, and nothing to open or purge."""
@@ -202,11 +202,15 @@ class ClientTests(SynchronousTestCase):
 
         Stock ``HashClient`` would answer the default (a miss) meanwhile.
         """
-        client = make_memcached_client(
-            ["127.0.0.1:11211"], pool_size=1, connect_timeout=1, timeout=1, retry_timeout=0.2
-        )
         now = [100.0]
-        client.monotonic = lambda: now[0]
+        client = make_memcached_client(
+            ["127.0.0.1:11211"],
+            pool_size=1,
+            connect_timeout=1,
+            timeout=1,
+            retry_timeout=0.2,
+            clock=lambda: now[0],
+        )
         server = _StubServer()
         calls: list[str] = []
 

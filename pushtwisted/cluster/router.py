@@ -169,18 +169,13 @@ class Router:
 
     async def deliver(self, uaid: str, channel_id: str, version: int, data: str | None) -> bool:
         """Route a stored update; True when a live socket took it (see ``route``)."""
-        outcome = await self._route(uaid, channel_id, version, data)
+        outcome = await self.route(uaid, channel_id, version, data)
         return outcome.delivered
 
-    def route(
-        self, uaid: str, channel_id: str, version: int, data: str | None
-    ) -> Deferred[RouteOutcome]:
-        """Route a stored update following the module's decision table; never fails."""
-        return Deferred.fromCoroutine(self._route(uaid, channel_id, version, data))
-
-    async def _route(
+    async def route(
         self, uaid: str, channel_id: str, version: int, data: str | None
     ) -> RouteOutcome:
+        """Route a stored update following the module's decision table; never fails."""
         # 1. A session here.
         if self._local.deliver_here(uaid, channel_id, version, data):
             return self._outcome(RouteOutcome.LOCAL)

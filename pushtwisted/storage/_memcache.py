@@ -98,12 +98,12 @@ class _StoreHashClient(HashClient):  # type: ignore[misc]  # pymemcache is untyp
     return.  When the server went away (not a mere timeout) its pooled
     connections are dropped too, so stale sockets do not fail once each
     after it returns.  ``retry_attempts`` and ``dead_timeout`` are unused.
+
+    :param clock: the monotonic clock (seconds) of the fail-fast window.
     """
 
-    #: The clock of the fail-fast window (tests replace it).
-    monotonic: Callable[[], float] = staticmethod(time.monotonic)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, clock: Callable[[], float], **kwargs: Any) -> None:
+        self._clock = clock
         self._down_until: dict[object, float] = {}
         super().__init__(*args, **kwargs)
 
@@ -112,12 +112,12 @@ class _StoreHashClient(HashClient):  # type: ignore[misc]  # pymemcache is untyp
     ) -> Any:
         server = client.server
         until = self._down_until.get(server)
-        if until is not None and self.monotonic() < until:
+        if until is not None and self._clock() < until:
             raise MemcacheError(f"memcached {server} failed less than {self.retry_timeout}s ago")
         try:
             result = func(*args, **kwargs)
         except (OSError, MemcacheUnexpectedCloseError) as e:
-            self._down_until[server] = self.monotonic() + self.retry_timeout
+            self._down_until[server] = self._clock() + self.retry_timeout
             if not isinstance(e, TimeoutError):
                 # The server went away: its pooled connections are all dead,
                 # and reusing them after it returns would fail once each.
@@ -149,6 +149,7 @@ def make_memcached_client(
     connect_timeout: float,
     timeout: float,
     retry_timeout: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> HashClient:
     """Build the thread-safe pymemcache client of ``MemcachedStorage``.
 
@@ -158,8 +159,8 @@ def make_memcached_client(
     pool's ``max_threads``), with socket timeouts, JSON values, errors that
     raise (``ignore_exc=False``), replies awaited on every store command
     (``default_noreply=False``, so failed sets are seen) and a fail-fast
-    window of ``retry_timeout`` seconds after a server fails (see
-    ``_StoreHashClient``).
+    window of ``retry_timeout`` seconds after a server fails, timed by
+    ``clock`` (see ``_StoreHashClient``).
     """
     if not servers:
         raise ValueError("at least one memcached server is needed")
@@ -176,6 +177,7 @@ def make_memcached_client(
         retry_attempts=0,
         retry_timeout=retry_timeout,
         dead_timeout=retry_timeout,
+        clock=clock,
     )
 
 

@@ -76,15 +76,12 @@ def build_storage_service(
     *,
     reactor: IReactorTime,
     pool: ThreadPoolService | None,
-    metrics: Metrics,
     memcache: MemcacheClient | None = None,
 ) -> StorageService:
     """Return the ``StorageService`` of the backend named by ``config.backend``.
 
-    :param pool: runs the blocking calls of ``sqlite`` and ``memcached``;
-        may be None for ``memory``.
-    :param metrics: reserved for backend metrics (the pool reports latency
-        and queue depth already).
+    :param pool: runs the blocking calls of ``sqlite`` and ``memcached``
+        (and reports their latency and queue depth); may be None for ``memory``.
     :param memcache: the client ``memcached`` uses (``build_memcache_client``;
         one is built when None).
     :raises ConfigError: for an unknown backend, or a pool-less blocking one.

@@ -114,9 +114,6 @@ class Storage(Protocol):
     def expired(self, uaid: str, chids: Sequence[str]) -> Deferred[list[str]]:
         """Fire with those of ``chids`` that have a live tombstone."""
 
-    def drop_user(self, uaid: str) -> Deferred[None]:
-        """Delete the user record and every channel of ``uaid``."""
-
     def check(self) -> Deferred[None]:
         """Probe the backend; errback with ``StorageUnavailable`` when unhealthy."""
 

@@ -6,9 +6,9 @@ key starts with the configured ``key_prefix``:
 ``<uaid>``
     JSON list of chids, sorted and de-duplicated.  Its presence means the
     user exists.  It lists every chid that has (or recently had) a record,
-    tombstones included, so ``drop_user`` can delete them all; chids whose
-    record has vanished (expired tombstones, evictions) are pruned at
-    ``fetch_pending`` and when ``register`` checks the channel limit.
+    tombstones included; chids whose record has vanished (expired
+    tombstones, evictions) are pruned at ``fetch_pending`` and when
+    ``register`` checks the channel limit.
 ``<uaid>.<chid>``
     JSON ``{"state", "channel_id", "version", "data", "touched"}`` with
     ``state`` one of ``live``, ``registered``, ``deleted`` and an expiry by
@@ -216,9 +216,6 @@ class MemcachedStorage:
 
     def expired(self, uaid: str, chids: Sequence[str]) -> Deferred[list[str]]:
         return self._run("expired", self._expired_blocking, uaid, list(chids))
-
-    def drop_user(self, uaid: str) -> Deferred[None]:
-        return self._run("drop_user", self._drop_user_blocking, uaid)
 
     def check(self) -> Deferred[None]:
         return self._run("check", self._check_blocking)
@@ -448,16 +445,6 @@ class MemcachedStorage:
             c for c, k in keys.items() if k in found and _decode_record(found[k]).state == _DELETED
         }
         return [c for c in chids if c in dead]
-
-    @translate_errors
-    def _drop_user_blocking(self, uaid: str) -> None:
-        user_key = self._user_key(uaid)
-        value = self._client.get(user_key)
-        if value is None:
-            return
-        for chid in _decode_list(value):
-            self._client.delete(self._channel_key(uaid, chid), noreply=False)
-        self._client.delete(user_key, noreply=False)
 
     @translate_errors
     def _check_blocking(self) -> None:

@@ -126,10 +126,6 @@ class MemoryStorage:
                 found.append(chid)
         return succeed(found)
 
-    def drop_user(self, uaid: str) -> Deferred[None]:
-        self._users.pop(uaid, None)
-        return succeed(None)
-
     def check(self) -> Deferred[None]:
         return succeed(None)
 

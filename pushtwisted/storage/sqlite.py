@@ -2,8 +2,8 @@
 
 One database file in WAL mode, with a single writer and group commit:
 
-- **Writes** (``register``, ``unregister``, ``update``, ``ack``,
-  ``drop_user``, plus ``open``, ``purge_expired`` and ``check``) are queued
+- **Writes** (``register``, ``unregister``, ``update``, ``ack``, plus
+  ``open``, ``purge_expired`` and ``check``) are queued
   on the reactor thread.  While no batch runs, the queue is drained: up to
   ``max_batch`` operations go to the runner as *one* call, which executes them
   on the one writer connection in *one* ``BEGIN IMMEDIATE`` transaction, each
@@ -232,11 +232,6 @@ class SqliteStorage:
 
     # -- the asynchronous API (reactor thread) --------------------------------
 
-    @property
-    def pending(self) -> int:
-        """The number of writes queued or running."""
-        return self._pending
-
     def open(self) -> Deferred[None]:
         """Create or migrate the schema and purge expired tombstones.
 
@@ -280,9 +275,6 @@ class SqliteStorage:
         return self._read(
             "expired", self._expired_blocking, uaid, list(chids), self._clock.seconds()
         )
-
-    def drop_user(self, uaid: str) -> Deferred[None]:
-        return self._write("drop_user", self._drop_user_op, uaid)
 
     def check(self) -> Deferred[None]:
         """Probe the writer: fire once a (batched) write transaction committed."""
@@ -516,14 +508,6 @@ class SqliteStorage:
                 raise
             return outcomes
 
-    def _write_one_blocking(self, call: _Call) -> object:
-        """Run one write as its own batch (blocking callers and tests)."""
-        ((ok, value),) = self._batch_blocking([call])
-        if not ok:
-            assert isinstance(value, BaseException)
-            raise value
-        return value
-
     # -- write operations (inside the writer's transaction) -------------------
 
     @staticmethod
@@ -606,11 +590,6 @@ class SqliteStorage:
         return True
 
     @staticmethod
-    def _drop_user_op(conn: sqlite3.Connection, uaid: str) -> None:
-        conn.execute("DELETE FROM channels WHERE uaid = ?", (uaid,))
-        conn.execute("DELETE FROM users WHERE uaid = ?", (uaid,))
-
-    @staticmethod
     def _check_op(conn: sqlite3.Connection) -> None:
         # The batch holds the write lock already: writes can proceed.
         conn.execute("SELECT count(*) FROM users WHERE uaid = ''").fetchone()
@@ -649,29 +628,6 @@ class SqliteStorage:
             )
             found.update(chid for (chid,) in rows)
         return [chid for chid in chids if chid in found]
-
-    def _update_blocking(
-        self, uaid: str, chid: str, version: int, data: str | None, only_newer: bool
-    ) -> UpdateResult:
-        result = self._write_one_blocking(
-            functools.partial(
-                self._update_op,
-                uaid=uaid,
-                chid=chid,
-                version=version,
-                data=data,
-                only_newer=only_newer,
-            )
-        )
-        assert isinstance(result, UpdateResult)
-        return result
-
-    def _ack_blocking(self, uaid: str, chid: str, version: int) -> bool:
-        return bool(
-            self._write_one_blocking(
-                functools.partial(self._ack_op, uaid=uaid, chid=chid, version=version)
-            )
-        )
 
     def _close_blocking(self) -> None:
         with self._writer_lock, self._lock:
