@@ -3,15 +3,16 @@
 One database file in WAL mode, with a single writer and group commit:
 
 - **Writes** (``register``, ``unregister``, ``update``, ``ack``, plus
-  ``open``, ``purge_expired`` and ``check``) are queued
-  on the reactor thread.  While no batch runs, the queue is drained: up to
-  ``max_batch`` operations go to the runner as *one* call, which executes them
-  on the one writer connection in *one* ``BEGIN IMMEDIATE`` transaction, each
-  inside its own ``SAVEPOINT`` (an operation's error rolls back only that
-  operation), then commits once, so one fsync covers the whole batch.  Each
-  caller's Deferred fires on the reactor thread only after that commit; if
-  the commit fails, every operation of the batch fails.  Operations queued
-  while a batch runs form the next batch.
+  ``open``, ``purge_expired`` and ``check``) are queued on the reactor
+  thread by a ``GroupCommit`` (``pushtwisted.storage._group_commit``).
+  While no batch runs, the queue is drained: up to ``max_batch`` operations
+  go to the runner as *one* call, which executes them on the one writer
+  connection in *one* ``BEGIN IMMEDIATE`` transaction, each inside its own
+  ``SAVEPOINT`` (an operation's error rolls back only that operation), then
+  commits once, so one fsync covers the whole batch.  Each caller's Deferred
+  fires on the reactor thread only after that commit; if the commit fails,
+  every operation of the batch fails.  Operations queued while a batch runs
+  form the next batch.
 - **Reads** (``user_exists``, ``fetch_pending``, ``expired``) run as
   separate runner calls on read connections (one per pool thread, kept in a
   ``threading.local``); in WAL mode they never block the writer and see
@@ -23,21 +24,12 @@ Past ``max_pending`` queued or running writes, new writes fail at once with
 calls, waits until every queued write is committed, then closes the
 connections.
 
-Tables (schema version 1, kept in ``PRAGMA user_version`` and migrated when
-the first connection opens)::
-
-    users(uaid PRIMARY KEY)
-    channels(uaid, chid, channel_id, state, version, data, expires_at,
-             PRIMARY KEY(uaid, chid))
-
-``state`` uses pushgo's codes (0 deleted, 1 live, 2 registered).  ``version``
-is stored as decimal text so any Python int round-trips (app servers may
-send uint64 versions, past SQLite's signed 64-bit INTEGER).  ``data`` is a
-UTF-8 BLOB (``surrogatepass``), so every ``str`` round-trips.  Only
-tombstones have ``expires_at``; they count as absent once ``now >=
-expires_at``, where ``now`` is the reactor clock read on the reactor thread
-and passed in.  Expired tombstones are purged at ``open()``, by
-``purge_expired()`` and per user at each ``unregister``.
+The tables, and their migrations when the first connection opens, are in
+``pushtwisted.storage._sqlite_schema``.  Only tombstones have
+``expires_at``; they count as absent once ``now >= expires_at``, where
+``now`` is the reactor clock read on the reactor thread and passed in.
+Expired tombstones are purged at ``open()``, by ``purge_expired()`` and per
+user at each ``unregister``.
 
 The ``_blocking`` and ``_op`` methods run on the storage pool.  They touch
 only their arguments, the connections and the connection registry, never
@@ -51,17 +43,23 @@ import functools
 import os
 import sqlite3
 import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
-from twisted.internet.defer import Deferred, TimeoutError, fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
-from pushtwisted.errors import StorageBusy, StorageUnavailable, TooManyChannels
+from pushtwisted.errors import StorageUnavailable, TooManyChannels
+from pushtwisted.storage._group_commit import GroupCommit, Outcome
+from pushtwisted.storage._sqlite_schema import (
+    DELETED,
+    LIVE,
+    REGISTERED,
+    SCHEMA_VERSION,
+    decode_data,
+    encode_data,
+    migrate,
+)
 from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
 
 if TYPE_CHECKING:
@@ -75,37 +73,11 @@ _T = TypeVar("_T")
 #: File name of the database inside the state directory.
 DB_FILENAME = "pushtwisted.sqlite3"
 
-_DELETED = 0
-_LIVE = 1
-_REGISTERED = 2
-
 #: Most host parameters in one ``IN (...)`` list.
 _CHUNK = 500
 
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        "CREATE TABLE users (uaid TEXT NOT NULL PRIMARY KEY) WITHOUT ROWID",
-        """CREATE TABLE channels (
-            uaid TEXT NOT NULL,
-            chid TEXT NOT NULL,
-            channel_id TEXT NOT NULL,
-            state INTEGER NOT NULL,
-            version TEXT NOT NULL DEFAULT '0',
-            data BLOB,
-            expires_at REAL,
-            PRIMARY KEY (uaid, chid)
-        ) WITHOUT ROWID""",
-        "CREATE INDEX channels_expiry ON channels (expires_at) WHERE expires_at IS NOT NULL",
-    ),
-}
-
-#: The schema version this code writes and reads.
-SCHEMA_VERSION = max(_MIGRATIONS)
-
 #: A write operation as the writer runs it: everything but the connection bound.
 _Call = Callable[[sqlite3.Connection], object]
-#: What the writer returns per operation: (True, result) or (False, exception).
-_Outcome = tuple[bool, object]
 
 
 def _translated(func: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -128,36 +100,6 @@ def _as_storage_error(e: BaseException) -> BaseException:
         error.__cause__ = e
         return error
     return e
-
-
-@contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """Run the block in a ``BEGIN IMMEDIATE`` transaction (write lock first)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _encode_data(data: str | None) -> bytes | None:
-    return None if data is None else data.encode("utf-8", "surrogatepass")
-
-
-def _decode_data(raw: bytes | None) -> str | None:
-    return None if raw is None else bytes(raw).decode("utf-8", "surrogatepass")
-
-
-@dataclass(slots=True)
-class _WriteOp:
-    """One queued write (reactor thread only)."""
-
-    operation: str
-    call: _Call
-    deferred: Deferred[Any]
 
 
 class SqliteStorage:
@@ -199,17 +141,12 @@ class SqliteStorage:
             raise ValueError("SqliteStorage needs a file; ':memory:' is per connection")
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"bad synchronous mode {synchronous!r}")
-        if max_pending < 1 or max_batch < 1:
-            raise ValueError("max_pending and max_batch must be >= 1")
         self._path = path
         self._run = run
         self._clock = clock
         self._ttl_deleted = ttl_deleted
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous.upper()
-        self._max_pending = max_pending
-        self._max_batch = max_batch
-        self._timeout = timeout
         # Thread side: read connections, the writer connection, the registry.
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -223,12 +160,16 @@ class SqliteStorage:
         self._schema_ready = False
         self._closed = False
         # Reactor side: the write queue.
-        self._queue: deque[_WriteOp] = deque()
-        self._pending = 0
-        self._busy = False
-        self._kicking = False
         self._closing = False
-        self._drain_waiters: list[Deferred[None]] = []
+        self._writes: GroupCommit[_Call] = GroupCommit(
+            "sqlite",
+            run,
+            self._batch_blocking,
+            clock,
+            max_pending=max_pending,
+            max_batch=max_batch,
+            timeout=timeout,
+        )
 
     # -- the asynchronous API (reactor thread) --------------------------------
 
@@ -289,13 +230,10 @@ class SqliteStorage:
 
     async def _close(self) -> None:
         self._closing = True
-        if self._busy or self._queue:
-            waiter: Deferred[None] = Deferred()
-            self._drain_waiters.append(waiter)
-            await waiter
+        await self._writes.close()
         await self._run("close", self._close_blocking)
 
-    # -- the write queue (reactor thread) -------------------------------------
+    # -- reads and writes (reactor thread) -----------------------------------
 
     def _read(
         self, operation: str, func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
@@ -325,80 +263,12 @@ class SqliteStorage:
         **kwargs: _P.kwargs,
     ) -> Deferred[_T]:
         """Queue ``func(writer_connection, *args)``; fire after its batch commits."""
-        if self._closing:
-            return fail(StorageUnavailable("sqlite storage is closed"))
-        if self._pending >= self._max_pending:
-            return fail(StorageBusy(f"sqlite write queue full ({self._pending} writes pending)"))
-        d: Deferred[_T] = Deferred()
 
         def call(conn: sqlite3.Connection) -> _T:
             return func(conn, *args, **kwargs)
 
-        self._queue.append(_WriteOp(operation, call, d))
-        self._pending += 1
-        if self._timeout > 0:
-            d.addTimeout(self._timeout, self._clock)
-            d.addErrback(self._timed_out, operation)
-        self._kick()
-        return d
-
-    def _timed_out(self, failure: Failure, operation: str) -> Failure:
-        if isinstance(failure.value, TimeoutError):
-            raise StorageUnavailable(
-                f"sqlite {operation} took more than {self._timeout} s"
-            ) from failure.value
-        return failure
-
-    def _kick(self) -> None:
-        """Start batches while writes are queued and none runs.
-
-        A loop rather than recursion: with an inline runner a batch finishes
-        (and its callers queue more writes) inside ``self._run``.
-        """
-        if self._kicking:
-            return
-        self._kicking = True
-        try:
-            while self._queue and not self._busy:
-                batch: list[_WriteOp] = []
-                while self._queue and len(batch) < self._max_batch:
-                    op = self._queue.popleft()
-                    if op.deferred.called:  # timed out or cancelled while queued
-                        self._pending -= 1
-                        continue
-                    batch.append(op)
-                if not batch:
-                    continue
-                self._busy = True
-                calls = [op.call for op in batch]
-                self._run("write_batch", self._batch_blocking, calls).addBoth(
-                    self._batch_done, batch
-                )
-        finally:
-            self._kicking = False
-        if not self._busy and not self._queue and self._drain_waiters:
-            waiters, self._drain_waiters = self._drain_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def _batch_done(self, result: list[_Outcome] | Failure, batch: list[_WriteOp]) -> None:
-        """Deliver each operation's outcome (its batch has committed, or failed)."""
-        if isinstance(result, Failure):
-            error = result.value
-            outcomes: list[_Outcome] = [(False, error)] * len(batch)
-        else:
-            outcomes = result
-        for op, (ok, value) in zip(batch, outcomes, strict=True):
-            self._pending -= 1
-            if op.deferred.called:
-                continue
-            if ok:
-                op.deferred.callback(value)
-            else:
-                assert isinstance(value, BaseException)
-                op.deferred.errback(value)
-        self._busy = False
-        self._kick()
+        result: Deferred[_T] = self._writes.submit(operation, call)
+        return result
 
     # -- connections (pool threads) ------------------------------------------
 
@@ -423,7 +293,7 @@ class SqliteStorage:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             if not self._schema_ready:
-                self._migrate(conn)
+                migrate(conn)
                 self._schema_ready = True
         except BaseException:
             conn.close()
@@ -444,23 +314,9 @@ class SqliteStorage:
             conn = self._local.conn = self._connect()
         return conn
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        with _immediate(conn):
-            (current,) = conn.execute("PRAGMA user_version").fetchone()
-            if current > SCHEMA_VERSION:
-                raise StorageUnavailable(
-                    f"database schema version {current} is newer than this code's "
-                    f"{SCHEMA_VERSION}; refusing to touch it"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[version]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {version}")
-
     # -- the writer (pool threads, one batch at a time) -----------------------
 
-    def _batch_blocking(self, calls: list[_Call]) -> list[_Outcome]:
+    def _batch_blocking(self, calls: list[_Call]) -> list[Outcome]:
         """Run ``calls`` in one transaction, one savepoint each; commit once.
 
         Returns one outcome per call, in order.  An operation's error
@@ -479,7 +335,7 @@ class SqliteStorage:
                 conn.execute("BEGIN IMMEDIATE")
             except Exception as e:
                 return [(False, _as_storage_error(e))] * len(calls)
-            outcomes: list[_Outcome] = []
+            outcomes: list[Outcome] = []
             try:
                 for call in calls:
                     conn.execute("SAVEPOINT op")
@@ -513,7 +369,7 @@ class SqliteStorage:
     @staticmethod
     def _purge_op(conn: sqlite3.Connection, now: float) -> int:
         cursor = conn.execute(
-            "DELETE FROM channels WHERE state = ? AND expires_at <= ?", (_DELETED, now)
+            "DELETE FROM channels WHERE state = ? AND expires_at <= ?", (DELETED, now)
         )
         return cursor.rowcount
 
@@ -525,12 +381,12 @@ class SqliteStorage:
         row = conn.execute(
             "SELECT state FROM channels WHERE uaid = ? AND chid = ?", (uaid, chid)
         ).fetchone()
-        if row is not None and row[0] != _DELETED:
+        if row is not None and row[0] != DELETED:
             return
         if max_channels > 0:
             (active,) = conn.execute(
                 "SELECT count(*) FROM channels WHERE uaid = ? AND state != ?",
-                (uaid, _DELETED),
+                (uaid, DELETED),
             ).fetchone()
             if active >= max_channels:
                 raise TooManyChannels(f"UAID holds {active} channels")
@@ -538,18 +394,18 @@ class SqliteStorage:
             "INSERT OR REPLACE INTO channels"
             " (uaid, chid, channel_id, state, version, data, expires_at)"
             " VALUES (?, ?, ?, ?, '0', NULL, NULL)",
-            (uaid, chid, channel_id, _REGISTERED),
+            (uaid, chid, channel_id, REGISTERED),
         )
 
     def _unregister_op(self, conn: sqlite3.Connection, uaid: str, chid: str, now: float) -> None:
         conn.execute(
             "DELETE FROM channels WHERE uaid = ? AND state = ? AND expires_at <= ?",
-            (uaid, _DELETED, now),
+            (uaid, DELETED, now),
         )
         conn.execute(
             "UPDATE channels SET state = ?, data = NULL, expires_at = ?"
             " WHERE uaid = ? AND chid = ? AND state != ?",
-            (_DELETED, now + self._ttl_deleted, uaid, chid, _DELETED),
+            (DELETED, now + self._ttl_deleted, uaid, chid, DELETED),
         )
 
     @staticmethod
@@ -565,14 +421,14 @@ class SqliteStorage:
             "SELECT state, channel_id, version FROM channels WHERE uaid = ? AND chid = ?",
             (uaid, chid),
         ).fetchone()
-        if row is None or row[0] == _DELETED:
+        if row is None or row[0] == DELETED:
             return UpdateResult(outcome=UpdateOutcome.GONE)
         _state, channel_id, stored = row
         if only_newer and version <= int(stored):
             return UpdateResult(outcome=UpdateOutcome.STALE, channel_id=channel_id)
         conn.execute(
             "UPDATE channels SET state = ?, version = ?, data = ? WHERE uaid = ? AND chid = ?",
-            (_LIVE, str(version), _encode_data(data), uaid, chid),
+            (LIVE, str(version), encode_data(data), uaid, chid),
         )
         return UpdateResult(outcome=UpdateOutcome.STORED, channel_id=channel_id)
 
@@ -581,11 +437,11 @@ class SqliteStorage:
         row = conn.execute(
             "SELECT state, version FROM channels WHERE uaid = ? AND chid = ?", (uaid, chid)
         ).fetchone()
-        if row is None or row[0] != _LIVE or version < int(row[1]):
+        if row is None or row[0] != LIVE or version < int(row[1]):
             return False
         conn.execute(
             "UPDATE channels SET state = ?, data = NULL WHERE uaid = ? AND chid = ?",
-            (_REGISTERED, uaid, chid),
+            (REGISTERED, uaid, chid),
         )
         return True
 
@@ -606,10 +462,10 @@ class SqliteStorage:
         rows = self._conn().execute(
             "SELECT channel_id, version, data FROM channels"
             " WHERE uaid = ? AND state = ? ORDER BY chid",
-            (uaid, _LIVE),
+            (uaid, LIVE),
         )
         return [
-            PendingUpdate(channel_id=channel_id, version=int(version), data=_decode_data(data))
+            PendingUpdate(channel_id=channel_id, version=int(version), data=decode_data(data))
             for channel_id, version, data in rows
         ]
 
@@ -624,7 +480,7 @@ class SqliteStorage:
             rows = conn.execute(
                 "SELECT chid FROM channels WHERE uaid = ? AND state = ? AND expires_at > ?"
                 f" AND chid IN ({marks})",
-                (uaid, _DELETED, now, *chunk),
+                (uaid, DELETED, now, *chunk),
             )
             found.update(chid for (chid,) in rows)
         return [chid for chid in chids if chid in found]

@@ -1,0 +1,101 @@
+"""The SQLite schema of ``SqliteStorage`` and its migrations.
+
+Tables (kept in ``PRAGMA user_version`` and migrated when the first
+connection opens)::
+
+    users(uaid PRIMARY KEY)
+    channels(uaid, chid, channel_id, state, version, data, expires_at,
+             PRIMARY KEY(uaid, chid))
+
+``state`` uses pushgo's codes (``DELETED`` 0, ``LIVE`` 1, ``REGISTERED`` 2).
+``version`` is stored as decimal text so any Python int round-trips (app
+servers may send uint64 versions, past SQLite's signed 64-bit INTEGER).
+``data`` is a UTF-8 BLOB (``surrogatepass``, ``encode_data``), so every
+``str`` round-trips.  Only tombstones have ``expires_at``.
+
+Everything here runs on the storage pool, on a connection of the storage.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pushtwisted.errors import StorageUnavailable
+
+__all__ = [
+    "DELETED",
+    "LIVE",
+    "REGISTERED",
+    "SCHEMA_VERSION",
+    "decode_data",
+    "encode_data",
+    "immediate",
+    "migrate",
+]
+
+DELETED = 0
+LIVE = 1
+REGISTERED = 2
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE TABLE users (uaid TEXT NOT NULL PRIMARY KEY) WITHOUT ROWID",
+        """CREATE TABLE channels (
+            uaid TEXT NOT NULL,
+            chid TEXT NOT NULL,
+            channel_id TEXT NOT NULL,
+            state INTEGER NOT NULL,
+            version TEXT NOT NULL DEFAULT '0',
+            data BLOB,
+            expires_at REAL,
+            PRIMARY KEY (uaid, chid)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX channels_expiry ON channels (expires_at) WHERE expires_at IS NOT NULL",
+    ),
+}
+
+#: The schema version this code writes and reads.
+SCHEMA_VERSION = max(_MIGRATIONS)
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """Run the block in a ``BEGIN IMMEDIATE`` transaction (write lock first)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the database up to ``SCHEMA_VERSION``.
+
+    :raises StorageUnavailable: when it was written by a newer version.
+    """
+    with immediate(conn):
+        (current,) = conn.execute("PRAGMA user_version").fetchone()
+        if current > SCHEMA_VERSION:
+            raise StorageUnavailable(
+                f"database schema version {current} is newer than this code's "
+                f"{SCHEMA_VERSION}; refusing to touch it"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+
+
+def encode_data(data: str | None) -> bytes | None:
+    """Return ``data`` as stored (UTF-8, lone surrogates kept)."""
+    return None if data is None else data.encode("utf-8", "surrogatepass")
+
+
+def decode_data(raw: bytes | None) -> str | None:
+    """Return stored data as the ``str`` that was written."""
+    return None if raw is None else bytes(raw).decode("utf-8", "surrogatepass")
