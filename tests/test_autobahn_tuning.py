@@ -25,8 +25,9 @@ from zope.interface import implementer
 
 from pushtwisted import _autobahn_tuning as tuning
 from pushtwisted._bucket_timer import BucketTimer
+from pushtwisted.metrics import NullMetrics
+from pushtwisted.testing import make_node
 from pushtwisted.websocket import PushServerFactory, PushServerProtocol
-from tests._session_fakes import make_node
 from tests.test_websocket import Connection, client_frame, close_code, server_frames, ws_config
 
 HELLO = b'{"messageType":"hello","channelIDs":[]}'
@@ -310,7 +311,8 @@ class IdleConnectionTests(SynchronousTestCase):
         transport and its address.  Autobahn as shipped kept ~30.
         """
         config = ws_config(auto_ping_interval=300.0, auto_ping_timeout=30.0)
-        node = make_node(config=config)
+        # NullMetrics: a recording double would keep objects per event.
+        node = make_node(config=config, metrics=NullMetrics())
         factory = PushServerFactory(node)
         factory.setProtocolOptions(openHandshakeTimeout=10)
         head = (

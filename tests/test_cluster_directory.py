@@ -14,14 +14,10 @@ import uuid
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushtwisted.cluster.directory import (
-    Directory,
-    MemcachedDirectory,
-    MemoryDirectory,
-    NodeEntry,
-)
+from pushtwisted.cluster.directory import Directory, MemcachedDirectory, NodeEntry
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.storage._memcache import MAX_RELATIVE_EXPIRE
+from pushtwisted.testing.cluster import MemoryDirectory
 from tests.test_storage_contract import EPOCH, FakeMemcache, inline_run, synchronous
 
 NODE_A = "http://10.0.0.1:3000"

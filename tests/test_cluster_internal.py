@@ -22,9 +22,10 @@ from twisted.web.test.requesthelper import DummyRequest
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.testing import FakeSession, RecordingMetrics
+from pushtwisted.testing.cluster import SECRET
 from pushtwisted.web._site import ListenerSite
 from pushtwisted.web.internal import InternalResource, build_internal_site
-from tests._cluster_fakes import SECRET, FakeSession, RecordingMetrics
 
 NODE = "http://10.0.0.9:3000"
 NOW = 1_700_000_000.0

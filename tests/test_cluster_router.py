@@ -17,12 +17,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
 
-from pushtwisted.cluster.directory import MemoryDirectory, NodeEntry
+from pushtwisted.cluster.directory import NodeEntry
 from pushtwisted.cluster.router import RouteOutcome, Router
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.errors import StorageUnavailable
+from pushtwisted.testing import FakeSession
+from pushtwisted.testing.cluster import FakeNode, HungResource, MemoryDirectory, Network
 from pushtwisted.web.internal import InternalResource
-from tests._cluster_fakes import FakeNode, FakeSession, HungResource, Network
 
 A = "http://10.0.0.1:3000"
 B = "http://10.0.0.2:3000"

@@ -16,7 +16,7 @@ from pushtwisted.config import Config, RouterConfig, StorageConfig
 from pushtwisted.metrics import NullMetrics
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.storage.factory import build_memcache_client
-from tests._cluster_fakes import SECRET
+from pushtwisted.testing.cluster import SECRET
 
 
 def _no_run(operation: str, func: Any, /, *args: Any, **kwargs: Any) -> Deferred[Any]:

@@ -13,7 +13,6 @@ import json
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -26,10 +25,10 @@ from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.prometheus import PrometheusMetrics
 from pushtwisted.storage.memory import MemoryStorage
+from pushtwisted.testing import HoldingStorage, RecordingMetrics, make_node
 from pushtwisted.web.endpoint import build_endpoint_site
 from pushtwisted.web.status import HEALTH_TIMEOUT
 from pushtwisted.websocket import PushServerFactory
-from tests._session_fakes import RecordingMetrics, make_node
 from tests.test_websocket import Connection, _Transport, ws_config
 
 _PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -37,7 +36,7 @@ _DONE = Failure(ConnectionDone())
 
 
 def _refused(metrics: RecordingMetrics, listener: str) -> int:
-    return metrics.labelled[("connections_refused", (("listener", listener),))]
+    return int(metrics.count("connections_refused", listener=listener))
 
 
 class ConnectionLimitTests(SynchronousTestCase):
@@ -163,19 +162,6 @@ class EndpointLimitTests(SynchronousTestCase):
         self.assertIn(b" 404 ", channel.transport.value())
 
 
-class _HangingStorage(MemoryStorage):
-    """``MemoryStorage`` whose ``check()`` answers when told to."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pending: list[Deferred[None]] = []
-
-    def check(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self.pending.append(d)
-        return d
-
-
 class WebSocketHealthTests(SynchronousTestCase):
     """``GET /health`` on the WebSocket listener (no upgrade)."""
 
@@ -192,8 +178,8 @@ class WebSocketHealthTests(SynchronousTestCase):
             self.assertEqual((body["status"], body["storage"]), ("OK", "OK"))
             self.assertTrue(conn.transport.disconnecting)
 
-    def _hanging(self) -> tuple[Connection, _HangingStorage]:
-        storage = _HangingStorage()
+    def _hanging(self) -> tuple[Connection, HoldingStorage]:
+        storage = HoldingStorage(MemoryStorage(), ["check"])
         conn = Connection(node=make_node(config=ws_config(), storage=storage, clock=Clock()))
         return conn, storage
 
@@ -202,7 +188,7 @@ class WebSocketHealthTests(SynchronousTestCase):
         conn, storage = self._hanging()
         self.assertEqual(conn.request("/health"), "")
         self.assertFalse(conn.transport.disconnecting)
-        storage.pending[0].callback(None)
+        storage.pending[0].release()
         self.assertTrue(conn.take().startswith(b"HTTP/1.1 200 OK\r\n"))
         self.assertTrue(conn.transport.disconnecting)
 
@@ -210,7 +196,7 @@ class WebSocketHealthTests(SynchronousTestCase):
         """When the check fails, /health answers 503 naming storage."""
         conn, storage = self._hanging()
         conn.request("/health")
-        storage.pending[0].errback(StorageUnavailable("backend down"))
+        storage.pending[0].fail(StorageUnavailable("backend down"))
         response = conn.take().decode("latin-1")
         self.assertTrue(response.startswith("HTTP/1.1 503 Service Unavailable\r\n"), response)
         body = self.body(response)
@@ -237,7 +223,7 @@ class WebSocketHealthTests(SynchronousTestCase):
         self.assertEqual(conn.factory.limit.open, 1)
         conn.transport.protocol.connectionLost(_DONE)
         self.assertEqual(conn.factory.limit.open, 0)
-        storage.pending[0].callback(None)
+        storage.pending[0].release()
         self.assertEqual(conn.take(), b"")
         self.assertEqual(self.flushLoggedErrors(), [])
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -25,9 +25,15 @@ from pushtwisted.errors import InvalidToken, StorageBusy, StorageUnavailable, To
 from pushtwisted.logs import uaid_hash
 from pushtwisted.node import Node
 from pushtwisted.registry import ClientRegistry
-from pushtwisted.routing import LocalRouter
-from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
+from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateOutcome, UpdateResult
 from pushtwisted.storage.memory import MemoryStorage
+from pushtwisted.testing import (
+    FailingStorage,
+    FakeSession,
+    HoldingStorage,
+    RecordingMetrics,
+    make_node,
+)
 from pushtwisted.tokens import EndpointCrypto, generate_key
 from pushtwisted.web._site import ListenerSite
 from pushtwisted.web._util import (
@@ -42,79 +48,10 @@ from pushtwisted.web.endpoint import (
     build_endpoint_root,
     build_endpoint_site,
 )
-from tests.fakes import RecordingMetrics
 
 BASE = "http://push.example"
 NOW = 1_700_000_000.0
 MAX_VERSION = 2**63 - 1
-
-
-class FakeSession:
-    """A connected session that records ``deliver`` calls and answers ``accept``."""
-
-    def __init__(self, accept: bool = True) -> None:
-        self.accept = accept
-        self.delivered: list[tuple[str, int, str | None]] = []
-        self.replaced_count = 0
-
-    def deliver(self, channel_id: str, version: int, data: str | None) -> bool:
-        self.delivered.append((channel_id, version, data))
-        return self.accept
-
-    def replaced(self) -> None:
-        self.replaced_count += 1
-
-
-class ExplodingSession(FakeSession):
-    """A session whose ``deliver`` raises."""
-
-    def deliver(self, channel_id: str, version: int, data: str | None) -> bool:
-        raise RuntimeError("socket exploded")
-
-
-class PendingStorage(MemoryStorage):
-    """A ``MemoryStorage`` whose ``update`` waits until ``fire()`` is called."""
-
-    def __init__(self, clock: Clock) -> None:
-        super().__init__(clock)
-        self.calls: list[tuple[Any, ...]] = []
-        self.cancelled = False
-        self._pending: Deferred[UpdateResult] | None = None
-
-    def update(
-        self, uaid: str, chid: str, version: int, data: str | None, only_newer: bool = False
-    ) -> Deferred[UpdateResult]:
-        self.calls.append((uaid, chid, version, data, only_newer))
-
-        def cancel(d: Deferred[UpdateResult]) -> None:
-            self.cancelled = True
-
-        self._pending = Deferred(cancel)
-        return self._pending
-
-    def fire(self) -> None:
-        """Do the last requested write now and fire its Deferred with the result."""
-        uaid, chid, version, data, only_newer = self.calls[-1]
-        results: list[UpdateResult] = []
-        super().update(uaid, chid, version, data, only_newer).addCallback(results.append)
-        assert self._pending is not None
-        self._pending.callback(results[0])
-
-
-class FailingStorage(MemoryStorage):
-    """A ``MemoryStorage`` whose ``update`` fails with a given exception."""
-
-    def __init__(self, error: Exception, synchronous: bool = False) -> None:
-        super().__init__()
-        self.error = error
-        self.synchronous = synchronous
-
-    def update(
-        self, uaid: str, chid: str, version: int, data: str | None, only_newer: bool = False
-    ) -> Deferred[UpdateResult]:
-        if self.synchronous:
-            raise self.error
-        return fail(self.error)
 
 
 class FixedOutcomeStorage(MemoryStorage):
@@ -149,7 +86,7 @@ class EndpointTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.storage: MemoryStorage = MemoryStorage(self.clock)
+        self.storage: Storage = MemoryStorage(self.clock)
         self.registry: ClientRegistry[Any] = ClientRegistry()
         self.crypto = EndpointCrypto([generate_key()])
         self.metrics = RecordingMetrics()
@@ -162,14 +99,13 @@ class EndpointTestCase(SynchronousTestCase):
         self.token = self.crypto.make_token(self.uaid, self.chid)
 
     def node(self, **changes: Any) -> Node:
-        node = Node(
+        node = make_node(
             config=self.config,
             storage=self.storage,
             registry=self.registry,
             crypto=self.crypto,
             clock=self.clock,
             metrics=self.metrics,
-            router=LocalRouter(self.registry),
         )
         return dataclasses.replace(node, **changes)
 
@@ -183,7 +119,7 @@ class EndpointTestCase(SynchronousTestCase):
             self.config, storage=dataclasses.replace(self.config.storage, **changes)
         )
 
-    def use_storage(self, storage: MemoryStorage) -> None:
+    def use_storage(self, storage: Storage) -> None:
         """Switch to ``storage`` with the same registered channel."""
         self.storage = storage
         self.successResultOf(storage.register(self.uaid, self.chid, self.channel_id, 0))
@@ -248,7 +184,9 @@ class UpdateTests(EndpointTestCase):
 
     def test_delivery_error_is_202(self) -> None:
         """When the session's ``deliver`` raises, the error is logged and the answer is 202."""
-        self.registry.add(self.uaid, ExplodingSession())
+        exploding = FakeSession()
+        exploding.explode = True
+        self.registry.add(self.uaid, exploding)
         response, body = self.put(data={"version": "7"})
         self.assertJSON(response, body, 202, {})
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
@@ -313,7 +251,9 @@ class UpdateTests(EndpointTestCase):
 
     def test_storage_unavailable_is_503(self) -> None:
         """A ``StorageUnavailable`` from storage is 503 errno 999 with ``Retry-After: 5``."""
-        self.use_storage(FailingStorage(StorageUnavailable("memcached down")))
+        self.use_storage(
+            FailingStorage(MemoryStorage(), ["update"], StorageUnavailable("memcached down"))
+        )
         response, body = self.put(data={"version": "5"})
         self.assertError(
             response, body, 503, 999, "Service Unavailable", "Storage unavailable, retry later"
@@ -323,14 +263,16 @@ class UpdateTests(EndpointTestCase):
 
     def test_storage_busy_is_503(self) -> None:
         """A ``StorageBusy`` (full pool queue) is 503 too."""
-        self.use_storage(FailingStorage(StorageBusy()))
+        self.use_storage(FailingStorage(MemoryStorage(), ["update"], StorageBusy()))
         response, body = self.put(data={"version": "5"})
         self.assertEqual(response.code, 503)
         self.assertEqual(response.headers.getRawHeaders("retry-after"), ["5"])
 
     def test_storage_unexpected_error_is_503(self) -> None:
         """Any other storage failure, even raised synchronously, is logged and answered 503."""
-        self.use_storage(FailingStorage(RuntimeError("boom"), synchronous=True))
+        self.use_storage(
+            FailingStorage(MemoryStorage(), ["update"], RuntimeError("boom"), synchronous=True)
+        )
         response, body = self.put(data={"version": "5"})
         self.assertEqual(response.code, 503)
         self.assertEqual(json.loads(body)["errno"], 999)
@@ -642,14 +584,14 @@ class ObservabilityTests(EndpointTestCase):
 
     def test_metrics_for_delivered_update(self) -> None:
         """A delivered update counts received, stored, delivered, and the 200 request latency."""
-        storage = PendingStorage(self.clock)
+        storage = HoldingStorage(MemoryStorage(self.clock), ["update"])
         self.use_storage(storage)
         self.registry.add(self.uaid, FakeSession())
         stub = StubTreq(build_endpoint_root(self.node()))
         d = stub.put(BASE + "/update/" + self.token, data={"version": "1"})
         self.assertNoResult(d)
         self.clock.advance(0.25)
-        storage.fire()
+        storage.next().release()
         stub.flush()
         self.assertEqual(self.successResultOf(d).code, 200)
         m = self.metrics
@@ -699,7 +641,7 @@ class DisconnectTests(EndpointTestCase):
 
     def test_storage_write_completes_after_disconnect(self) -> None:
         """A started storage write is not cancelled and nothing is written to the lost request."""
-        storage = PendingStorage(self.clock)
+        storage = HoldingStorage(MemoryStorage(self.clock), ["update"])
         self.use_storage(storage)
         session = FakeSession()
         self.registry.add(self.uaid, session)
@@ -707,10 +649,11 @@ class DisconnectTests(EndpointTestCase):
         request.method = b"PUT"
         request.content = io.BytesIO(b"version=8&data=d")
         self.assertEqual(UpdateResource(self.node()).render(request), NOT_DONE_YET)
-        self.assertEqual(len(storage.calls), 1)
+        self.assertEqual(len(storage.pending), 1)
         request.processingFailed(Failure(ConnectionLost()))
-        storage.fire()
-        self.assertFalse(storage.cancelled)
+        write = storage.next()
+        write.release()
+        self.assertFalse(write.cancelled)
         self.assertEqual(request.written, [])
         self.assertEqual(request.finished, 0)
         self.assertEqual(self.pending()[0].version, 8)
@@ -718,14 +661,14 @@ class DisconnectTests(EndpointTestCase):
 
     def test_response_written_when_peer_stays(self) -> None:
         """With the peer still there, the answer is written once storage finishes."""
-        storage = PendingStorage(self.clock)
+        storage = HoldingStorage(MemoryStorage(self.clock), ["update"])
         self.use_storage(storage)
         request = DummyRequest([self.token.encode("ascii")])
         request.method = b"PUT"
         request.content = io.BytesIO(b"version=8")
         UpdateResource(self.node()).render(request)
         self.assertEqual(request.finished, 0)
-        storage.fire()
+        storage.next().release()
         self.assertEqual(request.finished, 1)
         self.assertEqual(request.responseCode, 202)
         self.assertEqual(b"".join(request.written), b"{}")

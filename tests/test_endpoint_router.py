@@ -1,9 +1,9 @@
 """Tests for ``pushtwisted.web.endpoint`` in a cluster: live delivery through ``node.router``.
 
-``FakeRouter`` stands for ``pushtwisted.cluster.router.Router`` (answers,
-failures, a pending answer); ``ClusterEndpointTests`` wires a real ``Router``
-over the fake nodes of ``tests._cluster_fakes``, so a PUT reaches a session on
-another node through a signed ``PUT /push/<uaid>``.
+``pushtwisted.testing.FakeRouter`` stands for the node's router (answers,
+failures, a pending answer); ``ClusterEndpointTests`` wires a real cluster
+``Router`` over the fake nodes of ``pushtwisted.testing.cluster``, so a PUT
+reaches a session on another node through a signed ``PUT /push/<uaid>``.
 """
 
 from __future__ import annotations
@@ -11,42 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 
-from pushtwisted.cluster.directory import MemoryDirectory
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.storage.interface import PendingUpdate
+from pushtwisted.testing import FakeRouter, FakeSession
+from pushtwisted.testing.cluster import FakeNode, MemoryDirectory, Network
 from pushtwisted.web.endpoint import build_endpoint_root
 from tests import test_endpoint
-from tests._cluster_fakes import FakeNode, Network
-from tests._cluster_fakes import FakeSession as RoutedSession
 
 A = "http://10.0.0.1:3000"
 B = "http://10.0.0.2:3000"
-
-
-class FakeRouter:
-    """A ``Router`` stand-in: records ``deliver`` calls and answers ``answer``.
-
-    ``answer`` is a bool (fired at once), a Deferred (returned as is) or an
-    exception (raised synchronously).  ``pending_at_call`` keeps what storage
-    held for the UAID when ``deliver`` was called.
-    """
-
-    def __init__(self, testcase: RouterEndpointTests) -> None:
-        self.testcase = testcase
-        self.answer: bool | Deferred[bool] | Exception = True
-        self.calls: list[tuple[str, str, int, str | None]] = []
-        self.pending_at_call: list[list[PendingUpdate]] = []
-
-    def deliver(self, uaid: str, channel_id: str, version: int, data: str | None) -> Any:
-        self.calls.append((uaid, channel_id, version, data))
-        self.pending_at_call.append(self.testcase.pending())
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        if isinstance(self.answer, Deferred):
-            return self.answer
-        return succeed(self.answer)
 
 
 class RouterEndpointTests(test_endpoint.EndpointTestCase):
@@ -54,9 +29,12 @@ class RouterEndpointTests(test_endpoint.EndpointTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.router = FakeRouter(self)
+        self.router = FakeRouter()
+        #: What storage held for the UAID at each ``deliver`` call.
+        self.pending_at_call: list[list[PendingUpdate]] = []
+        self.router.on_deliver = lambda: self.pending_at_call.append(self.pending())
         # A session here must be reached through the router, not directly.
-        self.local = test_endpoint.FakeSession()
+        self.local = FakeSession()
         self.registry.add(self.uaid, self.local)
 
     def put_routed(self, **kwargs: Any) -> tuple[Any, bytes]:
@@ -68,9 +46,9 @@ class RouterEndpointTests(test_endpoint.EndpointTestCase):
         stored before the router was asked, with the client's channel ID spelling."""
         response, body = self.put_routed(data={"version": "7", "data": "hi"})
         self.assertJSON(response, body, 200, {})
-        self.assertEqual(self.router.calls, [(self.uaid, self.channel_id, 7, "hi")])
+        self.assertEqual(self.router.delivered, [(self.uaid, self.channel_id, 7, "hi")])
         self.assertEqual(
-            self.router.pending_at_call,
+            self.pending_at_call,
             [[PendingUpdate(channel_id=self.channel_id, version=7, data="hi")]],
         )
         self.assertEqual(self.local.delivered, [])
@@ -127,7 +105,7 @@ class RouterEndpointTests(test_endpoint.EndpointTestCase):
         self.successResultOf(self.storage.unregister(self.uaid, self.chid))
         response, body = self.put_routed(data={"version": "7"})
         self.assertEqual(response.code, 410)
-        self.assertEqual(self.router.calls, [])
+        self.assertEqual(self.router.delivered, [])
 
     def test_stale_is_not_routed(self) -> None:
         """With ``monotonic_versions``, a stale version is 200 and never reaches the router."""
@@ -135,13 +113,13 @@ class RouterEndpointTests(test_endpoint.EndpointTestCase):
         self.put_routed(data={"version": "10"})
         response, body = self.put_routed(data={"version": "9"})
         self.assertJSON(response, body, 200, {})
-        self.assertEqual([call[2] for call in self.router.calls], [10])
+        self.assertEqual([call[2] for call in self.router.delivered], [10])
 
     def test_store_data_off_still_routes_data(self) -> None:
         """With ``store_data`` off, storage gets no data but the routed update carries it."""
         self.storage_config(store_data=False)
         self.put_routed(data={"version": "5", "data": "secret"})
-        self.assertEqual(self.router.calls, [(self.uaid, self.channel_id, 5, "secret")])
+        self.assertEqual(self.router.delivered, [(self.uaid, self.channel_id, 5, "secret")])
         self.assertEqual(self.pending()[0].data, None)
 
 
@@ -169,7 +147,7 @@ class ClusterEndpointTests(test_endpoint.EndpointTestCase):
 
     def test_forwarded_to_other_node(self) -> None:
         """The device is on B: A forwards the stored update and answers 200."""
-        session = RoutedSession()
+        session = FakeSession()
         self.b.connect(self.uaid, session)
         self.successResultOf(self.directory.set_node(self.uaid, B, 1000))
         self.assertEqual(self.put_via_a(4), 200)
@@ -178,7 +156,7 @@ class ClusterEndpointTests(test_endpoint.EndpointTestCase):
 
     def test_local_session_through_router(self) -> None:
         """The device is on A itself: delivered without any node-to-node request."""
-        session = RoutedSession()
+        session = FakeSession()
         self.a.connect(self.uaid, session)
         self.assertEqual(self.put_via_a(4), 200)
         self.assertEqual(session.delivered, [(self.channel_id, 4, None)])

@@ -165,6 +165,16 @@ class LayeringTests(SynchronousTestCase):
         """``tap`` is the composition root: no module imports it."""
         self.assertEqual([m for m, deps in self.graph.items() if "pushtwisted.tap" in deps], [])
 
+    def test_nothing_imports_testing(self) -> None:
+        """The test doubles are for tests: no module outside ``testing`` imports them."""
+        importers = [
+            module
+            for module, deps in self.graph.items()
+            if not _in_package(module, _ROOT_PACKAGES)
+            and any(_in_package(d, _ROOT_PACKAGES) for d in deps)
+        ]
+        self.assertEqual(importers, [])
+
     def test_session_imports_no_adapter(self) -> None:
         """``session`` imports no cluster, web or storage-backend module, directly."""
         deps = self.graph["pushtwisted.session"]
@@ -199,13 +209,12 @@ class LayeringTests(SynchronousTestCase):
         self.assertEqual(_layer("pushtwisted.web.endpoint"), 2)
 
 
-class SessionImportTests(SynchronousTestCase):
-    """``import pushtwisted.session`` in a fresh interpreter loads no I/O library."""
+class FreshImportTests(SynchronousTestCase):
+    """Importing a module in a fresh interpreter loads no I/O library it does not need."""
 
-    def test_fresh_import(self) -> None:
-        """None of pymemcache, the HTTP client, Prometheus, cluster, web or a
-        blocking storage backend is loaded by importing the session."""
-        code = "import json, sys, pushtwisted.session; print(json.dumps(sorted(sys.modules)))"
+    def loaded_by(self, module: str) -> list[str]:
+        """Return ``sys.modules`` after ``import module`` in a new interpreter."""
+        code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
         env = dict(os.environ, PYTHONPATH=str(_PACKAGE.parent))
         done = subprocess.run(
             [sys.executable, "-c", code],
@@ -218,6 +227,18 @@ class SessionImportTests(SynchronousTestCase):
         )
         self.assertEqual(done.returncode, 0, done.stderr)
         loaded: list[str] = json.loads(done.stdout)
-        self.assertIn("pushtwisted.session", loaded)
+        self.assertIn(module, loaded)
+        return loaded
+
+    def test_session(self) -> None:
+        """None of pymemcache, the HTTP client, Prometheus, cluster, web or a
+        blocking storage backend is loaded by importing the session."""
+        loaded = self.loaded_by("pushtwisted.session")
         self.assertIn("pushtwisted.routing", loaded)
+        self.assertEqual([m for m in loaded if _in_package(m, _SESSION_MUST_NOT_LOAD)], [])
+
+    def test_testing(self) -> None:
+        """The light test doubles load no more than the session does (the
+        cluster's doubles, in ``pushtwisted.testing.cluster``, need the HTTP stack)."""
+        loaded = self.loaded_by("pushtwisted.testing")
         self.assertEqual([m for m in loaded if _in_package(m, _SESSION_MUST_NOT_LOAD)], [])

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.outbox import Outbox
 from pushtwisted.storage.interface import PendingUpdate
-from tests._session_fakes import RecordingMetrics, RecordingSender
+from pushtwisted.testing import RecordingMetrics, RecordingSender
 
 CHID = "01234567-89ab-cdef-0123-456789abcdef"
 CHID_N = CHID.replace("-", "")
@@ -34,7 +34,7 @@ class OutboxTests(SynchronousTestCase):
         self.assertTrue(self.outbox.deliver(CHID, 1, None))
         self.assertTrue(self.outbox.deliver(CHID, 2, "d"))
         self.assertEqual(len(self.sender.texts), 2)
-        self.assertEqual(self.metrics.counts["notifications_delivered"], 2)
+        self.assertEqual(self.metrics.total("notifications_delivered"), 2)
 
     def test_refused_is_false(self) -> None:
         """A closed connection refuses the notification: False, nothing kept."""
@@ -47,7 +47,7 @@ class OutboxTests(SynchronousTestCase):
         self.outbox.deliver(CHID, 3, None)
         self.clock.advance(60)
         self.assertEqual(self.updates()[-1], [{"channelID": CHID, "version": 3}])
-        self.assertEqual(self.metrics.counts["notifications_resent"], 1)
+        self.assertEqual(self.metrics.total("notifications_resent"), 1)
         self.outbox.acked(CHID_N, 2)  # older: still kept
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.outbox.acked(CHID_N, 3)

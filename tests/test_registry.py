@@ -6,16 +6,7 @@ from twisted.internet.defer import CancelledError
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.registry import ClientRegistry
-
-
-class _Session:
-    """Records ``replaced()`` calls."""
-
-    def __init__(self) -> None:
-        self.replaced_count = 0
-
-    def replaced(self) -> None:
-        self.replaced_count += 1
+from pushtwisted.testing import FakeSession
 
 
 class ClientRegistryTests(SynchronousTestCase):
@@ -24,8 +15,8 @@ class ClientRegistryTests(SynchronousTestCase):
     def test_newest_wins(self) -> None:
         """Adding a second session for a UAID replaces (and closes) the first; the first
         one's removal leaves the second in place."""
-        registry: ClientRegistry[_Session] = ClientRegistry()
-        old, new = _Session(), _Session()
+        registry: ClientRegistry[FakeSession] = ClientRegistry()
+        old, new = FakeSession(), FakeSession()
         registry.add("u", old)
         registry.add("u", new)
         self.assertEqual((old.replaced_count, new.replaced_count), (1, 0))
@@ -35,13 +26,13 @@ class ClientRegistryTests(SynchronousTestCase):
 
     def test_when_empty_at_once(self) -> None:
         """With no session held, ``when_empty`` has already fired."""
-        self.successResultOf(ClientRegistry[_Session]().when_empty())
+        self.successResultOf(ClientRegistry[FakeSession]().when_empty())
 
     def test_when_empty_waits_for_the_last(self) -> None:
         """``when_empty`` fires when the last session is removed, not before, and not for
         the removal of a session that no longer held its UAID."""
-        registry: ClientRegistry[_Session] = ClientRegistry()
-        a, b, replaced = _Session(), _Session(), _Session()
+        registry: ClientRegistry[FakeSession] = ClientRegistry()
+        a, b, replaced = FakeSession(), FakeSession(), FakeSession()
         registry.add("a", replaced)
         registry.add("a", a)
         registry.add("b", b)
@@ -54,8 +45,8 @@ class ClientRegistryTests(SynchronousTestCase):
 
     def test_when_empty_cancelled(self) -> None:
         """Cancelling a wait forgets it; other waits still fire."""
-        registry: ClientRegistry[_Session] = ClientRegistry()
-        session = _Session()
+        registry: ClientRegistry[FakeSession] = ClientRegistry()
+        session = FakeSession()
         registry.add("u", session)
         cancelled, kept = registry.when_empty(), registry.when_empty()
         cancelled.cancel()

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.routing import LocalRouter, Router
-from tests._cluster_fakes import FakeSession
+from pushtwisted.testing import FakeSession
 
 UAID = "0123456789abcdef0123456789abcdef"
 

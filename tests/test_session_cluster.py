@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.session import Session, State
-from tests._session_fakes import RecordingSender, make_node
+from pushtwisted.testing import FakeRouter, RecordingSender, make_node
 
 UAID = "0123456789abcdef0123456789abcdef"
 CHID = "fedcba98-7654-3210-fedc-ba9876543210"
-
-
-class FakeRouter:
-    """Records directory calls; ``on_hello`` answers with ``self.answer``."""
-
-    def __init__(self) -> None:
-        self.hellos: list[tuple[str, int]] = []
-        self.disconnects: list[tuple[str, int]] = []
-        self.answer: Deferred[None] | None = None
-
-    def on_hello(self, uaid: str, connected_at: int) -> Deferred[None]:
-        self.hellos.append((uaid, connected_at))
-        return self.answer if self.answer is not None else succeed(None)
-
-    def on_disconnect(self, uaid: str, connected_at: int) -> Deferred[bool]:
-        self.disconnects.append((uaid, connected_at))
-        return succeed(True)
 
 
 class SessionRouterTests(SynchronousTestCase):
@@ -39,9 +22,9 @@ class SessionRouterTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.router = FakeRouter()
-        node = make_node()
-        node.clock.advance(12.345)  # type: ignore[attr-defined]
-        self.node = dataclasses.replace(node, router=self.router)  # type: ignore[arg-type]
+        clock = Clock()
+        clock.advance(12.345)
+        self.node = make_node(clock=clock, router=self.router)
         self.sender = RecordingSender()
         self.session = Session(self.sender, self.node)
         self.session.opened()
@@ -60,7 +43,7 @@ class SessionRouterTests(SynchronousTestCase):
 
     def test_directory_written_before_storage_is_read(self) -> None:
         """Until the directory write fires, no hello reply is sent and nothing is fetched."""
-        self.router.answer = Deferred()
+        self.router.hello_answer = Deferred()
         fetched: list[str] = []
         storage = self.node.storage
         original = storage.fetch_pending
@@ -72,13 +55,13 @@ class SessionRouterTests(SynchronousTestCase):
         storage.fetch_pending = fetch  # type: ignore[method-assign]
         self.hello(uaid=UAID)
         self.assertEqual((self.sender.texts, fetched), ([], []))
-        self.router.answer.callback(None)
+        self.router.hello_answer.callback(None)
         self.assertEqual(fetched, [UAID])
         self.assertIs(self.session.state, State.READY)
 
     def test_directory_failure_is_503_and_keeps_uaid(self) -> None:
         """A directory error answers 503, stays open awaiting hello, and resets nothing."""
-        self.router.answer = fail(StorageUnavailable("down"))
+        self.router.hello_answer = fail(StorageUnavailable("down"))
         self.hello(uaid=UAID)
         reply = self.sender.replies[0]
         self.assertEqual((reply["status"], reply["uaid"]), (503, UAID))
@@ -93,10 +76,10 @@ class SessionRouterTests(SynchronousTestCase):
 
     def test_close_during_directory_write_clears_it(self) -> None:
         """A socket that closes while the entry is being written clears it afterwards."""
-        self.router.answer = Deferred()
+        self.router.hello_answer = Deferred()
         self.hello(uaid=UAID)
         self.session.connection_lost()
-        self.router.answer.callback(None)
+        self.router.hello_answer.callback(None)
         self.assertEqual(self.router.disconnects, [(UAID, 12345)])
         self.assertEqual(self.sender.texts, [])
 
@@ -131,7 +114,7 @@ class SameNodeTakeoverTests(SynchronousTestCase):
     def test_replaced_session_does_not_clear_newer_entry(self) -> None:
         """Two hellos in the same millisecond: the replaced one clears nothing."""
         router = FakeRouter()
-        node = dataclasses.replace(make_node(), router=router)  # type: ignore[arg-type]
+        node = make_node(router=router)
         first, second = RecordingSender(), RecordingSender()
         old, new = Session(first, node), Session(second, node)
         for session in (old, new):

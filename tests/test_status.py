@@ -6,21 +6,17 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 import pushtwisted
-from pushtwisted.config import Config
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.metrics import NullMetrics
-from pushtwisted.node import Node
 from pushtwisted.prometheus import PrometheusMetrics
 from pushtwisted.registry import ClientRegistry
-from pushtwisted.routing import LocalRouter
 from pushtwisted.storage.memory import MemoryStorage
-from pushtwisted.tokens import EndpointCrypto, generate_key
+from pushtwisted.testing import FailingStorage, FakeSession, HoldingStorage, make_node
 from pushtwisted.web.status import (
     HealthResource,
     MetricsResource,
@@ -31,58 +27,31 @@ from pushtwisted.web.status import (
 BASE = "http://node.example"
 
 
-class _Session:
-    """A registry entry."""
-
-    def replaced(self) -> None:
-        """Nothing to close."""
-
-
-class _ControlledStorage(MemoryStorage):
-    """``MemoryStorage`` whose ``check()`` succeeds, fails or hangs on demand."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.mode = "ok"
-        self.hung: list[Deferred[None]] = []
-        self.cancelled = 0
-
-    def check(self) -> Deferred[None]:
-        if self.mode == "fail":
-            return fail(StorageUnavailable("memcached at 10.0.0.5:11211 refused"))
-        if self.mode == "raise":
-            raise RuntimeError("bug in check")
-        if self.mode == "hang":
-
-            def cancelled(d: Deferred[None]) -> None:
-                self.cancelled += 1
-
-            d: Deferred[None] = Deferred(cancelled)
-            self.hung.append(d)
-            return d
-        return super().check()
-
-
 class StatusTestCase(SynchronousTestCase):
     """A node with controllable storage, its status children, and a StubTreq."""
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.storage = _ControlledStorage()
+        self.failing = FailingStorage(MemoryStorage())
+        self.storage = HoldingStorage(self.failing)
         self.registry: ClientRegistry[Any] = ClientRegistry()
-        self.node = Node(
-            config=Config(),
-            storage=self.storage,
-            registry=self.registry,
-            crypto=EndpointCrypto([generate_key()]),
-            clock=self.clock,
-            metrics=NullMetrics(),
-            router=LocalRouter(self.registry),
+        self.node = make_node(
+            storage=self.storage, registry=self.registry, clock=self.clock, metrics=NullMetrics()
         )
         self.metrics = PrometheusMetrics()
         self.root = Resource()
         add_status_children(self.root, self.node, self.metrics)
         self.treq = StubTreq(self.root)
+
+    def storage_mode(self, mode: str) -> None:
+        """Make ``check()`` succeed (ok), fail, raise or hang (never answer)."""
+        self.failing.failing = {"check"} if mode in ("fail", "raise") else set()
+        self.failing.synchronous = mode == "raise"
+        if mode == "fail":
+            self.failing.error = StorageUnavailable("memcached at 10.0.0.5:11211 refused")
+        else:
+            self.failing.error = RuntimeError("bug in check")
+        self.storage.held = {"check"} if mode == "hang" else set()
 
     def request(self, method: str, path: str) -> Any:
         """Make one request and return the response (it must be answered already)."""
@@ -103,8 +72,8 @@ class StatusResourceTests(StatusTestCase):
 
     def test_status(self) -> None:
         """GET /status and /status/ answer 200 with version and clients."""
-        self.registry.add("a" * 32, _Session())
-        self.registry.add("b" * 32, _Session())
+        self.registry.add("a" * 32, FakeSession())
+        self.registry.add("b" * 32, FakeSession())
         for path in ("/status", "/status/"):
             response = self.request("GET", path)
             self.assertEqual(response.code, 200)
@@ -117,7 +86,7 @@ class StatusResourceTests(StatusTestCase):
 
     def test_status_ignores_storage(self) -> None:
         """Liveness does not depend on storage."""
-        self.storage.mode = "fail"
+        self.storage_mode("fail")
         self.assertEqual(self.request("GET", "/status").code, 200)
 
     def test_head(self) -> None:
@@ -155,7 +124,7 @@ class HealthResourceTests(StatusTestCase):
 
     def test_storage_unavailable(self) -> None:
         """A check that errbacks ``StorageUnavailable`` gives 503 naming storage."""
-        self.storage.mode = "fail"
+        self.storage_mode("fail")
         response = self.request("GET", "/health")
         self.assertEqual(response.code, 503)
         body = self.json(response)
@@ -165,7 +134,7 @@ class HealthResourceTests(StatusTestCase):
 
     def test_check_raises(self) -> None:
         """A check that raises something else gives 503 without the detail."""
-        self.storage.mode = "raise"
+        self.storage_mode("raise")
         response = self.request("GET", "/health")
         self.assertEqual(response.code, 503)
         body = self.json(response)
@@ -174,7 +143,7 @@ class HealthResourceTests(StatusTestCase):
 
     def test_storage_hangs(self) -> None:
         """A check that does not answer within the timeout gives 503 and is cancelled."""
-        self.storage.mode = "hang"
+        self.storage_mode("hang")
         pending = self.treq.get(BASE + "/health")
         self.assertNoResult(pending)
         self.clock.advance(1.9)
@@ -187,23 +156,23 @@ class HealthResourceTests(StatusTestCase):
         body = self.json(response)
         self.assertEqual(body["status"], "FAIL")
         self.assertEqual(body["storage"], "unavailable: no answer within 2s")
-        self.assertEqual(self.storage.cancelled, 1)
+        self.assertEqual([call.cancelled for call in self.storage.pending], [True])
 
     def test_recovers(self) -> None:
         """After a failure, /health answers 200 again once storage recovers."""
-        self.storage.mode = "fail"
+        self.storage_mode("fail")
         self.assertEqual(self.request("GET", "/health").code, 503)
-        self.storage.mode = "hang"
+        self.storage_mode("hang")
         pending = self.treq.get(BASE + "/health")
         self.clock.advance(2)
         self.treq.flush()
         self.assertEqual(self.successResultOf(pending).code, 503)
-        self.storage.mode = "ok"
+        self.storage_mode("ok")
         self.assertEqual(self.request("GET", "/health").code, 200)
 
     def test_custom_timeout(self) -> None:
         """The timeout is a parameter of ``HealthResource``."""
-        self.storage.mode = "hang"
+        self.storage_mode("hang")
         treq = StubTreq(HealthResource(self.node, timeout=0.5))
         pending = treq.get(BASE + "/")
         self.clock.advance(0.5)

@@ -27,10 +27,10 @@ from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.storage.service import StorageService
 from pushtwisted.storage.sqlite import SqliteStorage
+from pushtwisted.testing import FailingStorage, FakeSession, make_node
 from pushtwisted.threadpool import ThreadPoolService
 from pushtwisted.tokens import KEY_FILE, EndpointCrypto, generate_key
 from pushtwisted.websocket import PushServerFactory
-from tests._session_fakes import make_node
 from tests.test_threadpool import ManualPool
 
 UAID = "0123456789abcdef0123456789abcdef"
@@ -298,31 +298,6 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIn("invalid TOML", error.code)
 
 
-class _FakeSession:
-    """A connected client for shutdown tests: records ``shutdown()`` calls."""
-
-    def __init__(self) -> None:
-        self.shutdowns = 0
-
-    def shutdown(self) -> None:
-        self.shutdowns += 1
-
-    def replaced(self) -> None:
-        raise AssertionError("not expected")
-
-
-class _ClosingStorage(MemoryStorage):
-    """A ``MemoryStorage`` that counts ``close()`` calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.closed = 0
-
-    def close(self) -> Any:
-        self.closed += 1
-        return super().close()
-
-
 class GracefulShutdownTests(SynchronousTestCase):
     """Stopping ``PushService`` stops accepting, closes clients, drains, then closes storage."""
 
@@ -334,7 +309,7 @@ class GracefulShutdownTests(SynchronousTestCase):
             server=ServerConfig(shutdown_timeout=timeout),
         )
         service = tap.build_service(config, reactor)
-        self.storage = _ClosingStorage()
+        self.storage = FailingStorage(MemoryStorage())
         storage_service = service.getServiceNamed("storage")
         assert isinstance(storage_service, StorageService)
         storage_service.storage = self.storage
@@ -344,29 +319,29 @@ class GracefulShutdownTests(SynchronousTestCase):
     def test_clients_are_told_and_stop_waits_for_them(self) -> None:
         """Each connected client gets ``shutdown()``; the stop waits until they are gone."""
         reactor, service = self.start()
-        session = _FakeSession()
+        session = FakeSession()
         service.node.registry.add(UAID, session)
         d = service.stopService()
         self.assertEqual(session.shutdowns, 1)
         self.assertFalse(any(listener.running for listener in service.listeners))
         reactor.advance(1)
         self.assertNoResult(d)
-        self.assertEqual(self.storage.closed, 0)
+        self.assertEqual(self.storage.calls.count("close"), 0)
         service.node.registry.remove(UAID, session)
         self.successResultOf(d)
-        self.assertEqual(self.storage.closed, 1)
+        self.assertEqual(self.storage.calls.count("close"), 1)
         self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_stop_is_bounded_by_shutdown_timeout(self) -> None:
         """A client that never goes does not hold the process past ``shutdown_timeout``."""
         reactor, service = self.start(timeout=3.0)
-        service.node.registry.add(UAID, _FakeSession())
+        service.node.registry.add(UAID, FakeSession())
         d = service.stopService()
         reactor.advance(2.9)
         self.assertNoResult(d)
         reactor.advance(0.2)
         self.successResultOf(d)
-        self.assertEqual(self.storage.closed, 1)
+        self.assertEqual(self.storage.calls.count("close"), 1)
         self.assertFalse(any(child.running for child in service))
 
     def test_stop_waits_for_storage_calls(self) -> None:
@@ -380,13 +355,13 @@ class GracefulShutdownTests(SynchronousTestCase):
         jobs = service.pool.pool = ManualPool()  # type: ignore[assignment]
         storage_service = service.getServiceNamed("storage")
         assert isinstance(storage_service, StorageService)
-        storage_service.storage = storage = _ClosingStorage()
+        storage_service.storage = storage = FailingStorage(MemoryStorage())
         service.startService()  # the sqlite open is now in flight
         self.assertEqual(service.pool.depth, 1)
         d = service.stopService()
         self.assertNoResult(d)
-        self.assertEqual(storage.closed, 0)
+        self.assertEqual(storage.calls.count("close"), 0)
         jobs.run_next()
         self.successResultOf(d)
-        self.assertEqual(storage.closed, 1)
+        self.assertEqual(storage.calls.count("close"), 1)
         self.assertTrue(jobs.stopped)

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from pushtwisted.errors import StorageBusy, StorageUnavailable
+from pushtwisted.testing import RecordingMetrics
 from pushtwisted.threadpool import POOL_NAME, ThreadPoolService
 
 
@@ -56,23 +57,6 @@ class ManualPool:
             on_result(False, Failure())
         else:
             on_result(True, result)
-
-
-class RecordingMetrics:
-    """A ``Metrics`` that remembers every call."""
-
-    def __init__(self) -> None:
-        self.gauges: list[tuple[str, float]] = []
-        self.observations: list[tuple[str, float, dict[str, str]]] = []
-
-    def increment(self, name: str, value: float = 1, **labels: str) -> None:
-        pass
-
-    def gauge(self, name: str, value: float, **labels: str) -> None:
-        self.gauges.append((name, value))
-
-    def observe(self, name: str, value: float, **labels: str) -> None:
-        self.observations.append((name, value, labels))
 
 
 class ThreadPoolServiceTests(SynchronousTestCase):
@@ -128,7 +112,7 @@ class ThreadPoolServiceTests(SynchronousTestCase):
         self.successResultOf(d1)
         self.successResultOf(d2)
         self.assertEqual(
-            metrics.gauges,
+            [(name, value) for kind, name, value, _ in metrics.events if kind == "gauge"],
             [
                 ("storage_queue_depth", 1),
                 ("storage_queue_depth", 2),
@@ -137,7 +121,11 @@ class ThreadPoolServiceTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(
-            metrics.observations,
+            [
+                (name, value, labels)
+                for kind, name, value, labels in metrics.events
+                if kind == "observe"
+            ],
             [
                 ("storage_latency_seconds", 0.75, {"operation": "register"}),
                 ("storage_latency_seconds", 0.5, {"operation": "ack"}),
@@ -153,7 +141,7 @@ class ThreadPoolServiceTests(SynchronousTestCase):
         self.failureResultOf(d3, StorageBusy)
         self.assertEqual(len(pool.jobs), 2, "the rejected call never reached the pool")
         self.assertEqual(service.depth, 2)
-        self.assertEqual(metrics.gauges[-1], ("storage_queue_depth", 2))
+        self.assertEqual(metrics.gauges("storage_queue_depth")[-1], 2)
         pool.run_next()
         self.assertEqual(self.successResultOf(d1), 1)
         d4 = service.run("op", lambda: 4)
@@ -184,8 +172,8 @@ class ThreadPoolServiceTests(SynchronousTestCase):
         pool.run_next()
         self.assertEqual(service.depth, 0)
         self.assertEqual(
-            metrics.observations[-1],
-            ("storage_latency_seconds", 6.0, {"operation": "fetch_pending"}),
+            metrics.observations("storage_latency_seconds")[-1],
+            (6.0, {"operation": "fetch_pending"}),
         )
 
     def test_no_timer_left(self) -> None:

@@ -18,9 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushtwisted import __version__
 from pushtwisted.config import Config, WebSocketConfig
 from pushtwisted.node import Node
+from pushtwisted.testing import make_node
 from pushtwisted.web.status import HealthResource, StatusResource
 from pushtwisted.websocket import PushServerFactory, PushServerProtocol
-from tests._session_fakes import make_node
 
 _KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 _PEER = IPv4Address("TCP", "127.0.0.1", 40000)

@@ -14,13 +14,11 @@ Every write is a compare-and-set on the entry, so:
 ``connected_at`` is the holding node's own clock in integer milliseconds; it
 is compared only with other values of that node's clock (see ``router``).
 
-Backends:
-
-- ``MemoryDirectory``: dicts, for unit tests and a node running alone;
-- ``MemcachedDirectory``: the shared directory of a cluster, under the
-  storage ``key_prefix`` as ``<prefix>node:<uaid>``.  memcached's text
-  protocol has no conditional delete, so a cleared entry becomes a short-lived
-  tombstone written with ``cas`` (read back as "no entry").
+``MemcachedDirectory`` is the shared directory of a cluster, under the
+storage ``key_prefix`` as ``<prefix>node:<uaid>``.  memcached's text
+protocol has no conditional delete, so a cleared entry becomes a short-lived
+tombstone written with ``cas`` (read back as "no entry").  Tests use
+``pushtwisted.testing.cluster.MemoryDirectory``.
 
 A miss is a normal result (None); a backend failure errbacks with
 ``StorageUnavailable``, never reads as a miss.
@@ -31,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import StorageUnavailable
@@ -45,7 +43,7 @@ from pushtwisted.storage._memcache import (
 if TYPE_CHECKING:
     from pushtwisted.threadpool import Runner
 
-__all__ = ["Directory", "MemcachedDirectory", "MemoryDirectory", "NodeEntry"]
+__all__ = ["Directory", "MemcachedDirectory", "NodeEntry"]
 
 #: gets/cas attempts before giving up with StorageUnavailable.
 _CAS_ATTEMPTS = 32
@@ -107,33 +105,6 @@ class Directory(Protocol):
 
         Fires True when it was removed, False when it had changed or was gone.
         """
-
-
-class MemoryDirectory:
-    """A ``Directory`` in a dict: one process only (unit tests, a single node)."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, NodeEntry] = {}
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def set_node(self, uaid: str, node_url: str, connected_at: int) -> Deferred[NodeEntry | None]:
-        """Replace the entry; fire with the previous one."""
-        previous = self._entries.get(uaid)
-        self._entries[uaid] = NodeEntry(node_url=node_url, connected_at=connected_at)
-        return succeed(previous)
-
-    def get_node(self, uaid: str) -> Deferred[NodeEntry | None]:
-        """Fire with the entry or None."""
-        return succeed(self._entries.get(uaid))
-
-    def clear_node(self, uaid: str, entry: NodeEntry) -> Deferred[bool]:
-        """Remove the entry if it equals ``entry``."""
-        if self._entries.get(uaid) == entry:
-            del self._entries[uaid]
-            return succeed(True)
-        return succeed(False)
 
 
 class MemcachedDirectory:

@@ -24,10 +24,10 @@ from pushtwisted.storage._memcache import make_memcached_client
 from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateOutcome
 from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.sqlite import SqliteStorage
+from pushtwisted.testing import RecordingMetrics
 from pushtwisted.threadpool import ThreadPoolService
 from tests.integration.memcached_fixture import MemcachedProcess, shared_memcached
 from tests.test_storage_contract import EPOCH, StorageContract, new_id, spelling
-from tests.test_threadpool import RecordingMetrics
 
 
 def _reactor() -> Any:
@@ -204,10 +204,9 @@ class SqliteThreadedTests(_Pooled, _Races, StorageContract, TestCase):
     async def test_metrics(self) -> None:
         """Calls through the pool report their latency by operation and the queue depth."""
         await self.storage.user_exists(new_id())
-        self.assertIn(
-            "user_exists", {labels["operation"] for _, _, labels in self.metrics.observations}
-        )
-        self.assertEqual(self.metrics.gauges[-1], ("storage_queue_depth", 0))
+        observed = self.metrics.observations("storage_latency_seconds")
+        self.assertIn("user_exists", {labels["operation"] for _, labels in observed})
+        self.assertEqual(self.metrics.gauges("storage_queue_depth")[-1], 0)
 
 
 class MemcachedTests(_Pooled, _Races, StorageContract, TestCase):

@@ -1,10 +1,17 @@
-"""Test doubles for cluster tests: routed sessions, fake nodes behind ``StubTreq``,
-hung and refusing nodes, and a recording metrics object."""
+"""Test doubles for a cluster: a memory directory and fake nodes behind ``StubTreq``.
+
+- ``MemoryDirectory``: a ``Directory`` in a dict (one process);
+- ``Network``: the ``HTTPClient`` of a fake cluster, sending each request to
+  the fake node its URL names (or refusing it);
+- ``FakeNode``: one node of it, with a registry, a real ``Router`` and its
+  router listener resource;
+- ``HungResource``: a node that accepts requests and never answers.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
@@ -14,52 +21,44 @@ from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from pushtwisted.cluster.directory import MemoryDirectory
+from pushtwisted.cluster.directory import NodeEntry
 from pushtwisted.cluster.router import Router
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.testing import FakeSession, RecordingMetrics
 from pushtwisted.web.internal import InternalResource
-from tests.fakes import RecordingMetrics
 
-__all__ = [
-    "SECRET",
-    "FakeSession",
-    "HungResource",
-    "Network",
-    "RecordingMetrics",
-    "FakeNode",
-]
+__all__ = ["SECRET", "FakeNode", "HungResource", "MemoryDirectory", "Network"]
 
+#: The shared secret of every ``FakeNode``.
 SECRET = "a-shared-cluster-secret"
 
 
-class FakeSession:
-    """A connected session that records what the router and the listener ask of it."""
+class MemoryDirectory:
+    """A ``Directory`` in a dict: one process only."""
 
-    def __init__(self, connected_at: int | None = 1000, *, accept: bool = True) -> None:
-        self.connected_at = connected_at
-        self.accept = accept
-        self.delivered: list[tuple[str, int, str | None]] = []
-        self.checks = 0
-        self.replaced_count = 0
-        self.check_result: Deferred[None] = succeed(None)
-        self.explode = False
+    def __init__(self) -> None:
+        self._entries: dict[str, NodeEntry] = {}
 
-    def deliver(self, channel_id: str, version: int, data: str | None) -> bool:
-        if self.explode:
-            raise RuntimeError("boom")
-        if self.accept:
-            self.delivered.append((channel_id, version, data))
-        return self.accept
+    def __len__(self) -> int:
+        return len(self._entries)
 
-    def check_storage(self) -> Deferred[None]:
-        if self.explode:
-            raise RuntimeError("boom")
-        self.checks += 1
-        return self.check_result
+    def set_node(self, uaid: str, node_url: str, connected_at: int) -> Deferred[NodeEntry | None]:
+        """Replace the entry; fire with the previous one."""
+        previous = self._entries.get(uaid)
+        self._entries[uaid] = NodeEntry(node_url=node_url, connected_at=connected_at)
+        return succeed(previous)
 
-    def replaced(self) -> None:
-        self.replaced_count += 1
+    def get_node(self, uaid: str) -> Deferred[NodeEntry | None]:
+        """Fire with the entry or None."""
+        return succeed(self._entries.get(uaid))
+
+    def clear_node(self, uaid: str, entry: NodeEntry) -> Deferred[bool]:
+        """Remove the entry if it equals ``entry``."""
+        if self._entries.get(uaid) == entry:
+            del self._entries[uaid]
+            return succeed(True)
+        return succeed(False)
 
 
 class HungResource(Resource):
@@ -68,10 +67,11 @@ class HungResource(Resource):
     isLeaf = True
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.requests: list[Any] = []
 
     def render(self, request: Any) -> int:
+        """Keep the request, answer nothing."""
         self.requests.append(request)
         return NOT_DONE_YET
 
@@ -79,33 +79,38 @@ class HungResource(Resource):
 class Network:
     """An ``HTTPClient`` that sends each request to the fake node named by its URL.
 
-    Hosts in ``refusing`` fail at once with ``ConnectionRefusedError``; hosts
-    with no node fail the same way.  ``sent`` records ``(method, url)``.
+    Hosts in ``refusing``, and hosts with no node, fail at once with
+    ``ConnectionRefusedError``; ``failure``, when set, makes every request
+    fail with what it returns.  ``sent`` records ``(method, url)``.
     """
 
     def __init__(self) -> None:
-        self.nodes: dict[str, StubTreq] = {}
+        #: A ``StubTreq`` per node host (treq types it loosely).
+        self.nodes: dict[str, Any] = {}
         self.refusing: set[str] = set()
         self.sent: list[tuple[str, str]] = []
         self.failure: Callable[[], Exception] | None = None
 
-    def add(self, url: str, resource: Resource) -> StubTreq:
-        stub = StubTreq(resource)
+    def add(self, url: str, resource: Resource) -> Any:
+        """Serve the node at ``url`` with ``resource``; return its ``StubTreq``."""
+        stub = StubTreq(resource)  # type: ignore[no-untyped-call]
         self.nodes[urlsplit(url).netloc] = stub
         return stub
 
     def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        """Send the request to its node."""
         self.sent.append((method, url))
         netloc = urlsplit(url).netloc
         if self.failure is not None:
             return fail(self.failure())
         stub = self.nodes.get(netloc)
         if stub is None or netloc in self.refusing:
-            return fail(ConnectionRefusedError("refused"))
+            return fail(ConnectionRefusedError("refused"))  # type: ignore[no-untyped-call]
         d: Deferred[Any] = stub.request(method, url, **kwargs)
         return d
 
     def flush(self) -> None:
+        """Let every node's ``StubTreq`` deliver what it holds."""
         for stub in self.nodes.values():
             stub.flush()
 
@@ -145,3 +150,11 @@ class FakeNode:
     def connect(self, uaid: str, session: FakeSession) -> None:
         """Put ``session`` in this node's registry for ``uaid``."""
         self.registry.add(uaid, session)
+
+
+if TYPE_CHECKING:
+    from pushtwisted.cluster.directory import Directory
+    from pushtwisted.cluster.router import HTTPClient
+
+    _directory: Directory = MemoryDirectory()
+    _network: HTTPClient = Network()

@@ -1,0 +1,369 @@
+"""Test doubles for pushtwisted's seams, for its tests and for code built on it.
+
+Like ``treq.testing``: public, kept next to the code whose protocols they
+stand for, and checked against those protocols by mypy (the
+``TYPE_CHECKING`` block at the end).  Nothing in the package imports this
+module.  ``pushtwisted.testing.cluster`` has the cluster's doubles (fake
+nodes behind ``StubTreq``), which need the HTTP stack.
+
+- ``RecordingMetrics``: a ``Metrics`` that records every call;
+- ``RecordingSender``: a session's ``Sender`` that records what it sends;
+- ``FakeSession``: a connected session as routers and the registry see it;
+- ``FailingStorage``, ``HoldingStorage`` (with ``HeldCall``): a ``Storage``
+  wrapped so that chosen methods fail, or wait until released by hand;
+- ``FakeRouter``: a ``Router`` that records calls and answers as told;
+- ``make_node``: a ``Node`` on memory storage and a ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+
+from pushtwisted.config import Config
+from pushtwisted.errors import StorageUnavailable
+from pushtwisted.metrics import Metrics
+from pushtwisted.node import Node
+from pushtwisted.registry import ClientRegistry
+from pushtwisted.routing import LocalRouter, Router
+from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateResult
+from pushtwisted.storage.memory import MemoryStorage
+from pushtwisted.tokens import EndpointCrypto, generate_key
+
+__all__ = [
+    "FailingStorage",
+    "FakeRouter",
+    "FakeSession",
+    "HeldCall",
+    "HoldingStorage",
+    "RecordingMetrics",
+    "RecordingSender",
+    "make_node",
+]
+
+
+class RecordingMetrics:
+    """A ``Metrics`` that records every call, in order, as ``(kind, name, value, labels)``."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, float, dict[str, str]]] = []
+
+    def increment(self, name: str, value: float = 1, **labels: str) -> None:
+        """Record an increment."""
+        self.events.append(("increment", name, value, labels))
+
+    def gauge(self, name: str, value: float, **labels: str) -> None:
+        """Record a gauge value."""
+        self.events.append(("gauge", name, value, labels))
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """Record an observation."""
+        self.events.append(("observe", name, value, labels))
+
+    def count(self, name: str, **labels: str) -> float:
+        """Return the sum of the increments of ``name`` made with exactly ``labels``."""
+        return sum(
+            v
+            for kind, n, v, got in self.events
+            if kind == "increment" and n == name and got == labels
+        )
+
+    def total(self, name: str) -> float:
+        """Return the sum of the increments of ``name``, whatever their labels."""
+        return sum(v for kind, n, v, _ in self.events if kind == "increment" and n == name)
+
+    def gauges(self, name: str) -> list[float]:
+        """Return every value ``name`` was set to, in order."""
+        return [v for kind, n, v, _ in self.events if kind == "gauge" and n == name]
+
+    def observations(self, name: str) -> list[tuple[float, dict[str, str]]]:
+        """Return every observation of ``name`` as ``(value, labels)``, in order."""
+        return [
+            (v, labels) for kind, n, v, labels in self.events if kind == "observe" and n == name
+        ]
+
+
+class RecordingSender:
+    """A session's ``Sender`` that records every message and close, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.is_open = True
+
+    def send_text(self, text: str) -> bool:
+        """Record ``text``; False once closed."""
+        if not self.is_open:
+            return False
+        self.events.append(("text", text))
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        """Record the close; later sends return False."""
+        self.events.append(("close", (code, reason)))
+        self.is_open = False
+
+    @property
+    def texts(self) -> list[str]:
+        """Every text sent, in order."""
+        return [value for kind, value in self.events if kind == "text"]
+
+    @property
+    def replies(self) -> list[Any]:
+        """Every text sent, parsed as JSON."""
+        return [json.loads(text) for text in self.texts]
+
+    @property
+    def closes(self) -> list[tuple[int, str]]:
+        """Every close call as ``(code, reason)``."""
+        return [value for kind, value in self.events if kind == "close"]
+
+    def clear(self) -> None:
+        """Forget what was recorded (the open/closed flag stays)."""
+        self.events.clear()
+
+
+class FakeSession:
+    """A connected session as the registry, the routers and the router listener see it.
+
+    :param connected_at: its ``connected_at`` (ms), or None before its hello.
+    :param accept: what ``deliver`` answers.
+    :ivar explode: make ``deliver`` and ``check_storage`` raise.
+    :ivar delivered: every ``deliver`` call's arguments, accepted or not.
+    """
+
+    def __init__(self, connected_at: int | None = 1000, *, accept: bool = True) -> None:
+        self.connected_at = connected_at
+        self.accept = accept
+        self.explode = False
+        self.delivered: list[tuple[str, int, str | None]] = []
+        self.checks = 0
+        self.check_result: Deferred[None] = succeed(None)
+        self.replaced_count = 0
+        self.shutdowns = 0
+
+    def deliver(self, channel_id: str, version: int, data: str | None) -> bool:
+        """Record the update; answer ``accept``."""
+        if self.explode:
+            raise RuntimeError("boom")
+        self.delivered.append((channel_id, version, data))
+        return self.accept
+
+    def check_storage(self) -> Deferred[None]:
+        """Count the call; answer ``check_result``."""
+        if self.explode:
+            raise RuntimeError("boom")
+        self.checks += 1
+        return self.check_result
+
+    def replaced(self) -> None:
+        """Count the call."""
+        self.replaced_count += 1
+
+    def shutdown(self) -> None:
+        """Count the call."""
+        self.shutdowns += 1
+
+
+class _WrappedStorage:
+    """A ``Storage`` whose every call goes through ``_call`` to ``inner``."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        #: The name of every call, in order.
+        self.calls: list[str] = []
+
+    def _call(self, name: str, run: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        self.calls.append(name)
+        return run()
+
+    def user_exists(self, uaid: str) -> Deferred[bool]:
+        return self._call("user_exists", lambda: self.inner.user_exists(uaid))
+
+    def register(self, uaid: str, chid: str, channel_id: str, max_channels: int) -> Deferred[None]:
+        return self._call(
+            "register", lambda: self.inner.register(uaid, chid, channel_id, max_channels)
+        )
+
+    def unregister(self, uaid: str, chid: str) -> Deferred[None]:
+        return self._call("unregister", lambda: self.inner.unregister(uaid, chid))
+
+    def update(
+        self, uaid: str, chid: str, version: int, data: str | None, only_newer: bool = False
+    ) -> Deferred[UpdateResult]:
+        return self._call(
+            "update", lambda: self.inner.update(uaid, chid, version, data, only_newer)
+        )
+
+    def fetch_pending(self, uaid: str) -> Deferred[list[PendingUpdate]]:
+        return self._call("fetch_pending", lambda: self.inner.fetch_pending(uaid))
+
+    def ack(self, uaid: str, chid: str, version: int) -> Deferred[bool]:
+        return self._call("ack", lambda: self.inner.ack(uaid, chid, version))
+
+    def expired(self, uaid: str, chids: Sequence[str]) -> Deferred[list[str]]:
+        return self._call("expired", lambda: self.inner.expired(uaid, chids))
+
+    def check(self) -> Deferred[None]:
+        return self._call("check", self.inner.check)
+
+    def close(self) -> Deferred[None]:
+        return self._call("close", self.inner.close)
+
+
+class FailingStorage(_WrappedStorage):
+    """Wraps a storage; the methods named in ``failing`` fail, the others pass through.
+
+    :param error: what they fail with (``StorageUnavailable`` by default).
+    :param synchronous: raise at once instead of returning a failed Deferred.
+    """
+
+    def __init__(
+        self,
+        inner: Storage,
+        failing: Iterable[str] = (),
+        error: Exception | None = None,
+        *,
+        synchronous: bool = False,
+    ) -> None:
+        super().__init__(inner)
+        self.failing = set(failing)
+        self.error = error
+        self.synchronous = synchronous
+
+    def _call(self, name: str, run: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        self.calls.append(name)
+        if name not in self.failing:
+            return run()
+        error = self.error or StorageUnavailable(f"{name}: backend down")
+        if self.synchronous:
+            raise error
+        return fail(error)
+
+
+class HeldCall:
+    """A storage call held by a ``HoldingStorage`` until answered by hand."""
+
+    def __init__(self, name: str, run: Callable[[], Deferred[Any]]) -> None:
+        self.name = name
+        self._run = run
+        #: Set when the caller cancelled ``deferred``.
+        self.cancelled = False
+        self.deferred: Deferred[Any] = Deferred(self._cancelled)
+
+    def _cancelled(self, _: Deferred[Any]) -> None:
+        self.cancelled = True
+
+    def release(self) -> None:
+        """Run the call on the wrapped storage now and answer with its result."""
+        self._run().chainDeferred(self.deferred)
+
+    def fail(self, error: Exception | None = None) -> None:
+        """Answer with a failure (``StorageUnavailable`` by default)."""
+        self.deferred.errback(error or StorageUnavailable(f"{self.name}: backend down"))
+
+
+class HoldingStorage(_WrappedStorage):
+    """Wraps a storage; calls to the methods named in ``held`` wait in ``pending``."""
+
+    def __init__(self, inner: Storage, held: Iterable[str] = ()) -> None:
+        super().__init__(inner)
+        self.held = set(held)
+        self.pending: list[HeldCall] = []
+
+    def _call(self, name: str, run: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        self.calls.append(name)
+        if name not in self.held:
+            return run()
+        call = HeldCall(name, run)
+        self.pending.append(call)
+        return call.deferred
+
+    def next(self) -> HeldCall:
+        """Return the oldest call still waiting (removing it from ``pending``)."""
+        return self.pending.pop(0)
+
+
+class FakeRouter:
+    """A ``Router`` that records every call and answers as told.
+
+    :ivar answer: what ``deliver`` answers: a bool, a Deferred (returned as
+        is) or an exception (raised at once).
+    :ivar hello_answer: what ``on_hello`` returns; None: done at once.
+    :ivar on_deliver: called at each ``deliver``, before it answers.
+    """
+
+    def __init__(self) -> None:
+        self.answer: bool | Deferred[bool] | Exception = True
+        self.hello_answer: Deferred[None] | None = None
+        self.on_deliver: Callable[[], object] | None = None
+        self.delivered: list[tuple[str, str, int, str | None]] = []
+        self.hellos: list[tuple[str, int]] = []
+        self.disconnects: list[tuple[str, int]] = []
+
+    def deliver(self, uaid: str, channel_id: str, version: int, data: str | None) -> Deferred[bool]:
+        """Record the call; answer ``answer``."""
+        self.delivered.append((uaid, channel_id, version, data))
+        if self.on_deliver is not None:
+            self.on_deliver()
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        if isinstance(self.answer, Deferred):
+            return self.answer
+        return succeed(self.answer)
+
+    def on_hello(self, uaid: str, connected_at: int) -> Deferred[None]:
+        """Record the call; answer ``hello_answer``."""
+        self.hellos.append((uaid, connected_at))
+        return self.hello_answer if self.hello_answer is not None else succeed(None)
+
+    def on_disconnect(self, uaid: str, connected_at: int) -> None:
+        """Record the call."""
+        self.disconnects.append((uaid, connected_at))
+
+
+def make_node(
+    *,
+    config: Config | None = None,
+    storage: Storage | None = None,
+    clock: Clock | None = None,
+    metrics: Metrics | None = None,
+    registry: ClientRegistry[Any] | None = None,
+    router: Router | None = None,
+    crypto: EndpointCrypto | None = None,
+) -> Node:
+    """Return a ``Node`` for tests.
+
+    By default: the default config, ``MemoryStorage`` on ``clock`` (a new
+    ``task.Clock``), a ``RecordingMetrics``, an empty registry with a
+    ``LocalRouter`` over it, and a fresh token key.
+    """
+    clock = clock if clock is not None else Clock()
+    registry = registry if registry is not None else ClientRegistry()
+    return Node(
+        config=config if config is not None else Config(),
+        storage=storage if storage is not None else MemoryStorage(clock),
+        registry=registry,
+        crypto=crypto if crypto is not None else EndpointCrypto([generate_key()]),
+        clock=clock,
+        metrics=metrics if metrics is not None else RecordingMetrics(),
+        router=router if router is not None else LocalRouter(registry),
+    )
+
+
+if TYPE_CHECKING:
+    # mypy checks each double against the protocol it stands for.
+    from pushtwisted.connection import Sender
+    from pushtwisted.registry import Replaceable
+    from pushtwisted.routing import RoutedSession
+
+    _metrics: Metrics = RecordingMetrics()
+    _sender: Sender = RecordingSender()
+    _session: RoutedSession = FakeSession()
+    _replaceable: Replaceable = FakeSession()
+    _failing: Storage = FailingStorage(MemoryStorage())
+    _holding: Storage = HoldingStorage(MemoryStorage())
+    _router: Router = FakeRouter()
