@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from pymemcache.client.base import PooledClient
@@ -266,14 +268,108 @@ class _VersionServer:
         return b"1.6"
 
 
+class FailFastThreadTests(SynchronousTestCase):
+    """The fail-fast window is shared by every pool thread calling through one client."""
+
+    def setUp(self) -> None:
+        self.now = [100.0]
+        self.client = make_memcached_client(
+            ["127.0.0.1:11211"],
+            pool_size=8,
+            connect_timeout=1,
+            timeout=1,
+            retry_timeout=0.2,
+            clock=lambda: self.now[0],
+        )
+        self.addCleanup(self.client.close)
+        self.server = _StubServer()
+
+    def in_threads(self, *targets: Callable[[], object]) -> list[threading.Thread]:
+        threads = [threading.Thread(target=target, daemon=True) for target in targets]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def join(self, threads: list[threading.Thread]) -> None:
+        for thread in threads:
+            thread.join(timeout=30)
+            self.assertFalse(thread.is_alive(), "a thread is stuck")
+
+    def assert_fails_fast(self) -> None:
+        """A call now fails with ``MemcacheError`` without reaching the server."""
+        reached: list[bool] = []
+        with self.assertRaises(MemcacheError):
+            self.client._safely_run_func(self.server, lambda: reached.append(True), None)
+        self.assertEqual(reached, [])
+
+    def test_concurrent_failures(self) -> None:
+        """Eight threads failing at the same moment leave one open window, then it clears."""
+        together = threading.Barrier(8, timeout=30)
+        raised: list[BaseException] = []
+
+        def refused() -> Any:
+            together.wait()  # all eight are inside a call before any fails
+            raise ConnectionRefusedError(111, "refused")
+
+        def call() -> None:
+            try:
+                self.client._safely_run_func(self.server, refused, None)
+            except BaseException as e:
+                raised.append(e)
+
+        self.join(self.in_threads(*[call] * 8))
+        self.assertEqual([type(e) for e in raised], [ConnectionRefusedError] * 8)
+        self.assertEqual(self.server.closed, 8)
+        self.assert_fails_fast()
+        self.now[0] += 0.21
+        self.assertEqual(self.client._safely_run_func(self.server, lambda: "back", None), "back")
+        self.assertEqual(self.client._safely_run_func(self.server, lambda: "again", None), "again")
+
+    def test_success_keeps_a_newer_window(self) -> None:
+        """A call that started after a window expired and succeeds late does not clear
+        the window another thread's failure opened meanwhile."""
+        with self.assertRaises(ConnectionRefusedError):
+            self.client._safely_run_func(self.server, _refuse, None)
+        self.now[0] += 0.21  # the first window has expired
+        inside, proceed = threading.Event(), threading.Event()
+        answers: list[object] = []
+
+        def slow_success() -> Any:
+            inside.set()
+            proceed.wait(timeout=30)
+            return "late"
+
+        threads = self.in_threads(
+            lambda: answers.append(self.client._safely_run_func(self.server, slow_success, None))
+        )
+        self.assertTrue(inside.wait(timeout=30))
+        with self.assertRaises(ConnectionRefusedError):  # meanwhile, on this thread
+            self.client._safely_run_func(self.server, _refuse, None)
+        proceed.set()
+        self.join(threads)
+        self.assertEqual(answers, ["late"])
+        self.assert_fails_fast()
+
+
+def _refuse() -> Any:
+    raise ConnectionRefusedError(111, "refused")
+
+
 class _StubServer:
+    """One server's pooled client, as ``_safely_run_func`` sees it (thread-safe)."""
+
     server = ("127.0.0.1", 11211)
 
     def __init__(self) -> None:
-        self.closed = 0
+        self._closes: list[None] = []
+
+    @property
+    def closed(self) -> int:
+        """How many times ``close`` was called."""
+        return len(self._closes)
 
     def close(self) -> None:
-        self.closed += 1
+        self._closes.append(None)  # list.append is atomic under the GIL
 
 
 class ClockUseTests(SynchronousTestCase):

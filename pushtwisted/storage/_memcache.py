@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -99,11 +100,19 @@ class _StoreHashClient(HashClient):  # type: ignore[misc]  # pymemcache is untyp
     connections are dropped too, so stale sockets do not fail once each
     after it returns.  ``retry_attempts`` and ``dead_timeout`` are unused.
 
+    Every storage pool thread calls through one client, so the windows
+    (``_down_until``, per server) are read and changed under ``_window_lock``.
+    A call that succeeds after its window expired clears that window only if
+    it is still the one it saw: a failure on another thread meanwhile opened
+    a newer one, which stays.  Two failures at once keep the later deadline.
+    The lock is held for dict operations only, never during a call.
+
     :param clock: the monotonic clock (seconds) of the fail-fast window.
     """
 
     def __init__(self, *args: Any, clock: Callable[[], float], **kwargs: Any) -> None:
         self._clock = clock
+        self._window_lock = threading.Lock()
         self._down_until: dict[object, float] = {}
         super().__init__(*args, **kwargs)
 
@@ -111,20 +120,26 @@ class _StoreHashClient(HashClient):  # type: ignore[misc]  # pymemcache is untyp
         self, client: Any, func: Callable[..., Any], default_val: Any, *args: Any, **kwargs: Any
     ) -> Any:
         server = client.server
-        until = self._down_until.get(server)
-        if until is not None and self._clock() < until:
+        with self._window_lock:
+            until = self._down_until.get(server)
+            down = until is not None and self._clock() < until
+        if down:
             raise MemcacheError(f"memcached {server} failed less than {self.retry_timeout}s ago")
         try:
             result = func(*args, **kwargs)
         except (OSError, MemcacheUnexpectedCloseError) as e:
-            self._down_until[server] = self._clock() + self.retry_timeout
+            with self._window_lock:
+                deadline = self._clock() + self.retry_timeout
+                self._down_until[server] = max(deadline, self._down_until.get(server, deadline))
             if not isinstance(e, TimeoutError):
                 # The server went away: its pooled connections are all dead,
                 # and reusing them after it returns would fail once each.
                 client.close()
             raise
         if until is not None:
-            self._down_until.pop(server, None)
+            with self._window_lock:
+                if self._down_until.get(server) == until:
+                    del self._down_until[server]
         return result
 
     def close(self) -> None:
