@@ -19,7 +19,7 @@ pool and returns a Deferred that fires on the reactor thread.  On top of
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
@@ -31,7 +31,7 @@ from twisted.python.threadpool import ThreadPool
 from pushtwisted.errors import StorageBusy, StorageUnavailable
 from pushtwisted.metrics import Metrics
 
-__all__ = ["POOL_NAME", "Runner", "ThreadPoolService"]
+__all__ = ["POOL_NAME", "Runner", "ThreadPoolService", "storage_deadline"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -174,8 +174,7 @@ class ThreadPoolService(Service):
         inner = deferToThreadPool(self._from_threads, self.pool, func, *args, **kwargs)
         inner.addBoth(finished)
         if self._timeout > 0 and not outer.called:
-            outer.addTimeout(self._timeout, self._clock)
-            outer.addErrback(self._timed_out, operation)
+            storage_deadline(outer, self._timeout, self._clock, f"storage call {operation}")
         return outer
 
     def _set_depth(self, depth: int) -> None:
@@ -186,9 +185,18 @@ class ThreadPoolService(Service):
             for waiter in waiters:
                 waiter.callback(None)
 
-    def _timed_out(self, failure: Failure, operation: str) -> Failure:
-        if isinstance(failure.value, TimeoutError):
-            raise StorageUnavailable(
-                f"storage call {operation} took more than {self._timeout} s"
-            ) from failure.value
-        return failure
+
+def storage_deadline(d: Deferred[Any], seconds: float, clock: IReactorTime, what: str) -> None:
+    """Fail ``d`` with ``StorageUnavailable`` unless it fires within ``seconds``.
+
+    The message says ``"<what> took more than <seconds> s"``; ``d`` is
+    cancelled at the deadline (``Deferred.addTimeout``).
+    """
+    d.addTimeout(seconds, clock)
+    d.addErrback(_timed_out, what, seconds)
+
+
+def _timed_out(failure: Failure, what: str, seconds: float) -> Failure:
+    if isinstance(failure.value, TimeoutError):
+        raise StorageUnavailable(f"{what} took more than {seconds} s") from failure.value
+    return failure

@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from twisted.internet.defer import Deferred, TimeoutError, fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from pushtwisted.errors import StorageBusy, StorageUnavailable
+from pushtwisted.threadpool import storage_deadline
 
 if TYPE_CHECKING:
     from pushtwisted.threadpool import Runner
@@ -97,8 +98,7 @@ class GroupCommit(Generic[_W]):
         self._queue.append(_Queued(operation, write, d))
         self._pending += 1
         if self._timeout > 0:
-            d.addTimeout(self._timeout, self._clock)
-            d.addErrback(self._timed_out, operation)
+            storage_deadline(d, self._timeout, self._clock, f"{self._name} {operation}")
         self._kick()
         return d
 
@@ -109,13 +109,6 @@ class GroupCommit(Generic[_W]):
         self._drain_waiters.append(waiter)
         self._kick()
         return waiter
-
-    def _timed_out(self, failure: Failure, operation: str) -> Failure:
-        if isinstance(failure.value, TimeoutError):
-            raise StorageUnavailable(
-                f"{self._name} {operation} took more than {self._timeout} s"
-            ) from failure.value
-        return failure
 
     def _kick(self) -> None:
         """Start batches while writes are queued and none runs.
