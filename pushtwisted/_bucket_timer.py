@@ -7,10 +7,16 @@ auto-ping of every idle socket) and removes a cancelled call from its
 one-second bucket with ``list.remove``, a scan of up to the thousands of
 connections opened in that second.  ``pushtwisted._autobahn_tuning``'s
 ``LeanServerFactory`` gives Autobahn this one instead.
+
+Calls are grouped into whole-second buckets, one reactor timer per bucket.
+A call runs at the end of the second in which it falls due, never before
+its delay: a batched timer may fire late, never early (Autobahn's 1 s close
+handshake timeout must give the peer at least that second).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 from types import MethodType
@@ -81,11 +87,15 @@ class BucketTimer:
     def call_later(
         self, delay: float, func: Callable[..., object], *args: Any, **kwargs: Any
     ) -> _BucketCall:
-        """Call ``func(*args, **kwargs)`` in about ``delay`` seconds (the whole second)."""
+        """Call ``func(*args, **kwargs)`` at the first whole second ``delay`` seconds from now.
+
+        Never earlier than ``delay`` (the due time is rounded up); up to a
+        second later, plus the ``spread`` of a crowded bucket.
+        """
         if args or kwargs:
             func = partial(func, *args, **kwargs)
         now = self._clock.seconds()
-        due = int(now + delay)
+        due = math.ceil(now + delay)
         bucket = self._buckets.get(due)
         if bucket is None:
             timer = self._clock.callLater(max(0.0, due - now), self._run_bucket, due)

@@ -18,13 +18,11 @@ from autobahn.nvx._xormasker import create_xor_masker as native_xor_masker
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITCPTransport
-from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from pushtwisted import _autobahn_tuning as tuning
-from pushtwisted._bucket_timer import BucketTimer
 from pushtwisted.metrics import NullMetrics
 from pushtwisted.testing import make_node
 from pushtwisted.websocket import PushServerFactory, PushServerProtocol
@@ -342,77 +340,6 @@ class IdleConnectionTests(SynchronousTestCase):
         self.assertLessEqual(per_connection, 6.0)
 
 
-class BucketTimerTests(SynchronousTestCase):
-    """The per-factory timer Autobahn's timeouts run on."""
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(100.5)
-        self.timer = BucketTimer(self.clock, chunk_size=2, spread=0.2)
-        self.calls: list[object] = []
-
-    def test_whole_second(self) -> None:
-        """When a call is due in 5 s, it runs at the start of that second, with its arguments."""
-        self.timer.call_later(5, self.calls.append, "a")
-        self.clock.advance(4.4)
-        self.assertEqual(self.calls, [])
-        self.clock.advance(0.2)
-        self.assertEqual(self.calls, ["a"])
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_one_reactor_call_per_bucket(self) -> None:
-        """When many calls fall in the same second, one reactor timer serves them, in order."""
-        for i in range(5):
-            self.timer.call_later(3, self.calls.append, i)
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        self.clock.advance(3)
-        self.assertEqual(self.calls, [0, 1])  # first chunk of 2
-        self.clock.advance(0.1)
-        self.assertEqual(self.calls, [0, 1, 2, 3])
-        self.clock.advance(0.1)
-        self.assertEqual(self.calls, [0, 1, 2, 3, 4])
-
-    def test_cancel(self) -> None:
-        """When calls are cancelled, they never run; cancelling them all drops the reactor timer."""
-        a = self.timer.call_later(3, self.calls.append, "a")
-        b = self.timer.call_later(3, self.calls.append, "b")
-        a.cancel()
-        a.cancel()
-        self.clock.advance(3)
-        self.assertEqual(self.calls, ["b"])
-        b.cancel()  # after it ran: no error
-        c = self.timer.call_later(3, self.calls.append, "c")
-        c.cancel()
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_cancel_while_bucket_runs(self) -> None:
-        """When a call is cancelled after its bucket started, it does not run."""
-        calls = [self.timer.call_later(1, self.calls.append, i) for i in range(4)]
-        self.clock.advance(1)
-        calls[3].cancel()
-        self.clock.advance(1)
-        self.assertEqual(self.calls, [0, 1, 2])
-
-    def test_bound_method(self) -> None:
-        """When the call is a bound method, it runs on its instance."""
-        self.timer.call_later(1, self.calls.clear)
-        self.calls.append("x")
-        self.clock.advance(1)
-        self.assertEqual(self.calls, [])
-
-    def test_failure_logged(self) -> None:
-        """When a call raises, it is logged and the others still run."""
-
-        def boom() -> None:
-            raise ValueError("boom")
-
-        self.timer.call_later(1, boom)
-        self.timer.call_later(1, self.calls.append, "after")
-        self.clock.advance(1)
-        self.assertEqual(self.calls, ["after"])
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
-
-
 class AutobahnBehaviourTests(SynchronousTestCase):
     """Autobahn's behaviour through the tuned classes: timeouts, pings, close codes, framing."""
 
@@ -448,6 +375,23 @@ class AutobahnBehaviourTests(SynchronousTestCase):
         [frame] = conn.send(b"\x03\xe8bye", opcode=8)
         self.assertEqual(close_code(frame), 1000)
         self.assertTrue(conn.transport.disconnecting)
+
+    def test_close_answered_in_time(self) -> None:
+        """When the server closes and the client answers 0.3 s later, the 1 s close
+        timeout has not cut it: the close is clean, whatever the fraction of the second."""
+        for start in (0.0, 0.5, 0.9, 0.99):
+            conn = Connection()
+            conn.factory.closeHandshakeTimeout = 1
+            conn.node.clock.advance(start)
+            conn.handshake()
+            conn.protocol.close(1000, "bye")
+            [frame] = server_frames(conn.take())
+            self.assertEqual(close_code(frame), 1000)
+            conn.node.clock.advance(0.3)
+            self.assertFalse(conn.protocol.wasCloseHandshakeTimeout, start)
+            conn.send(b"\x03\xe8", opcode=8)
+            self.assertTrue(conn.protocol.wasClean, start)
+            self.assertFalse(conn.protocol.wasCloseHandshakeTimeout, start)
 
     def test_client_ping(self) -> None:
         """When the client pings, the server pongs the same payload."""
