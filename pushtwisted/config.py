@@ -105,6 +105,14 @@ class WebSocketConfig:
     max_connections: int = field(default=0, metadata=_check(_nonneg))
     #: Seconds a new socket has to finish the WebSocket opening handshake; 0 = off.
     handshake_timeout: float = field(default=10.0, metadata=_check(_nonneg))
+    #: Bytes of output a client may leave unread before it is aborted; past a
+    #: quarter of it, updates wait in storage.  0 = no limit.
+    max_output_buffer: int = field(default=1048576, metadata=_check(_nonneg))
+    #: WebSocket pings (and unsolicited pongs) a client may send per second on
+    #: average; faster closes with 1008.  0 = no limit.
+    max_control_frames_per_second: float = field(default=10.0, metadata=_check(_nonneg))
+    #: Control frames a client may send at once above that rate.
+    max_control_frames_burst: int = field(default=30, metadata=_check(_positive))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,6 +16,10 @@ histograms in seconds):
 - ``connections_refused`` (label ``listener`` = websocket or endpoint) ->
   ``pushtwisted_connections_refused_total{listener}``: connections closed at
   once because the listener had ``max_connections`` open
+- ``connections_dropped`` (label ``reason`` = output_buffer, control_frames,
+  fragments, handshake_head or ping_timeout) ->
+  ``pushtwisted_connections_dropped_total{reason}``: WebSocket connections
+  the server closed for passing a bound (``pushtwisted._autobahn_bounds``)
 - ``hellos`` -> ``pushtwisted_hellos_total``
 - ``registers`` -> ``pushtwisted_registers_total``
 - ``unregisters`` -> ``pushtwisted_unregisters_total``
@@ -142,6 +146,11 @@ _SPECS: Mapping[str, _Spec] = {
         "connections_refused",
         "Connections closed at once because the listener was full, by listener.",
         "listener",
+    ),
+    "connections_dropped": _counter(
+        "connections_dropped",
+        "WebSocket connections closed for passing a bound, by reason.",
+        "reason",
     ),
     "hellos": _counter("hellos", "Successful hello messages."),
     "registers": _counter("registers", "Successful register messages."),

@@ -15,8 +15,11 @@ a WebSocket connection never meets it.
 
 Both classes build on ``pushtwisted._autobahn_tuning``, which removes
 Autobahn's per-connection overhead (memory per idle socket, debug formatting
-per connection and per message) without changing its behaviour; the
-composition root applies its module patches once (``tap.build_service``).
+per connection and per message) without changing its behaviour (the
+composition root applies its module patches once, ``tap.build_service``),
+through ``pushtwisted._autobahn_bounds``, which bounds what a hostile peer can
+make the server hold (unread output, control frames, fragments, the request
+head) and drops a peer that stops reading.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
 from pushtwisted import __version__
-from pushtwisted._autobahn_tuning import LeanServerFactory, LeanServerProtocol
+from pushtwisted._autobahn_bounds import BoundedServerFactory, BoundedServerProtocol
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.logs import logger
 from pushtwisted.node import Node
@@ -69,7 +72,7 @@ def _origin_or_raw(value: str) -> str:
     return _origin_key(value) or value.strip().lower()
 
 
-class PushServerProtocol(LeanServerProtocol):
+class PushServerProtocol(BoundedServerProtocol):
     """One client connection: the ``Sender`` of one ``Session``."""
 
     # A slot, like Autobahn's own state (see _autobahn_tuning).
@@ -129,8 +132,8 @@ class PushServerProtocol(LeanServerProtocol):
             self.factory.limit.release()
 
     def send_text(self, text: str) -> bool:
-        """Send one text message; return False when the connection is not open."""
-        if self.state != self.STATE_OPEN:
+        """Send one text message; return False when the connection is not open or not draining."""
+        if self.state != self.STATE_OPEN or not self.isDraining():
             return False
         payload = text.encode("utf-8")
         limit = self.maxMessagePayloadSize
@@ -143,6 +146,16 @@ class PushServerProtocol(LeanServerProtocol):
         else:
             self.sendMessage(payload, isBinary=False)
         return True
+
+    def onBoundExceeded(self, reason: str) -> None:
+        """Count a connection closed for passing a bound (``_autobahn_bounds``)."""
+        self.factory.node.metrics.increment("connections_dropped", reason=reason)
+
+    def onOutputDrained(self) -> None:
+        """Send what was stored while the connection was not draining."""
+        if self.session is not None:
+            d = self.session.check_storage()
+            d.addErrback(lambda f: self._log.failure("sending stored updates failed", f))
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with any close code (1002 included)."""
@@ -187,7 +200,7 @@ class PushServerProtocol(LeanServerProtocol):
         self.sendServerStatus()
 
 
-class PushServerFactory(LeanServerFactory):
+class PushServerFactory(BoundedServerFactory):
     """Builds ``PushServerProtocol`` with the options of ``[websocket]``.
 
     :param node: the node's shared collaborators.
@@ -221,6 +234,11 @@ class PushServerFactory(LeanServerFactory):
             # UTF-8, so Autobahn's incremental validator (an object and C
             # memory per connection, a call per frame) would only repeat it.
             utf8validateIncoming=False,
+        )
+        self.setBounds(
+            maxOutputBuffer=ws.max_output_buffer,
+            maxControlFramesPerSecond=ws.max_control_frames_per_second,
+            maxControlFramesBurst=ws.max_control_frames_burst,
         )
 
     def buildProtocol(self, addr: IAddress | None) -> Any:

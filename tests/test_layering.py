@@ -56,6 +56,7 @@ _DOMAIN = frozenset(
 _LEAF_PACKAGES = ("pushtwisted.webpush",)
 _ADAPTERS = frozenset(
     {
+        "pushtwisted._autobahn_bounds",
         "pushtwisted._autobahn_tuning",
         "pushtwisted._bucket_timer",
         "pushtwisted.listeners",
