@@ -193,6 +193,14 @@ class PushTests(InternalTestCase):
             status, body, _ = self.request("PUT", f"/push/{self.uaid}", raw)
             self.assertEqual((status, body["errno"]), (400, 303), raw)
 
+    def test_deeply_nested_json(self) -> None:
+        """A signed body of deeply nested JSON is 400, not a RecursionError and a 500."""
+        self.connect(FakeSession())
+        for raw in (b"[" * 100_000, b'{"a":' * 100_000, b"[" * 100_000 + b"]" * 100_000):
+            status, body, _ = self.request("PUT", f"/push/{self.uaid}", raw)
+            self.assertEqual((status, body["errno"]), (400, 303))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_empty_body(self) -> None:
         """No body at all is 400."""
         status, _, _ = self.request("PUT", f"/push/{self.uaid}")

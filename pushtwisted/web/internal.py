@@ -88,7 +88,7 @@ def _parse_push(body: bytes) -> _Push | None:
     """Return the update in a ``PUT /push`` body, or None when it is malformed."""
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
         return None
     if not isinstance(value, dict):
         return None
