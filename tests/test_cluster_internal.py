@@ -16,10 +16,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from pushtwisted.cluster.signing import RequestSigner
+from pushtwisted.cluster.signing import REFUSAL_LOG_INTERVAL, RequestSigner
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.testing import FakeSession, RecordingMetrics
@@ -134,6 +135,40 @@ class SignatureTests(InternalTestCase):
         headers = self.signer.sign(b"PUT", b"/notif/" + b"f" * 32, b"")
         status, body, _ = self.request("PUT", f"/notif/{self.uaid}", signed=False, headers=headers)
         self.assertUnauthorized(status, body)
+
+
+    def test_replayed(self) -> None:
+        """A signed request sent again (a captured one replayed within the skew window)
+        is 401; the session took the update once."""
+        session = self.connect(FakeSession())
+        path = f"/push/{self.uaid}"
+        headers = self.signer.sign(b"PUT", path.encode(), self.push_body())
+        status, _, _ = self.request("PUT", path, self.push_body(), signed=False, headers=headers)
+        self.assertEqual(status, 200)
+        self.clock.advance(20)
+        status, body, _ = self.request("PUT", path, self.push_body(), signed=False, headers=headers)
+        self.assertUnauthorized(status, body)
+        self.assertEqual(session.delivered, [("chan", 7, "payload")])
+
+    def test_refusals_logged_in_aggregate(self) -> None:
+        """A flood of unsigned requests makes one warning per interval, with the count."""
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def warnings() -> list[str]:
+            return [formatEvent(e) for e in events if e.get("log_level") is LogLevel.warn]
+
+        for _ in range(200):
+            self.request("PUT", f"/notif/{self.uaid}", signed=False)
+        self.assertEqual(len(warnings()), 1)
+        self.clock.advance(REFUSAL_LOG_INTERVAL)
+        self.request("PUT", f"/notif/{self.uaid}", signed=False)
+        self.assertEqual(len(warnings()), 2)
+        self.assertIn("refused 200 node request(s)", warnings()[1])
+        self.assertEqual(
+            self.metrics.count("router_received", kind="unauthorized", status="401"), 201
+        )
 
 
 class PushTests(InternalTestCase):

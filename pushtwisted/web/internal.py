@@ -2,9 +2,10 @@
 
 Every request must be signed with the cluster's shared secret
 (``pushtwisted.cluster.signing``); the signature is checked before anything
-else, so an unsigned, stale or wrongly signed request is answered a bare 401
-whatever its path or method, and a device or app server that reaches this
-port learns nothing.  UAIDs are in normal form (32 lower-case hex).
+else, so an unsigned, stale, replayed or wrongly signed request is answered a
+bare 401 whatever its path or method, and a device or app server that reaches
+this port learns nothing; refusals are logged in aggregate (``RefusalLog``).
+UAIDs are in normal form (32 lower-case hex).
 
 =======================================  =====================================================
 request                                  answer
@@ -40,8 +41,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from pushtwisted.cluster.signing import (
+    NONCE_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    RefusalLog,
     RequestSigner,
     SignatureError,
 )
@@ -130,6 +133,7 @@ class InternalResource(Resource):
         self._signer = signer
         self._metrics = metrics
         self._clock = clock
+        self._refusals = RefusalLog(clock)
 
     def render(self, request: HTTPRequest) -> int:
         """Answer one request synchronously (every handler is immediate)."""
@@ -159,12 +163,13 @@ class InternalResource(Resource):
                 request.uri,
                 {
                     TIMESTAMP_HEADER: request.getHeader(TIMESTAMP_HEADER),
+                    NONCE_HEADER: request.getHeader(NONCE_HEADER),
                     SIGNATURE_HEADER: request.getHeader(SIGNATURE_HEADER),
                 },
                 body,
             )
         except SignatureError as e:
-            self.log.warn("refused node request: {reason}", reason=str(e))
+            self._refusals.refused(e)
             return "unauthorized", None, _UNAUTHORIZED
         segments = [s.decode("ascii", "replace") for s in request.postpath or []]
         if len(segments) < 2 or segments[0] not in ("push", "notif") or len(segments) > 3:
