@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from pushtwisted import _autobahn_tuning
 from pushtwisted._reactor import IServerReactor
 from pushtwisted.cli import VersionedOptions, check_report, error_exit
+from pushtwisted.cluster.exposure import public_exposure
 from pushtwisted.cluster.service import ClusterService, build_cluster
 from pushtwisted.config import Config, load_config
 from pushtwisted.errors import ConfigError
@@ -53,6 +54,8 @@ from pushtwisted.web.status import add_status_children
 from pushtwisted.websocket import PushServerFactory
 
 __all__ = ["IServerReactor", "Options", "PushService", "build_service", "makeService"]
+
+_log = logger()
 
 
 class Options(VersionedOptions):
@@ -215,6 +218,14 @@ def build_service(config: Config, reactor: IServerReactor) -> PushService:
     registry: ClientRegistry[Any] = ClientRegistry()
     cluster: ClusterService | None = None
     if config.router.enabled:
+        exposure = public_exposure(config.router.listen)
+        if exposure is not None:
+            _log.warn(
+                "router.listen {listen!r}: {exposure}; the node-to-node API belongs on a"
+                " private network (docs/cluster.md)",
+                listen=config.router.listen,
+                exposure=exposure,
+            )
         assert pool is not None and memcache is not None  # memcached, checked above
         cluster = build_cluster(
             config,

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogEvent, Logger
+from twisted.logger import LogEvent, Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 from zope.interface import implementer
@@ -103,6 +103,31 @@ class ClusterBuildTests(SynchronousTestCase):
         self.assertIsInstance(factories[2], ListenerSite)
         self.assertIsNone(factories[2].limit)
         self.assertEqual(len(service.listeners), 3)
+
+    def test_public_router_listener_warned(self) -> None:
+        """When the router listener binds every interface or a public address, a
+        warning at start says so; on a private or loopback address, none."""
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def warnings(listen: str) -> list[str]:
+            del events[:]
+            router = RouterConfig(listen=listen, public_url=ROUTER_URL, secret=SECRET)
+            self.build(self.config(router=router))
+            return [
+                formatEvent(e)
+                for e in events
+                if e.get("log_level") is LogLevel.warn and "router.listen" in formatEvent(e)
+            ]
+
+        [warning] = warnings("tcp:3000")
+        self.assertIn("every address", warning)
+        self.assertIn("private network", warning)
+        [warning] = warnings("tcp:3000:interface=8.8.4.4")
+        self.assertIn("8.8.4.4", warning)
+        self.assertEqual(warnings("tcp:3000:interface=10.0.0.5"), [])
+        self.assertEqual(warnings("tcp:3000:interface=127.0.0.1"), [])
 
     def test_node_gets_router(self) -> None:
         """The node's router is a ``Router`` named by ``public_url`` over the memcached
