@@ -36,7 +36,10 @@ builds), by ``BoundedServerProtocol`` and ``BoundedServerFactory``:
    cancels the timeout, so such a peer is dropped within
    ``autoPingInterval + autoPingTimeout``.
 
-Every bound hit logs one line (Autobahn's own, at warn or info) and calls
+Closing for items 2 and 3 sends the close frame and closes the TCP
+connection at once (no closing handshake, so no more reading; aborted if the
+close frame cannot be flushed within ``_LINGER`` seconds).  Every bound hit
+logs one line (Autobahn's own, at warn or info) and calls
 ``onBoundExceeded(reason)`` once, where the application counts it; the
 reasons are ``BOUND_REASONS``.  Per idle connection this adds two slots
 (8 bytes each) and no object.
@@ -81,6 +84,8 @@ _OPCODE_PONG = 10
 _END_OF_HEAD = b"\r\n\r\n"
 #: Seconds between two looks at a connection that stopped draining.
 _DRAIN_POLL = 1.0
+#: Seconds a connection closed for a bound may take to flush its close frame.
+_LINGER = 2.0
 
 
 def unsent_bytes(transport: object) -> int:
@@ -135,6 +140,28 @@ class BoundedServerProtocol(LeanServerProtocol):
     def onOutputDrained(self) -> None:
         """Called once the output that made ``isDraining()`` False has drained."""
 
+    def _close_for_bound(self, bound: str, code: int, reason: str) -> None:
+        """Send close ``code`` and close the TCP connection at once, logging one line.
+
+        No closing handshake: a peer past a bound does not get to keep the
+        connection (and the server reading it) while it takes its time to
+        answer.  A peer that reads nothing cannot hold the connection open
+        either: it is aborted ``_LINGER`` seconds later.
+        """
+        if self.state == self.STATE_OPEN:
+            self.onBoundExceeded(bound)
+            self.failedByMe = True
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
+        if self.state == self.STATE_CLOSED:
+            return
+        self.wasClean = False
+        self.wasNotCleanReason = f"{reason} (closed with {code})"
+        transport = self.transport
+        self.dropConnection(abort=False)  # logs the reason, flushes, then closes
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            self.factory._batched_timer.call_later(_LINGER, abort)
+
     # -- 1. unread output ------------------------------------------------------
 
     def isDraining(self) -> bool:
@@ -183,10 +210,7 @@ class BoundedServerProtocol(LeanServerProtocol):
             )
             if not answers_our_ping and not self._take_control_token():
                 self.control_frame_data = None  # type: ignore[assignment]
-                if self.state == self.STATE_OPEN:
-                    self.onBoundExceeded("control_frames")
-                # Logs once; a second violation while closing drops the TCP.
-                self._fail_connection(_CLOSE_POLICY, "too many control frames")
+                self._close_for_bound("control_frames", _CLOSE_POLICY, "too many control frames")
                 return False
         result: bool = super().processControlFrame()
         return result
@@ -214,8 +238,8 @@ class BoundedServerProtocol(LeanServerProtocol):
         self._fragments += 1
         limit = self.maxFragments
         if 0 < limit < self._fragments and not self.failedByMe:
-            self.onBoundExceeded("fragments")
-            self._fail_connection(_CLOSE_TOO_BIG, f"message of more than {limit} fragments")
+            reason = f"message of more than {limit} fragments"
+            self._close_for_bound("fragments", _CLOSE_TOO_BIG, reason)
 
     def onMessageFrameData(self, payload: bytes) -> None:
         """Keep the message's first piece as is, then grow one buffer (not a list of pieces).

@@ -177,6 +177,18 @@ class ControlFrameTests(SynchronousTestCase):
         self.assertTrue(conn.transport.disconnecting)
         self.assertEqual(_dropped(conn, "control_frames"), 1)
 
+    def test_non_reading_flooder_aborted(self) -> None:
+        """When a flooder reads nothing, so its close frame cannot be flushed, the
+        connection is aborted 2 s later, not held open."""
+        conn = _SocketConnection(ws_config())
+        conn.socket.reading = False
+        conn.protocol.dataReceived(b"".join(client_frame(b"p", 9) for _ in range(31)))
+        self.assertTrue(conn.socket.disconnecting)
+        self.assertFalse(conn.socket.aborted)
+        conn.node.clock.advance(3)
+        self.assertTrue(conn.socket.aborted)
+        self.assertEqual(_dropped(conn, "control_frames"), 1)
+
     def test_rate_refills(self) -> None:
         """When the burst is spent, max_control_frames_per_second come back each second."""
         conn = Connection(ws_config(max_control_frames_per_second=4.0, max_control_frames_burst=8))
@@ -367,6 +379,7 @@ class FragmentTests(SynchronousTestCase):
         conn.protocol.dataReceived(self.fragments(_HELLO, 1001))
         [frame] = server_frames(conn.take())
         self.assertEqual(close_code(frame), 1009)
+        self.assertTrue(conn.transport.disconnecting)
         self.assertEqual(_dropped(conn, "fragments"), 1)
         self.assertIsNone(conn.protocol.session and conn.protocol.session.uaid)
 
