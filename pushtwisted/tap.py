@@ -326,6 +326,18 @@ def _exit_cleanly_on_signals(reactor: IServerReactor) -> None:
     signal.signal(signal.SIGINT, stop)
 
 
+def _take_signals(reactor: IServerReactor) -> None:
+    """Handle SIGTERM and SIGINT with ``_exit_cleanly_on_signals`` from now on.
+
+    The listeners are bound as soon as the service starts, before the reactor
+    runs, so a supervisor may signal the process at once: the handlers are
+    installed now, and again during startup, just after the reactor installed
+    its own (its trigger was added when it was made, so it runs first).
+    """
+    _exit_cleanly_on_signals(reactor)
+    reactor.addSystemEventTrigger("during", "startup", _exit_cleanly_on_signals, reactor)
+
+
 def _after_startup() -> None:
     """Move everything allocated at start-up out of the collector's way.
 
@@ -358,6 +370,6 @@ def makeService(options: Options) -> MultiService:
         service = build_service(config, reactor)
     except ConfigError as e:
         raise error_exit(e) from None
-    reactor.addSystemEventTrigger("after", "startup", _exit_cleanly_on_signals, reactor)
+    _take_signals(reactor)
     reactor.addSystemEventTrigger("after", "startup", _after_startup)
     return service

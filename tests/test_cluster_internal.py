@@ -136,7 +136,6 @@ class SignatureTests(InternalTestCase):
         status, body, _ = self.request("PUT", f"/notif/{self.uaid}", signed=False, headers=headers)
         self.assertUnauthorized(status, body)
 
-
     def test_replayed(self) -> None:
         """A signed request sent again (a captured one replayed within the skew window)
         is 401; the session took the update once."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -365,3 +366,39 @@ class GracefulShutdownTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(storage.calls.count("close"), 1)
         self.assertTrue(jobs.stopped)
+
+
+class SignalTests(SynchronousTestCase):
+    """SIGTERM and SIGINT stop the server cleanly from the moment the service is made."""
+
+    def setUp(self) -> None:
+        for number in (signal.SIGTERM, signal.SIGINT):
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+
+    def test_taken_at_once_and_again_after_the_reactors_own(self) -> None:
+        """The handlers are installed before the reactor runs (the listeners are bound
+        by then), and again during startup, after the reactor installed its own."""
+        reactor = MemoryReactorClock()
+        tap._take_signals(reactor)  # type: ignore[arg-type]
+        for number in (signal.SIGTERM, signal.SIGINT):
+            handler = signal.getsignal(number)
+            assert callable(handler)
+            self.assertIn("_exit_cleanly_on_signals", handler.__qualname__)
+        [(call, args, _)] = reactor.triggers["during"]["startup"]
+        self.assertIs(call, tap._exit_cleanly_on_signals)
+        self.assertEqual(args, (reactor,))
+
+    def test_signal_stops_the_reactor(self) -> None:
+        """The handler asks the reactor to stop, from the signal context."""
+        stopped: list[object] = []
+
+        class Reactor(MemoryReactorClock):
+            def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+                stopped.append(f)
+
+        reactor = Reactor()
+        tap._exit_cleanly_on_signals(reactor)  # type: ignore[arg-type]
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        handler(signal.SIGTERM, None)
+        self.assertEqual(stopped, [reactor.stop])
