@@ -155,8 +155,10 @@ class ClientConfig:
     #: Most messages a client may send per second on average; faster closes
     #: the connection with 1008.  0 = no limit.
     max_messages_per_second: float = field(default=20.0, metadata=_check(_nonneg))
-    #: Messages a client may send at once above that rate (the burst).
-    max_messages_burst: int = field(default=40, metadata=_check(_positive))
+    #: Messages a client may send at once above that rate (the burst).  Keep
+    #: it at least ``2 * max_channels + 1``: a hello, then a register and an
+    #: ack per channel, each sent as soon as the reply came, must pass.
+    max_messages_burst: int = field(default=500, metadata=_check(_positive))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from typing import Any
 
 from hypothesis import given, settings
@@ -786,12 +787,30 @@ class RateLimitTests(SessionCase):
             self.ack()
         self.assertOpen()
 
-    def test_defaults(self) -> None:
-        """By default a client may send 20 messages a second with a burst of 40."""
-        self.assertEqual(
-            (ClientConfig().max_messages_per_second, ClientConfig().max_messages_burst),
-            (20.0, 40),
-        )
+    def test_defaults_pass_a_full_lock_step_registration(self) -> None:
+        """With the defaults, a hello, max_channels registers and as many acks, each
+        sent as soon as the previous reply arrived (one clock tick), all pass."""
+        self.build()
+        config = self.node.config.client
+        self.hello(UAID)
+        channels = [str(uuid.UUID(int=n + 1)) for n in range(config.max_channels)]
+        for chid in channels:
+            self.send({"messageType": "register", "channelID": chid})
+            self.assertEqual(self.sender.replies[-1]["status"], 200)
+        for chid in channels:
+            self.send({"messageType": "ack", "updates": [{"channelID": chid, "version": 1}]})
+        self.assertOpen()
+        self.assertEqual([reply["channelID"] for reply in self.sender.replies], channels)
+        # What the burst must cover: the hello, every register and every ack.
+        self.assertGreaterEqual(config.max_messages_burst, 2 * config.max_channels + 1)
+
+    def test_defaults_still_limit_a_flood(self) -> None:
+        """With the defaults, a client that goes on sending past the burst is cut off."""
+        self.build()
+        self.hello(UAID)
+        for _ in range(ClientConfig().max_messages_burst):
+            self.ack()
+        self.assertClosed(CloseCode.POLICY_VIOLATION, "Too many messages")
 
 
 class PingTests(SessionCase):
