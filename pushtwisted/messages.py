@@ -45,6 +45,7 @@ __all__ = [
     "MAX_VERSION",
     "PONG",
     "decode",
+    "hello_uaid",
     "parse_hello",
     "parse_register",
     "parse_unregister",
@@ -263,18 +264,33 @@ def _invalid(incoming: Incoming, reason: str, status: int = 401) -> InvalidComma
     return InvalidCommand(reason, status=status, echo=incoming.echo)
 
 
+def hello_uaid(incoming: Incoming) -> str:
+    """Return a hello's ``uaid`` as sent, ``""`` when it is missing or null.
+
+    :raises InvalidCommand: 401 and close 1002 when it is not a string: a
+        malformed command (PROTOCOL.md 16.3).
+    """
+    uaid = incoming.fields.get("uaid")
+    if uaid is None:
+        return ""
+    if not isinstance(uaid, str):
+        raise InvalidCommand(
+            "hello uaid is not a string", status=401, echo=incoming.echo, close_code=1002
+        )
+    return uaid
+
+
 def parse_hello(incoming: Incoming, max_channels: int) -> Hello:
     """Check a ``hello``'s fields.
 
     :param max_channels: most channelIDs allowed; 0 means no limit.
-    :raises InvalidCommand: 503 for a uaid that is neither empty nor a valid
-        ID, or for too many channelIDs; 401 when channelIDs is missing or not
-        a list.
+    :raises InvalidCommand: 401 and close 1002 for a uaid that is not a
+        string (a malformed command); 503 for a uaid string that is neither
+        empty nor a valid ID, or for too many channelIDs; 401 when channelIDs
+        is missing or not a list.
     """
-    uaid = incoming.fields.get("uaid")
-    if uaid is None:
-        uaid = ""
-    if not isinstance(uaid, str) or (uaid and not is_valid_id(uaid)):
+    uaid = hello_uaid(incoming)
+    if uaid and not is_valid_id(uaid):
         raise _invalid(incoming, "hello uaid is not a valid ID", 503)
     channel_ids = incoming.fields.get("channelids")
     if not isinstance(channel_ids, list):

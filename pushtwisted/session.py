@@ -207,9 +207,9 @@ class Session(ClientConnection):
         return connected_at
 
     async def _on_hello_in_ready(self, incoming: Incoming) -> None:
-        uaid = incoming.fields.get("uaid")
-        same = uaid is None or uaid == ""
-        if not same and isinstance(uaid, str) and is_valid_id(uaid):
+        uaid = messages.hello_uaid(incoming)
+        same = uaid == ""
+        if not same and is_valid_id(uaid):
             same = normalize_id(uaid) == self.uaid
         if not same:
             self._violation("duplicate_hello", "second hello with another UAID")

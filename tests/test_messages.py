@@ -120,9 +120,19 @@ class ParseTests(SynchronousTestCase):
         ):
             self.assertEqual(messages.parse_hello(incoming(text), 200).uaid, "")
 
+    def test_hello_uaid_not_a_string(self) -> None:
+        """When the hello uaid is not a string, parse_hello raises a 401 that closes (1002)."""
+        for uaid in (12345, 5.5, True, False, ["x"], {}, []):
+            text = json.dumps({"messageType": "hello", "uaid": uaid, "channelIDs": []})
+            with self.assertRaises(InvalidCommand) as caught:
+                messages.parse_hello(incoming(text), 200)
+            self.assertEqual(caught.exception.status, 401, uaid)
+            self.assertEqual(caught.exception.close_code, 1002, uaid)
+
     def test_hello_bad_uaid(self) -> None:
-        """When the hello uaid is not a valid ID, parse_hello raises a 503 that does not close."""
-        for uaid in ("0", "true", UAID[:-1], UAID + "0", "a" * 64000, 5, True, {}, []):
+        """When the hello uaid string is not a valid ID, parse_hello raises a 503 that
+        does not close."""
+        for uaid in ("0", "true", UAID[:-1], UAID + "0", "a" * 64000):
             text = json.dumps({"messageType": "hello", "uaid": uaid, "channelIDs": []})
             with self.assertRaises(InvalidCommand) as caught:
                 messages.parse_hello(incoming(text), 200)

@@ -244,9 +244,22 @@ class HelloTests(SessionCase):
         self.assertTrue(is_valid_id(new))
         self.assertEqual(self.session.uaid, new)
 
+    def test_uaid_not_a_string(self) -> None:
+        """When hello's uaid is not a string, it is a malformed command: the session
+        echoes a 401 and closes with 1002 (PROTOCOL.md 16.3)."""
+        for uaid in (12345, True, ["x"], {}):
+            self.build()
+            message = {"messageType": "hello", "uaid": uaid, "channelIDs": []}
+            self.send(message)
+            self.assertOnlyError(401, message)
+            self.assertClosed(CloseCode.PROTOCOL_ERROR)
+            self.assertIsNone(self.session.uaid)
+            self.assertEqual(len(self.node.registry), 0)
+
     def test_invalid_uaid(self) -> None:
-        """When hello's uaid is not a valid ID, the session answers 503 and keeps waiting."""
-        for uaid in ("0", "true", "null", UAID + "0", "a" * 64000, " " + UAID, 5, True, [], {}):
+        """When hello's uaid string is not a valid ID, the session answers 503 and keeps
+        waiting."""
+        for uaid in ("0", "true", "null", UAID + "0", "a" * 64000, " " + UAID):
             self.sender.clear()
             message = {"messageType": "hello", "uaid": uaid, "channelIDs": []}
             self.send(message)
@@ -435,10 +448,20 @@ class SecondHelloTests(SessionCase):
         self.assertIsNone(self.node.registry.get(UAID))
 
     def test_junk_uaid(self) -> None:
-        """When a second hello has a junk uaid, it counts as another UAID: 503 and close."""
+        """When a second hello has a junk uaid string, it counts as another UAID: 503
+        and close."""
         self.hello(UAID)
-        self.send({"messageType": "hello", "uaid": 5, "channelIDs": []})
+        self.send({"messageType": "hello", "uaid": "5", "channelIDs": []})
         self.assertEqual(self.sender.replies[0]["status"], 503)
+        self.assertClosed(CloseCode.PROTOCOL_ERROR)
+
+    def test_uaid_not_a_string(self) -> None:
+        """When a second hello's uaid is not a string, it is a malformed command: 401
+        and close."""
+        self.hello(UAID)
+        message = {"messageType": "hello", "uaid": 5, "channelIDs": []}
+        self.send(message)
+        self.assertOnlyError(401, message)
         self.assertClosed(CloseCode.PROTOCOL_ERROR)
 
 
