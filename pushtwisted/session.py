@@ -22,6 +22,13 @@ and the command is answered 503 (a hello also returns to AWAIT_HELLO).
 Notifications sent and not yet acknowledged are kept, and re-sent on a
 timer, by the session's ``pushtwisted.outbox.Outbox``.
 
+Fetching the stored updates comes after the hello reply, so a storage error
+there cannot change the answer: the session fetches again on the clock
+instead, 1 s later, then after twice the last delay (at most
+``FETCH_RETRY_MAX``), until a fetch succeeds or the connection closes, so
+that updates stored during a storage outage reach the client once storage
+answers again, without a reconnect.
+
 Handlers per (state, message):
 
 ============ ============ ============ =========== ========= ==============
@@ -58,7 +65,12 @@ from pushtwisted.messages import Hello, Incoming, InvalidCommand, MessageType
 from pushtwisted.node import Node
 from pushtwisted.outbox import Outbox
 
-__all__ = ["Sender", "CloseCode", "State", "Session"]
+__all__ = ["FETCH_RETRY_FIRST", "FETCH_RETRY_MAX", "Sender", "CloseCode", "State", "Session"]
+
+#: Seconds before the first new fetch of stored updates after a failed one.
+FETCH_RETRY_FIRST = 1.0
+#: Longest wait between two fetches of stored updates while they fail.
+FETCH_RETRY_MAX = 30.0
 
 _Handler = Callable[["Session", Incoming], Awaitable[None]]
 
@@ -75,7 +87,15 @@ class Session(ClientConnection):
         the node's clock), else None.
     """
 
-    __slots__ = ("_echo_uaid", "_hello_call", "_last_ping", "_outbox", "connected_at")
+    __slots__ = (
+        "_echo_uaid",
+        "_fetch_retry",
+        "_fetch_retry_delay",
+        "_hello_call",
+        "_last_ping",
+        "_outbox",
+        "connected_at",
+    )
 
     def __init__(self, sender: Sender, node: Node) -> None:
         super().__init__(sender, node)
@@ -86,6 +106,9 @@ class Session(ClientConnection):
         #: Updates sent and not yet acked, from the first one on.
         self._outbox: Outbox | None = None
         self.connected_at: int | None = None
+        #: The next fetch of stored updates after a failed one, and its delay.
+        self._fetch_retry: IDelayedCall | None = None
+        self._fetch_retry_delay = FETCH_RETRY_FIRST
 
     # -- connection events ------------------------------------------------
 
@@ -303,17 +326,35 @@ class Session(ClientConnection):
         """Send every pending update in one notification and record them.
 
         Unless ``resend`` is set, an update whose version was already sent on
-        this connection (live, while storage was answering) is skipped.
+        this connection (live, while storage was answering) is skipped.  When
+        the fetch fails, another one is scheduled (``_retry_fetch_later``).
         """
         assert self.uaid is not None
         try:
             pending = await self._storage(
                 "fetch_pending", self._node.storage.fetch_pending(self.uaid)
             )
-        except (Closed, StorageFailed):
-            return  # nothing to send now; the retry timer or the next hello will
+        except Closed:
+            return
+        except StorageFailed:
+            self._retry_fetch_later()
+            return
+        self._fetch_retry_delay = FETCH_RETRY_FIRST
         if pending:
             self._open_outbox().send_pending(pending, resend=resend)
+
+    def _retry_fetch_later(self) -> None:
+        """Fetch the stored updates again after the current delay, then double it."""
+        if self._fetch_retry is not None or self.state is not State.READY:
+            return
+        delay = self._fetch_retry_delay
+        self._fetch_retry_delay = min(delay * 2, FETCH_RETRY_MAX)
+        self._fetch_retry = self._node.clock.callLater(delay, self._retry_fetch)
+
+    def _retry_fetch(self) -> None:
+        self._fetch_retry = None
+        if self.state is State.READY:
+            Deferred.fromCoroutine(self._flush()).addErrback(self._crashed)
 
     async def _report_expired(self, channel_ids: tuple[object, ...]) -> None:
         assert self.uaid is not None
@@ -348,6 +389,9 @@ class Session(ClientConnection):
     def _on_closed(self) -> None:
         """Cancel the timers, leave the registry and the router's record."""
         self._cancel_hello_timer()
+        if self._fetch_retry is not None:
+            self._fetch_retry.cancel()
+            self._fetch_retry = None
         if self._outbox is not None:
             self._outbox.close()
             self._outbox = None

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushtwisted.config import ClientConfig, Config
 from pushtwisted.ids import is_valid_id, normalize_id
 from pushtwisted.node import Node
-from pushtwisted.session import CloseCode, Session, State
+from pushtwisted.session import FETCH_RETRY_FIRST, FETCH_RETRY_MAX, CloseCode, Session, State
 from pushtwisted.storage.interface import UpdateOutcome
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.testing import (
@@ -371,6 +371,61 @@ class HelloTests(SessionCase):
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": []})
         self.assertEqual(len(self.sender.texts), 1)
         self.assertIs(self.session.state, State.READY)
+
+    def test_flush_retried_once_storage_is_back(self) -> None:
+        """When fetching pending updates failed at hello, the session fetches again on
+        the clock and sends the stored updates once storage answers, without a new hello."""
+        self.store(UAID, CHID, 5, "kept")
+        failing = FailingStorage(self.memory, ["fetch_pending"])
+        self.build(storage=failing)
+        self.send({"messageType": "hello", "uaid": UAID, "channelIDs": []})
+        self.assertEqual([r["messageType"] for r in self.sender.replies], ["hello"])
+        self.clock.advance(FETCH_RETRY_FIRST)  # still down: the next try waits twice as long
+        self.assertEqual(failing.calls.count("fetch_pending"), 2)
+        failing.failing.clear()
+        self.clock.advance(2 * FETCH_RETRY_FIRST - 0.001)
+        self.assertEqual(len(self.sender.replies), 1)
+        self.clock.advance(0.001)
+        self.assertEqual(
+            self.sender.replies[1],
+            {
+                "messageType": "notification",
+                "updates": [{"channelID": CHID, "version": 5, "data": "kept"}],
+            },
+        )
+        self.assertOpen()
+        self.clock.advance(FETCH_RETRY_MAX)  # a fetch that succeeded is not repeated
+        self.assertEqual(failing.calls.count("fetch_pending"), 3)
+
+    def test_flush_retry_backs_off_to_a_bound(self) -> None:
+        """While fetching keeps failing, the delay doubles from FETCH_RETRY_FIRST up to
+        FETCH_RETRY_MAX, one timer at a time; a success starts again from the first delay."""
+        failing = FailingStorage(self.memory, ["fetch_pending"])
+        self.build(storage=failing)
+        self.send({"messageType": "hello", "uaid": UAID, "channelIDs": []})
+        delays = []
+        for _ in range(8):
+            [call] = self.clock.getDelayedCalls()
+            delays.append(call.getTime() - self.clock.seconds())
+            self.clock.advance(delays[-1])
+        self.assertEqual(delays, [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0])
+        self.assertEqual(failing.calls.count("fetch_pending"), 9)
+        failing.failing.clear()
+        self.clock.advance(30.0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        failing.failing.add("fetch_pending")
+        self.send({"messageType": "hello", "uaid": "", "channelIDs": []})
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime() - self.clock.seconds(), FETCH_RETRY_FIRST)
+
+    def test_flush_retry_stops_at_close(self) -> None:
+        """When the connection closes, the next fetch is cancelled."""
+        failing = FailingStorage(self.memory, ["fetch_pending"])
+        self.build(storage=failing)
+        self.send({"messageType": "hello", "uaid": UAID, "channelIDs": []})
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.session.connection_lost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_report_expired(self) -> None:
         """When report_expired is on, the session lists unregistered channels after the reply."""

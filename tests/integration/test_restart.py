@@ -2,7 +2,9 @@
 
 An update answered 200/202 must survive a SIGTERM and restart of the server,
 and a memcached outage must answer 503 (endpoint, hello, health) without
-resetting any UAID, then recover by itself once memcached is back.
+resetting any UAID, then recover by itself once memcached is back; a hello
+that needs no storage answer passes, and its connection gets the stored
+updates once memcached answers again.
 """
 
 from __future__ import annotations
@@ -109,8 +111,8 @@ class MemcachedOutageTests(SynchronousTestCase):
         if memcached.process is not None and memcached.process.poll() is None:
             memcached.process.send_signal(signal.SIGCONT)
 
-    def test_outage_answers_503_and_recovers(self) -> None:
-        """PUT, hello and /health answer 503 during the outage; afterwards the same UAID works."""
+    def start(self) -> tuple[MemcachedProcess, ServerProcess]:
+        """Start a private memcached and a server on it (storage timeout 1 s)."""
         memcached = MemcachedProcess()
         self.addCleanup(memcached.cleanup)
         memcached.start()
@@ -119,6 +121,11 @@ class MemcachedOutageTests(SynchronousTestCase):
             {"storage": {"backend": "memcached", "servers": [memcached.address], "timeout": 1.0}},
         )
         server.start()
+        return memcached, server
+
+    def registered(self, server: ServerProcess) -> tuple[str, str, str]:
+        """Connect, say hello, register one channel and disconnect; return the UAID,
+        the channel ID and its pushEndpoint."""
         ws = websocket.create_connection(server.ws_url, timeout=TIMEOUT)
         self.addCleanup(ws.close)
         client = _Client(self, ws)
@@ -126,6 +133,12 @@ class MemcachedOutageTests(SynchronousTestCase):
         chid = str(uuid.uuid4())
         endpoint = client.register(chid)
         client.close()
+        return uaid, chid, endpoint
+
+    def test_outage_answers_503_and_recovers(self) -> None:
+        """PUT, hello and /health answer 503 during the outage; afterwards the same UAID works."""
+        memcached, server = self.start()
+        uaid, chid, endpoint = self.registered(server)
         health = f"{server.endpoint_url}/health"
         self.assertEqual(_get(health)[0], 200)
 
@@ -158,3 +171,24 @@ class MemcachedOutageTests(SynchronousTestCase):
         after = _Client(self, ws3)
         self.assertEqual(after.hello(uaid, [chid]), uaid)
         self.assertEqual(after.recv()["updates"], [{"channelID": chid, "version": 8}])
+
+    def test_stored_updates_reach_a_hello_made_during_the_outage(self) -> None:
+        """A hello without channelIDs is answered 200 while memcached hangs; the update
+        stored before reaches that connection once memcached answers, without a new hello."""
+        memcached, server = self.start()
+        uaid, chid, endpoint = self.registered(server)
+        self.assertEqual(put(endpoint, b"version=5")[0], 202)
+
+        assert memcached.process is not None
+        memcached.process.send_signal(signal.SIGSTOP)
+        self.addCleanup(self._resume, memcached)
+        ws2 = websocket.create_connection(server.ws_url, timeout=TIMEOUT)
+        self.addCleanup(ws2.close)
+        during = _Client(self, ws2)
+        self.assertEqual(during.hello(uaid), uaid)
+        deadline = time.monotonic() + 10
+        while "storage fetch_pending failed" not in server.log:
+            self.assertLess(time.monotonic(), deadline, "the fetch after hello did not fail")
+            time.sleep(0.1)
+        memcached.process.send_signal(signal.SIGCONT)
+        self.assertEqual(during.recv(timeout=20)["updates"], [{"channelID": chid, "version": 5}])
