@@ -22,9 +22,11 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
-from typing import Any
+from types import TracebackType
+from typing import IO, Any
 
 from twisted.application.service import ServiceMaker
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions, runApp  # type: ignore[attr-defined]
 
@@ -32,6 +34,7 @@ from pushtwisted import __version__
 from pushtwisted.config import ENV_PREFIX, Config
 from pushtwisted.config_toml import effective_toml
 from pushtwisted.errors import ConfigError
+from pushtwisted.logs import logger
 
 __all__ = [
     "LOG_FORMATS",
@@ -40,6 +43,7 @@ __all__ = [
     "check_report",
     "error_exit",
     "main",
+    "report_config_errors",
     "sample_config",
     "version_line",
 ]
@@ -51,6 +55,7 @@ LOG_FORMATS = {
 }
 
 _PROGRAM = "python -m pushtwisted"
+_log = Logger(namespace=__name__, observer=logger().observer)
 _CONFIG_OPTION = ["config", "c", None, "TOML configuration file (default: built-in defaults)."]
 
 _MAKER = ServiceMaker(  # type: ignore[no-untyped-call]
@@ -68,7 +73,42 @@ def version_line() -> str:
 
 def error_exit(error: ConfigError) -> SystemExit:
     """Return the exit for ``error``: every problem on stderr as ``error: ...``, status 1."""
-    return SystemExit("\n".join(f"error: {problem}" for problem in error.problems))
+    return SystemExit(_error_lines(error))
+
+
+def _error_lines(error: ConfigError) -> str:
+    return "\n".join(f"error: {problem}" for problem in error.problems)
+
+
+def report_config_errors() -> None:
+    """Print a ``ConfigError`` that ends the process as ``error:`` lines, not a traceback.
+
+    Installs a ``sys.excepthook`` (once) that writes such an error, one line
+    per problem, to the process's own stderr and lets the process exit with
+    status 1; other exceptions go to the previous hook.  This covers what is
+    only found once twistd starts the service (a listener that cannot bind):
+    the error passes through twistd (which removes its pid file and, when it
+    daemonized, reports it to the waiting parent), and by then logging has
+    taken over ``sys.stderr``.  A daemon's stderr is ``/dev/null``: there the
+    lines are logged (critical) instead, so that the log file has them.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_pushtwisted", False):
+        return
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if not isinstance(value, ConfigError):
+            previous(kind, value, tb)
+            return
+        stream = sys.__stderr__ or sys.stderr
+        if _goes_nowhere(stream):
+            _log.critical("{errors}", errors=_error_lines(value))
+            return
+        stream.write(_error_lines(value) + "\n")
+        stream.flush()
+
+    hook._pushtwisted = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def check_report(config: Config, path: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -94,6 +134,14 @@ def check_report(config: Config, path: str | None, environ: Mapping[str, str] | 
 def sample_config() -> str:
     """Return the text of the ``config.sample.toml`` shipped inside the package."""
     return resources.files("pushtwisted").joinpath("config.sample.toml").read_text("utf-8")
+
+
+def _goes_nowhere(stream: IO[str]) -> bool:
+    """Return True when ``stream`` writes to ``/dev/null`` (a daemon's stderr)."""
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError):
+        return False
 
 
 class VersionedOptions(usage.Options):

@@ -1,9 +1,9 @@
 """Listener descriptions: a section's ``listen`` with its ``backlog`` and ``reuse_port``.
 
-Every listener is a Twisted endpoint description turned into a service by
-``strports.service`` (``serverFromString`` + ``StreamServerEndpointService``).
-The two options a config section adds to its ``listen`` are applied by one
-more endpoint type, ``ListenerParser`` (registered by
+Every listener is a Twisted endpoint description, parsed by
+``serverFromString`` and listened on by a ``ListenerService``.  The two
+options a config section adds to its ``listen`` are applied by one more
+endpoint type, ``ListenerParser`` (registered by
 ``twisted/plugins/pushtwisted_endpoints.py``), so that the description is
 parsed by Twisted alone::
 
@@ -12,6 +12,8 @@ parsed by Twisted alone::
 ``listener_description`` writes it.  Twisted hands the parser the inner
 description already split into arguments and keywords; the parser
 
+- refuses a ``tcp``, ``tcp6`` or ``ssl`` port past 65535 (Twisted would
+  only find out when binding, with an ``OverflowError``);
 - gives a ``tcp``, ``tcp6``, ``ssl``, ``unix`` or ``reuseport`` listener
   ``backlog=BACKLOG`` unless the description sets one (other types, such as
   ``systemd``, take no backlog and are left as written);
@@ -20,26 +22,48 @@ description already split into arguments and keywords; the parser
   other type with ``ReusePortError``;
 - otherwise hands the description back to ``serverFromString``, written
   again with Twisted's own quoting.
+
+``ListenerService`` listens on the endpoint while it runs.  A listener that
+cannot bind (port in use, an address this host does not have, no
+permission) stops the start with a ``ConfigError`` naming the section's
+``listen`` and the address, such as ``websocket.listen: cannot listen on
+127.0.0.1:8080: address already in use``.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
     IReactorCore,
     IReactorSocket,
     IStreamServerEndpoint,
     IStreamServerEndpointStringParser,
 )
 from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pushtwisted.cluster.reuseport import reuse_port_endpoint
+from pushtwisted.errors import ConfigError
+from pushtwisted.logs import logger
 
-__all__ = ["PREFIX", "ListenerParser", "ReusePortError", "listener_description"]
+__all__ = [
+    "PREFIX",
+    "ListenerParser",
+    "ListenerService",
+    "ReusePortError",
+    "listen_problem",
+    "listener_description",
+]
 
 #: The endpoint type of ``ListenerParser``.
 PREFIX = "pushtwisted-listener"
@@ -48,6 +72,8 @@ PREFIX = "pushtwisted-listener"
 _BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "reuseport"})
 #: Endpoint types ``reuse_port`` can serve.
 _REUSE_PORT_TYPES = frozenset({"tcp", "tcp6"})
+#: Endpoint types whose port is the first argument (or the ``port`` keyword).
+_PORT_TYPES = frozenset({"tcp", "tcp6", "ssl"})
 
 
 class ReusePortError(ValueError):
@@ -103,6 +129,10 @@ class ListenerParser:
         if len(strings) < 3:
             raise ValueError("no endpoint description")
         backlog, reuse_port, kind, inner = strings[0], strings[1], strings[2], strings[3:]
+        if kind.lower() in _PORT_TYPES:
+            port = inner[0] if inner else options.get("port", "")
+            if port.strip().isdigit() and int(port) > 65535:
+                raise ValueError(f"port must be 0-65535, got {port}")
         if kind.lower() in _BACKLOG_TYPES:
             options.setdefault("backlog", backlog)
         if reuse_port == "1":
@@ -115,3 +145,112 @@ class ListenerParser:
             except ValueError as e:
                 raise ReusePortError(str(e)) from None
         return self._server_from_string(reactor, _unparse(kind, inner, options))
+
+
+class ListenerService(Service):
+    """Listen on ``endpoint`` with ``factory`` while the service runs.
+
+    It binds in ``privilegedStartService`` (twistd calls it before dropping
+    privileges), or in ``startService`` when that was not called.
+
+    :param section: the configuration section, named in errors.
+    :param description: the section's ``listen``, as configured.
+    :raises ConfigError: (from the start) when the endpoint fails to listen
+        at once, naming ``<section>.listen`` and the address
+        (``listen_problem``).  A failure that comes later (an endpoint that
+        listens asynchronously) is logged.
+    :ivar port: the listening port once bound, else None.
+    """
+
+    log = logger()
+
+    def __init__(
+        self,
+        section: str,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+    ) -> None:
+        self.section = section
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
+        self._failed_now: list[Failure] | None = None
+
+    def privilegedStartService(self) -> None:
+        """Listen now."""
+        super().privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted: untyped
+        self._listen()
+
+    def startService(self) -> None:
+        """Listen now, unless ``privilegedStartService`` did."""
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted: untyped
+        if self._listening is None:
+            self._listen()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening (or stop trying to); fire once the port is closed."""
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted: untyped
+        port, self.port = self.port, None
+        listening, self._listening = self._listening, None
+        if port is not None:
+            return maybeDeferred(port.stopListening).addCallback(lambda _: None)
+        if listening is not None:
+            listening.cancel()
+        return succeed(None)
+
+    def _listen(self) -> None:
+        self._failed_now = []
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._bound, self._failed)
+        failed, self._failed_now = self._failed_now, None
+        if failed:
+            error = failed[0].value
+            assert error is not None
+            raise ConfigError(listen_problem(self.section, self.description, error))
+
+    def _bound(self, port: IListeningPort) -> None:
+        self.port = port
+
+    def _failed(self, failure: Failure) -> None:
+        if self._failed_now is not None:
+            self._failed_now.append(failure)
+        elif not isinstance(failure.value, CancelledError):
+            self.log.failure(
+                "{section}.listen: cannot listen on {description}",
+                failure,
+                section=self.section,
+                description=self.description,
+            )
+
+
+def listen_problem(section: str, description: str, error: BaseException) -> str:
+    """Return the one line that says why ``<section>.listen`` cannot listen.
+
+    ``section.listen: cannot listen on <address>: <reason>``; the address is
+    ``host:port`` (``[v6]:port``, ``0.0.0.0`` for every interface) or the
+    UNIX socket path, taken from Twisted's ``CannotListenError``; for any
+    other error, the description.
+    """
+    if not isinstance(error, CannotListenError):
+        return f"{section}.listen: cannot listen on {description!r}: {error}"
+    interface, port = error.interface, error.port
+    if interface is None:
+        where = str(port)
+    elif ":" in interface:
+        where = f"[{interface}]:{port}"
+    else:
+        where = f"{interface or '0.0.0.0'}:{port}"
+    return f"{section}.listen: cannot listen on {where}: {_reason(error.socketError)}"
+
+
+def _reason(error: object) -> str:
+    """Return an OS error's text as the tail of a sentence (``address already in use``)."""
+    if not isinstance(error, OSError) or not error.strerror:
+        return str(error)
+    if error.errno == errno.EADDRNOTAVAIL:
+        return "this host has no such address"
+    text = error.strerror
+    return text[:1].lower() + text[1:]

@@ -21,20 +21,20 @@ import gc
 import signal
 from typing import Any, cast
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
 
 from pushtwisted import _autobahn_tuning
 from pushtwisted._reactor import IServerReactor
-from pushtwisted.cli import VersionedOptions, check_report, error_exit
+from pushtwisted.cli import VersionedOptions, check_report, error_exit, report_config_errors
 from pushtwisted.cluster.exposure import public_exposure
 from pushtwisted.cluster.service import ClusterService, build_cluster
 from pushtwisted.config import Config, load_config
 from pushtwisted.errors import ConfigError
-from pushtwisted.listeners import ReusePortError, listener_description
+from pushtwisted.listeners import ListenerService, ReusePortError, listener_description
 from pushtwisted.logs import filter_observers_at_begin, logger, set_log_level
 from pushtwisted.node import Node
 from pushtwisted.prometheus import PrometheusMetrics
@@ -291,23 +291,23 @@ def _build_listener(
 ) -> IService:
     """Return the service listening on ``description`` with the section's options.
 
-    ``strports.service`` (``serverFromString`` + ``StreamServerEndpointService``)
-    parses it, through ``pushtwisted.listeners``' endpoint type, which adds
-    the ``backlog`` and, with ``reuse_port``, a ``SO_REUSEPORT`` socket.
+    ``serverFromString`` parses it, through ``pushtwisted.listeners``'
+    endpoint type, which adds the ``backlog`` and, with ``reuse_port``, a
+    ``SO_REUSEPORT`` socket; a ``ListenerService`` listens on it.
 
     :raises ConfigError: naming ``<section>.listen`` (or ``<section>.reuse_port``
         for a description ``reuse_port`` cannot serve).
     """
     full = listener_description(description, backlog=backlog, reuse_port=reuse_port)
     try:
-        service: IService = strports.service(full, factory, reactor=reactor)
+        endpoint = serverFromString(reactor, full)  # type: ignore[no-untyped-call]
     except ReusePortError as e:
         raise ConfigError(f"{section}.reuse_port: {e} (listen = {description!r})") from None
     except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
         raise ConfigError(
             f"{section}.listen: invalid endpoint description {description!r}: {e}"
         ) from None
-    return service
+    return ListenerService(section, description, endpoint, factory)
 
 
 def _exit_cleanly_on_signals(reactor: IServerReactor) -> None:
@@ -353,9 +353,12 @@ def makeService(options: Options) -> MultiService:
     """Load the configuration named by ``options`` and build the service (twistd hook).
 
     A configuration error ends the process with status 1 and one ``error:
-    <message>`` line per problem on stderr, without a traceback.  With
-    ``--check-config`` it prints the effective configuration and exits 0.
+    <message>`` line per problem on stderr, without a traceback; so does one
+    found when the service starts (a listener that cannot bind), through
+    ``report_config_errors``.  With ``--check-config`` it prints the
+    effective configuration and exits 0.
     """
+    report_config_errors()
     try:
         config = load_config(options["config"])
         if options["check-config"]:

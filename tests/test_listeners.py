@@ -1,4 +1,5 @@
-"""Tests for ``pushtwisted.listeners``: a section's ``listen``, ``backlog`` and ``reuse_port``.
+"""Tests for ``pushtwisted.listeners``: a section's ``listen``, ``backlog`` and
+``reuse_port``, and the service that listens on it.
 
 The inner description goes to a recorder instead of ``serverFromString``
 where the test is about what the parser writes; ``tests/test_tap.py`` and
@@ -7,15 +8,26 @@ where the test is about what the parser writes; ``tests/test_tap.py`` and
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.cluster.reuseport import ReusePortEndpoint
-from pushtwisted.listeners import ListenerParser, ReusePortError, listener_description
+from pushtwisted.errors import ConfigError
+from pushtwisted.listeners import (
+    ListenerParser,
+    ListenerService,
+    ReusePortError,
+    listen_problem,
+    listener_description,
+)
 
 
 class _Recorder:
@@ -68,6 +80,20 @@ class DescriptionTests(SynchronousTestCase):
             self.inner("tcp", "80", interface="::1"), r"tcp:80:interface=\:\:1:backlog=9"
         )
         self.assertEqual(self.inner("unix", "c\\d"), r"unix:c\\d:backlog=9")
+
+    def test_port_out_of_range(self) -> None:
+        """A ``tcp``, ``tcp6`` or ``ssl`` port past 65535 is a ``ValueError``, as an
+        argument or as the ``port`` keyword; 65535 passes."""
+        for args, kwargs in (
+            (("tcp", "99999"), {}),
+            (("tcp6", "65536"), {}),
+            (("ssl", "70000"), {"privateKey": "k.pem"}),
+            (("tcp",), {"port": "99999"}),
+        ):
+            with self.assertRaises(ValueError, msg=args) as caught:
+                self.inner(*args, **kwargs)
+            self.assertIn("port must be 0-65535", str(caught.exception))
+        self.assertEqual(self.inner("tcp", "65535"), "tcp:65535:backlog=9")
 
     def test_empty(self) -> None:
         """A description without a type is a ``ValueError``."""
@@ -122,3 +148,121 @@ class ReusePortTests(SynchronousTestCase):
         description = listener_description("tcp:8080", backlog=9, reuse_port=False)
         endpoint = serverFromString(MemoryReactorClock(), description)
         self.assertNotIsInstance(endpoint, ReusePortEndpoint)
+
+
+class _RefusingReactor(MemoryReactorClock):
+    """A ``MemoryReactorClock`` whose ``listenTCP`` and ``listenUNIX`` fail as told."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__()
+        self.error = error
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        raise CannotListenError(interface, port, self.error)
+
+    def listenUNIX(self, address: str, factory: Any, *args: Any, **kwargs: Any) -> Any:
+        raise CannotListenError(None, address, self.error)
+
+
+_IN_USE = OSError(errno.EADDRINUSE, "Address already in use")
+
+
+class ListenerServiceTests(SynchronousTestCase):
+    """``ListenerService`` listens while it runs; a bind failure names its section."""
+
+    def service(self, reactor: MemoryReactorClock, listen: str) -> ListenerService:
+        endpoint = serverFromString(
+            reactor, listener_description(listen, backlog=9, reuse_port=False)
+        )
+        return ListenerService("websocket", listen, endpoint, Factory())
+
+    def test_listens_and_stops(self) -> None:
+        """The port is bound at the privileged start, kept, and closed at stop."""
+        reactor = MemoryReactorClock()
+        service = self.service(reactor, "tcp:8080:interface=127.0.0.1")
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual([entry[0::2] for entry in reactor.tcpServers], [(8080, 9)])
+        self.assertIsNotNone(service.port)
+        self.successResultOf(service.stopService())
+        self.assertIsNone(service.port)
+        self.assertFalse(service.running)
+
+    def test_start_alone_listens_once(self) -> None:
+        """``startService`` without the privileged start listens, once."""
+        reactor = MemoryReactorClock()
+        service = self.service(reactor, "tcp:8080")
+        service.startService()
+        self.assertEqual(len(reactor.tcpServers), 1)
+        self.assertIsNotNone(service.port)
+
+    def test_address_in_use(self) -> None:
+        """A port in use is a ``ConfigError``: section, address and reason, one line."""
+        service = self.service(_RefusingReactor(_IN_USE), "tcp:8080:interface=127.0.0.1")
+        error = self.assertRaises(ConfigError, service.privilegedStartService)
+        self.assertEqual(
+            error.problems,
+            ("websocket.listen: cannot listen on 127.0.0.1:8080: address already in use",),
+        )
+        self.assertIsNone(service.port)
+
+    def test_address_not_on_this_host(self) -> None:
+        """An interface this host does not have is said so."""
+        refusing = _RefusingReactor(OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"))
+        service = self.service(refusing, "tcp:8080:interface=192.0.2.1")
+        error = self.assertRaises(ConfigError, service.startService)
+        self.assertEqual(
+            str(error),
+            "websocket.listen: cannot listen on 192.0.2.1:8080: this host has no such address",
+        )
+
+    def test_problem_text(self) -> None:
+        """Every interface reads 0.0.0.0, IPv6 is bracketed, a UNIX socket is its path,
+        other errors name the description."""
+        cases = [
+            (CannotListenError("", 80, _IN_USE), "0.0.0.0:80: address already in use"),
+            (CannotListenError("::1", 80, _IN_USE), "[::1]:80: address already in use"),
+            (
+                CannotListenError(None, "/run/p.sock", OSError(errno.EACCES, "Permission denied")),
+                "/run/p.sock: permission denied",
+            ),
+            (
+                OverflowError("bind(): port must be 0-65535."),
+                "'tcp:1': bind(): port must be 0-65535.",
+            ),
+        ]
+        for error, tail in cases:
+            self.assertEqual(
+                listen_problem("endpoint", "tcp:1", error),
+                f"endpoint.listen: cannot listen on {tail}",
+            )
+
+    def test_late_failure_is_logged(self) -> None:
+        """An endpoint that fails after the start is logged, not raised."""
+        listening: Deferred[Any] = Deferred()
+        endpoint = _PendingEndpoint(listening)
+        service = ListenerService("endpoint", "x:1", endpoint, Factory())
+        service.privilegedStartService()
+        listening.errback(CannotListenError("", 1, _IN_USE))
+        self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
+        self.successResultOf(service.stopService())
+
+    def test_stop_before_bound_cancels(self) -> None:
+        """Stopping while the endpoint has not answered cancels the attempt quietly."""
+        cancelled: list[object] = []
+        listening: Deferred[Any] = Deferred(cancelled.append)
+        service = ListenerService("endpoint", "x:1", _PendingEndpoint(listening), Factory())
+        service.startService()
+        self.successResultOf(service.stopService())
+        self.assertEqual(len(cancelled), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class _PendingEndpoint:
+    """An endpoint whose ``listen`` answers with a Deferred the test fires."""
+
+    def __init__(self, listening: Deferred[Any]) -> None:
+        self.listening = listening
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        return self.listening

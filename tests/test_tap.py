@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,8 @@ class MakeServiceTests(SynchronousTestCase):
     """``makeService`` turns a bad configuration into a one-line error and status 1."""
 
     def make(self, config_text: str | None) -> SystemExit:
+        # makeService installs its error hook (cli.report_config_errors): not for good here.
+        self.patch(sys, "excepthook", sys.excepthook)
         options = tap.Options()
         path = self.mktemp()
         if config_text is not None:

@@ -18,7 +18,6 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, Logger, LogLevel, formatEvent, globalLogPublisher
@@ -259,7 +258,7 @@ class ReusePortTests(SynchronousTestCase):
 
     def test_port_held_without_reuse_port(self) -> None:
         """When another socket holds the port without ``SO_REUSEPORT``, starting fails
-        with ``CannotListenError`` instead of running without that listener."""
+        with a ``ConfigError`` naming the listener instead of running without it."""
         holder = socket.socket()
         self.addCleanup(holder.close)
         holder.bind(("127.0.0.1", 0))
@@ -269,7 +268,11 @@ class ReusePortTests(SynchronousTestCase):
             websocket=WebSocketConfig(listen=f"tcp:{port}:interface=127.0.0.1", reuse_port=True)
         )
         service = tap.build_service(config, MemoryReactorClock())
-        self.assertRaises(CannotListenError, service.privilegedStartService)
+        error = self.assertRaises(ConfigError, service.privilegedStartService)
+        self.assertEqual(
+            str(error),
+            f"websocket.listen: cannot listen on 127.0.0.1:{port}: address already in use",
+        )
 
     def test_needs_tcp(self) -> None:
         """``reuse_port`` with a non-tcp description is a ``ConfigError`` naming

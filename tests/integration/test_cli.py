@@ -2,14 +2,15 @@
 
 ``python -m pushtwisted`` (run, ``check``, ``sample-config``, ``--version``,
 ``--help``, ``--log-format``) and ``twistd simplepush`` (``--check-config``,
-``--version``, configuration errors at start, ``[server] log_level`` with
-twistd's default logger).
+``--version``, configuration errors at start, listeners that cannot bind,
+``[server] log_level`` with twistd's default logger).
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import tomllib
@@ -179,6 +180,56 @@ class StartupErrorTests(_CommandTestCase):
                 "error: storage.backend: must be one of: memory, sqlite, memcached, got 'dynamo'",
             ],
         )
+
+
+class ListenErrorTests(_CommandTestCase):
+    """A listener that cannot bind stops the start with one line and status 1."""
+
+    def start_all(
+        self, listen: str, env: Mapping[str, str] | None = None
+    ) -> list[subprocess.CompletedProcess[str]]:
+        """Start ``twistd -n simplepush`` and ``python -m pushtwisted`` with the
+        WebSocket listener on ``listen`` (memory storage: nothing else to set up)."""
+        document = {"websocket": {"listen": listen}, "storage": {"backend": "memory"}}
+        path = self.config_file(document)
+        return [self.run_command([*command, "--config", path], env) for command in (TWISTD, MODULE)]
+
+    def assertOneLine(self, result: subprocess.CompletedProcess[str], line: str) -> None:
+        """Exit 1, exactly ``line`` on stderr, and no traceback anywhere."""
+        self.assertEqual((result.returncode, result.stderr), (1, line + "\n"), result.stdout)
+        self.assertNotIn("Traceback", result.stdout)
+
+    def test_port_in_use(self) -> None:
+        """The port is taken by another socket: the address and the reason."""
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        for result in self.start_all(f"tcp:{port}:interface=127.0.0.1"):
+            self.assertOneLine(
+                result,
+                f"error: websocket.listen: cannot listen on 127.0.0.1:{port}:"
+                " address already in use",
+            )
+
+    def test_port_out_of_range(self) -> None:
+        """Port 99999 is refused as a description, before anything listens."""
+        for result in self.start_all("tcp:99999:interface=127.0.0.1"):
+            self.assertOneLine(
+                result,
+                "error: websocket.listen: invalid endpoint description"
+                " 'tcp:99999:interface=127.0.0.1': port must be 0-65535, got 99999",
+            )
+
+    def test_address_not_on_this_host(self) -> None:
+        """An interface address this host does not have (TEST-NET-1) is said so."""
+        for result in self.start_all("tcp:0:interface=192.0.2.1"):
+            self.assertOneLine(
+                result,
+                "error: websocket.listen: cannot listen on 192.0.2.1:0:"
+                " this host has no such address",
+            )
 
 
 class VersionAndHelpTests(_CommandTestCase):
