@@ -19,7 +19,8 @@ RUN pip install -c requirements.lock . \
 
 RUN useradd --system --user-group --home-dir /var/lib/pushtwisted --no-create-home pushtwisted \
     && mkdir -p /var/lib/pushtwisted \
-    && chown pushtwisted:pushtwisted /var/lib/pushtwisted
+    && chown pushtwisted:pushtwisted /var/lib/pushtwisted \
+    && chmod 0700 /var/lib/pushtwisted
 
 # Every config key can be set as SIMPLEPUSH_<SECTION>_<KEY> (see config.sample.toml);
 # set SIMPLEPUSH_ENDPOINT_PUBLIC_URL to the URL application servers reach.

@@ -11,8 +11,7 @@ import difflib
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from pushtwisted.errors import ConfigError
-from pushtwisted.tokens import decode_key
+from pushtwisted.tokens import key_problem
 
 __all__ = ["did_you_mean", "http_url_problem", "keys_problem", "origins_problem"]
 
@@ -58,10 +57,9 @@ def origins_problem(origins: list[str]) -> str | None:
 def keys_problem(keys: list[str]) -> str | None:
     """Say which key is not 32 bytes of URL-safe base64, or None (never the key itself)."""
     for number, key in enumerate(keys, 1):
-        try:
-            decode_key(key)
-        except ConfigError as e:
-            return f"key {number} of {len(keys)}: {str(e).removeprefix('crypto.keys: ')}"
+        problem = key_problem(key)
+        if problem is not None:
+            return f"key {number} of {len(keys)}: {problem}"
     return None
 
 

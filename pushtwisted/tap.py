@@ -40,6 +40,7 @@ from pushtwisted.node import Node
 from pushtwisted.prometheus import PrometheusMetrics
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.routing import LocalRouter
+from pushtwisted.statedir import State, prepare_state
 from pushtwisted.storage.factory import (
     build_memcache_client,
     build_storage_service,
@@ -47,7 +48,7 @@ from pushtwisted.storage.factory import (
 )
 from pushtwisted.storage.service import StorageService
 from pushtwisted.threadpool import ThreadPoolService
-from pushtwisted.tokens import EndpointCrypto, load_or_create_key
+from pushtwisted.tokens import EndpointCrypto
 from pushtwisted.web.endpoint import build_endpoint_site
 from pushtwisted.web.internal import build_internal_site
 from pushtwisted.web.status import add_status_children
@@ -95,6 +96,8 @@ class PushService(MultiService):
     pool last.  Each is waited for before the next; none fails the stop.
 
     :ivar listeners: the listening services, stopped first.
+    :ivar warnings: logged when the service starts (``build_service`` sets
+        what the operator should know: permissions it could not tighten).
     """
 
     log = logger()
@@ -111,11 +114,18 @@ class PushService(MultiService):
         self.pool = pool
         self.shutdown_timeout = shutdown_timeout
         self.listeners: list[IService] = []
+        self.warnings: list[str] = []
 
     def add_listener(self, listener: IService) -> None:
         """Add a listening service: started last, stopped first."""
         listener.setServiceParent(self)  # type: ignore[no-untyped-call]  # Twisted: untyped
         self.listeners.append(listener)
+
+    def startService(self) -> None:
+        """Start the children in order, then log the warnings."""
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted: untyped
+        for warning in self.warnings:
+            self.log.warn("{problem}", problem=warning)
 
     def stopService(self) -> Deferred[None]:
         """Shut down gracefully (see the class docstring); never fails."""
@@ -154,11 +164,12 @@ class PushService(MultiService):
             await self.pool.when_idle()
 
 
-def _token_keys(config: Config) -> list[str]:
-    """Return the configured keys, or the one generated and kept in the state dir."""
+def _token_keys(config: Config, state: State) -> list[str]:
+    """Return the configured keys, or the one kept in the state directory."""
     if config.crypto.keys:
         return list(config.crypto.keys)
-    return [load_or_create_key(config.storage.path)]
+    assert state.key is not None  # prepare_state reads or generates it without keys
+    return [state.key.key]
 
 
 def _check_cluster(config: Config) -> None:
@@ -196,14 +207,16 @@ def build_service(config: Config, reactor: IServerReactor) -> PushService:
     :param reactor: the reactor (``MemoryReactorClock`` in tests; with
         ``callFromThread`` added for the sqlite and memcached backends).
     :raises ConfigError: when a token key or a listener description is invalid,
-        or a cluster (``router.listen``) is configured without memcached or
-        ``crypto.keys``.
+        a cluster (``router.listen``) is configured without memcached or
+        ``crypto.keys``, or the state directory (``statedir.prepare_state``)
+        cannot be used.
     """
     _check_cluster(config)
+    state = prepare_state(config.storage, need_key=not config.crypto.keys)
     # Autobahn's eager debug formatting and per-frame native unmasking are
     # module-level names: replaced once, for the whole process.
     _autobahn_tuning.apply()
-    crypto = EndpointCrypto(_token_keys(config))
+    crypto = EndpointCrypto(_token_keys(config, state))
     metrics = PrometheusMetrics()
     pool = None
     if config.storage.backend != "memory":
@@ -245,6 +258,7 @@ def build_service(config: Config, reactor: IServerReactor) -> PushService:
         router=cluster.router if cluster is not None else LocalRouter(registry),
     )
     root = PushService(node, pool=pool, shutdown_timeout=config.server.shutdown_timeout)
+    root.warnings.extend(state.warnings)
     # Started in this order, stopped in the reverse one (see PushService).
     for child in (pool, cluster, storage):
         if child is not None:

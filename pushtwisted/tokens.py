@@ -56,6 +56,8 @@ __all__ = [
     "MessageIds",
     "generate_key",
     "decode_key",
+    "key_problem",
+    "KeyFile",
     "load_or_create_key",
 ]
 
@@ -80,39 +82,82 @@ def generate_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
 
 
-def decode_key(text: str) -> bytes:
-    """Decode a configured key; it must be 32 bytes in URL-safe base64.
-
-    :raises ConfigError: when it is not.
-    """
+def _raw_key(text: str) -> bytes | str:
+    """Return the 32 bytes of a key, or why ``text`` is not one (never the key)."""
     try:
         raw = base64.urlsafe_b64decode(text.strip().encode("ascii"))
     except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise ConfigError("crypto.keys: a key is not URL-safe base64") from None
+        return "a key is not URL-safe base64"
     if len(raw) != 32:
-        raise ConfigError(f"crypto.keys: a key must be 32 bytes, got {len(raw)}")
+        return f"a key must be 32 bytes, got {len(raw)}"
     return raw
 
 
-def load_or_create_key(state_dir: str | Path) -> str:
+def key_problem(text: str) -> str | None:
+    """Say why ``text`` is not a key (32 bytes in URL-safe base64), or None."""
+    raw = _raw_key(text)
+    return raw if isinstance(raw, str) else None
+
+
+def decode_key(text: str) -> bytes:
+    """Decode a configured key; it must be 32 bytes in URL-safe base64.
+
+    :raises ConfigError: naming ``crypto.keys``, when it is not.
+    """
+    raw = _raw_key(text)
+    if isinstance(raw, str):
+        raise ConfigError(f"crypto.keys: {raw}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFile:
+    """The endpoint key kept in the state directory.
+
+    :ivar key: the key, as text.
+    :ivar path: the file it is kept in.
+    :ivar generated: True when it was generated (and written) just now.
+    """
+
+    key: str
+    path: Path
+    generated: bool
+
+
+def load_or_create_key(state_dir: str | Path) -> KeyFile:
     """Return the key kept in ``state_dir``, generating and saving it first if absent.
 
-    The file is created with mode 0600 so that endpoints survive a restart.
+    The directory is created with mode 0700 if missing, the file with mode
+    0600, so that endpoints survive a restart and no other user reads the key.
+
+    :raises ConfigError: naming ``storage.path`` and the file, when the file
+        holds no valid key (it is never overwritten: endpoints handed out
+        with it would stop working).
+    :raises OSError: when the directory or the file cannot be read or written.
     """
     directory = Path(state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / KEY_FILE
     try:
-        return path.read_text(encoding="ascii").strip()
+        text = path.read_text(encoding="ascii", errors="replace").strip()
     except FileNotFoundError:
         pass
+    else:
+        problem = key_problem(text)
+        if problem is not None:
+            raise ConfigError(
+                f"storage.path: the endpoint key file {path} is corrupt ({problem}):"
+                " restore it, or delete it to have a new key generated (every pushEndpoint"
+                " handed out with the old key then stops working)"
+            )
+        return KeyFile(text, path, generated=False)
     key = generate_key()
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(key + "\n")
     os.replace(tmp, path)
-    return key
+    return KeyFile(key, path, generated=True)
 
 
 def _encode(raw: bytes) -> str:

@@ -61,6 +61,7 @@ _ADAPTERS = frozenset(
         "pushtwisted._bucket_timer",
         "pushtwisted.listeners",
         "pushtwisted.prometheus",
+        "pushtwisted.statedir",
         "pushtwisted.websocket",
     }
 )

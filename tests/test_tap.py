@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
@@ -198,6 +199,26 @@ class BuildServiceTests(SynchronousTestCase):
         service.startService()
         self.successResultOf(service.stopService())
         self.assertFalse(any(child.running for child in service))
+
+    def test_state_directory_warnings_logged_at_start(self) -> None:
+        """What ``prepare_state`` could not make private is logged (warn) at start."""
+        shared = Path(self.mktemp())
+        shared.mkdir()
+        shared.chmod(0o755)
+        (shared / "other.txt").write_text("x", encoding="ascii")
+        config = self.config(storage=StorageConfig(path=str(shared), backend="memory"))
+        events: list[dict[str, Any]] = []
+        self.patch(tap.PushService, "log", Logger(observer=events.append))
+        self.start(config)
+        warned = [formatEvent(e) for e in events if e["log_level"] is LogLevel.warn]
+        self.assertEqual(len(warned), 1, warned)
+        self.assertIn("is open to other users (mode 0755)", warned[0])
+
+    def test_bad_state_directory_is_config_error(self) -> None:
+        """A state directory that cannot be created is a ``ConfigError`` naming storage.path."""
+        config = self.config(storage=StorageConfig(path="/proc/nope", backend="memory"))
+        error = self.assertRaises(ConfigError, tap.build_service, config, MemoryReactorClock())
+        self.assertIn("storage.path: cannot create the state directory /proc/nope", str(error))
 
     def test_generated_key_is_persisted(self) -> None:
         """Without configured keys a key is generated and written to the state dir."""

@@ -18,11 +18,13 @@ from pushtwisted.errors import ConfigError, InvalidToken
 from pushtwisted.tokens import (
     KEY_FILE,
     EndpointCrypto,
+    KeyFile,
     MessageId,
     MessageIds,
     WebPushToken,
     decode_key,
     generate_key,
+    key_problem,
     load_or_create_key,
 )
 
@@ -153,14 +155,17 @@ class KeyTests(SynchronousTestCase):
         self.assertRaises(ConfigError, EndpointCrypto, [generate_key(), "bad"])
 
     def test_load_or_create_key_persists_0600(self) -> None:
-        """The first call creates the directory and a 0600 key file; the next returns the same."""
+        """The first call creates a 0700 directory and a 0600 key file and says it
+        generated the key; the next returns the same key, not generated."""
         state = Path(self.mktemp()) / "state"
-        key = load_or_create_key(state)
-        self.assertEqual(len(decode_key(key)), 32)
+        first = load_or_create_key(state)
+        self.assertEqual(len(decode_key(first.key)), 32)
         path = state / KEY_FILE
+        self.assertEqual((first.path, first.generated), (path, True))
         self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
-        self.assertEqual(path.read_text(encoding="ascii").strip(), key)
-        self.assertEqual(load_or_create_key(str(state)), key)
+        self.assertEqual(stat.S_IMODE(state.stat().st_mode), 0o700)
+        self.assertEqual(path.read_text(encoding="ascii").strip(), first.key)
+        self.assertEqual(load_or_create_key(str(state)), KeyFile(first.key, path, False))
         self.assertEqual([p.name for p in state.iterdir()], [KEY_FILE])
 
     def test_load_or_create_key_reads_existing(self) -> None:
@@ -169,14 +174,41 @@ class KeyTests(SynchronousTestCase):
         state.mkdir()
         key = generate_key()
         (state / KEY_FILE).write_text(key + "\n", encoding="ascii")
-        self.assertEqual(load_or_create_key(state), key)
+        self.assertEqual(load_or_create_key(state), KeyFile(key, state / KEY_FILE, False))
+
+    def test_corrupt_key_file_names_the_file(self) -> None:
+        """A key file that holds no valid key is a ``ConfigError`` naming ``storage.path``
+        and the file, not ``crypto.keys``; the file is left as it was."""
+        state = Path(self.mktemp())
+        state.mkdir()
+        path = state / KEY_FILE
+        for content, reason in (
+            (b"c2hvcnQ=\n", "a key must be 32 bytes, got 5"),
+            (b"\xff\xfe not ascii\n", "a key is not URL-safe base64"),
+            (b"", "a key must be 32 bytes, got 0"),
+        ):
+            path.write_bytes(content)
+            error = self.assertRaises(ConfigError, load_or_create_key, state)
+            self.assertEqual(
+                str(error),
+                f"storage.path: the endpoint key file {path} is corrupt ({reason}): restore"
+                " it, or delete it to have a new key generated (every pushEndpoint handed out"
+                " with the old key then stops working)",
+            )
+            self.assertEqual(path.read_bytes(), content)
+
+    def test_key_problem(self) -> None:
+        """``key_problem`` says why a text is not a key, without the key, or None."""
+        self.assertIsNone(key_problem(generate_key()))
+        self.assertEqual(key_problem("c2hvcnQ="), "a key must be 32 bytes, got 5")
+        self.assertEqual(key_problem("not base64 !!"), "a key is not URL-safe base64")
 
     def test_created_key_issues_parsable_tokens(self) -> None:
         """A key from ``load_or_create_key`` works with ``EndpointCrypto`` across restarts."""
         state = self.mktemp()
         uaid, chid = uuid.uuid4().hex, uuid.uuid4().hex
-        token = EndpointCrypto([load_or_create_key(state)]).make_token(uaid, chid)
-        self.assertEqual(EndpointCrypto([load_or_create_key(state)]).parse(token), (uaid, chid))
+        token = EndpointCrypto([load_or_create_key(state).key]).make_token(uaid, chid)
+        self.assertEqual(EndpointCrypto([load_or_create_key(state).key]).parse(token), (uaid, chid))
 
 
 #: A SimplePush token issued by the code before WebPush tokens (key, uaid, chid, token).

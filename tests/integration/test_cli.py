@@ -2,7 +2,8 @@
 
 ``python -m pushtwisted`` (run, ``check``, ``sample-config``, ``--version``,
 ``--help``, ``--log-format``) and ``twistd simplepush`` (``--check-config``,
-``--version``, configuration errors at start, listeners that cannot bind,
+``--version``, configuration errors at start, a state directory that cannot
+be used, listeners that cannot bind,
 ``[server] log_level`` with twistd's default logger).
 """
 
@@ -179,6 +180,56 @@ class StartupErrorTests(_CommandTestCase):
                 "error: client.max_channels: must be >= 0, got -1",
                 "error: storage.backend: must be one of: memory, sqlite, memcached, got 'dynamo'",
             ],
+        )
+
+
+class StateDirectoryErrorTests(_CommandTestCase):
+    """A state directory that cannot be used stops the start with one line and status 1."""
+
+    def start(self, path: str | Path) -> subprocess.CompletedProcess[str]:
+        """Start ``twistd -n simplepush`` with ``[storage] path`` set to ``path``."""
+        document = {"storage": {"path": str(path)}}
+        return self.run_command([*TWISTD, "--config", self.config_file(document)])
+
+    def assertOneLine(self, result: subprocess.CompletedProcess[str], line: str) -> None:
+        """Exit 1 and exactly ``line`` on stderr, nothing else."""
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (1, "", line + "\n"))
+
+    def test_cannot_be_created(self) -> None:
+        """``/proc/nope``: the key, the OS error."""
+        self.assertOneLine(
+            self.start("/proc/nope"),
+            "error: storage.path: cannot create the state directory /proc/nope: no such file"
+            " or directory",
+        )
+
+    def test_file_instead_of_directory(self) -> None:
+        """A file where the directory is expected."""
+        file = self.directory() / "state"
+        file.write_text("not a directory", encoding="ascii")
+        self.assertOneLine(self.start(file), f"error: storage.path: {file} is not a directory")
+
+    def test_cannot_be_written(self) -> None:
+        """A directory this user cannot write in (as a root-owned volume would be)."""
+        result = self.start("/sys")
+        self.assertEqual((result.returncode, result.stdout), (1, ""))
+        self.assertTrue(
+            result.stderr.startswith(
+                "error: storage.path: cannot write in the state directory /sys: "
+            ),
+            result.stderr,
+        )
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+
+    def test_corrupt_endpoint_key(self) -> None:
+        """A corrupt ``endpoint.key`` is named (it was reported as ``crypto.keys``)."""
+        state = self.directory()
+        (state / "endpoint.key").write_text("garbage\n", encoding="ascii")
+        self.assertOneLine(
+            self.start(state),
+            f"error: storage.path: the endpoint key file {state / 'endpoint.key'} is corrupt"
+            " (a key is not URL-safe base64): restore it, or delete it to have a new key"
+            " generated (every pushEndpoint handed out with the old key then stops working)",
         )
 
 
