@@ -16,17 +16,23 @@ runs, and only when the directory is needed (the sqlite backend, or no
   file, which leaves nothing behind);
 - without configured keys, the endpoint key is read, or generated and
   written (``tokens.load_or_create_key``); a key file that holds no valid
-  key is refused, naming the file.
+  key is refused, naming the file;
+- with the sqlite backend, the database file is created 0600 when absent
+  (SQLite gives its ``-wal`` and ``-shm`` the database's mode) and opened
+  once, so that a corrupt file, or one written by a newer release, stops the
+  start instead of failing every call later.
 
 Each problem is a ``ConfigError`` naming ``storage.path`` and the path, with
-the OS error: the start ends with that one line and status 1.  The checks
-are blocking file calls made on the main thread before the reactor starts
-(nothing is served yet).
+the OS or SQLite error: the start ends with that one line and status 1.
+The checks are blocking file and SQLite calls made on the main thread
+before the reactor starts (nothing is served yet); the storage backend
+itself still opens the database on the storage thread pool.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -34,6 +40,7 @@ from pathlib import Path
 
 from pushtwisted.config import StorageConfig
 from pushtwisted.errors import ConfigError
+from pushtwisted.storage._sqlite_schema import SCHEMA_VERSION
 from pushtwisted.storage.sqlite import DB_FILENAME
 from pushtwisted.tokens import KEY_FILE, KeyFile, load_or_create_key
 
@@ -98,7 +105,10 @@ def prepare_state(config: StorageConfig, *, need_key: bool) -> State:
         except OSError as e:
             where = e.filename or directory / KEY_FILE
             raise ConfigError(f"storage.path: cannot use {where}: {os_reason(e)}") from None
-    database = directory / DB_FILENAME if sqlite else None
+    database = None
+    if sqlite:
+        database = directory / DB_FILENAME
+        _check_database(database, config.timeout)
     for name in sorted(_OURS):
         _private_file(directory / name, warnings)
     return State(directory=directory, key=key, database=database, warnings=tuple(warnings))
@@ -153,4 +163,32 @@ def _private_file(path: Path, warnings: list[str]) -> None:
         warnings.append(
             f"storage.path: {path} is readable by other users (mode {mode:04o}) and"
             f" cannot be made 0600: {os_reason(e)}"
+        )
+
+
+def _check_database(path: Path, timeout: float) -> None:
+    """Create the database file 0600 when absent, then open and read it once.
+
+    :param timeout: seconds to wait for a lock another writer holds.
+
+    :raises ConfigError: naming the file, when it cannot be created or is not
+        a database this release can use.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as e:
+        raise ConfigError(f"storage.path: cannot create {path}: {os_reason(e)}") from None
+    try:
+        conn = sqlite3.connect(path, timeout=timeout)
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise ConfigError(f"storage.path: cannot open the database {path}: {e}") from None
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"storage.path: the database {path} has schema version {version}, newer than"
+            f" this release's {SCHEMA_VERSION}: run the release that wrote it"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushtwisted.config import StorageConfig
 from pushtwisted.errors import ConfigError
 from pushtwisted.statedir import State, prepare_state
-from pushtwisted.storage.sqlite import DB_FILENAME
+from pushtwisted.storage.sqlite import DB_FILENAME, SCHEMA_VERSION
 from pushtwisted.tokens import KEY_FILE, generate_key
 
 
@@ -120,3 +121,53 @@ class PrepareStateTests(SynchronousTestCase):
         self.assertIn(
             f"storage.path: the endpoint key file {path / KEY_FILE} is corrupt", str(error)
         )
+
+
+class DatabaseCheckTests(SynchronousTestCase):
+    """With the sqlite backend the database file is created private and opened once."""
+
+    def prepare(self, path: Path) -> State:
+        return prepare_state(StorageConfig(path=str(path), backend="sqlite"), need_key=False)
+
+    def test_created_private(self) -> None:
+        """A missing database is created 0600 and reported with its absolute path."""
+        path = Path(self.mktemp()).resolve()
+        state = self.prepare(path)
+        self.assertEqual(state.database, path / DB_FILENAME)
+        self.assertEqual(_mode(path / DB_FILENAME), 0o600)
+        self.assertIsNone(state.key)
+
+    def test_corrupt_file(self) -> None:
+        """A file that is not a database is one error naming the file."""
+        path = Path(self.mktemp()).resolve()
+        path.mkdir()
+        (path / DB_FILENAME).write_bytes(b"this is not sqlite" * 100)
+        error = self.assertRaises(ConfigError, self.prepare, path)
+        self.assertEqual(
+            error.problems,
+            (
+                f"storage.path: cannot open the database {path / DB_FILENAME}: file is not a"
+                " database",
+            ),
+        )
+
+    def test_newer_schema(self) -> None:
+        """A database written by a newer release is refused, naming the file."""
+        path = Path(self.mktemp()).resolve()
+        path.mkdir()
+        conn = sqlite3.connect(path / DB_FILENAME)
+        conn.execute("PRAGMA user_version = 99")
+        conn.close()
+        error = self.assertRaises(ConfigError, self.prepare, path)
+        self.assertIn(
+            f"storage.path: the database {path / DB_FILENAME} has schema version 99", str(error)
+        )
+
+    def test_current_database_accepted(self) -> None:
+        """A database this release wrote passes, unchanged."""
+        path = Path(self.mktemp()).resolve()
+        path.mkdir()
+        conn = sqlite3.connect(path / DB_FILENAME)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.close()
+        self.assertEqual(self.prepare(path).database, path / DB_FILENAME)

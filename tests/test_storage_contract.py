@@ -23,6 +23,7 @@ import inspect
 import json
 import os
 import sqlite3
+import stat
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -778,6 +779,17 @@ class SqliteTests(SynchronousTestCase):
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
         self.assertEqual(tables, {"users", "channels"})
+
+    def test_files_are_private(self) -> None:
+        """The directory is created 0700, the database and its -wal and -shm 0600."""
+        storage = self.open()
+        self.successResultOf(storage.register(new_id(), new_id(), "x", 0))
+        directory = os.path.dirname(self.path)
+        self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700)
+        names = sorted(os.listdir(directory))
+        self.assertEqual(names, [os.path.basename(self.path) + s for s in ("", "-shm", "-wal")])
+        for name in names:
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode), 0o600)
 
     def test_newer_schema_refused(self) -> None:
         """A database written by a newer schema is left alone: ``StorageUnavailable``."""

@@ -105,8 +105,8 @@ def _as_storage_error(e: BaseException) -> BaseException:
 class SqliteStorage:
     """A durable ``Storage`` in one SQLite file, with one writer and group commit.
 
-    :param path: the database file; its directory is created if missing.
-        ``:memory:`` is not supported (each connection would get its own).
+    :param path: the database file, created 0600 (its directory 0700) if
+        missing.  ``:memory:`` is not supported (each connection its own).
     :param run: the runner of blocking calls (``ThreadPoolService.run``); one
         call per read and one per batch of writes.
     :param clock: the reactor clock; ``seconds()`` dates tombstones and
@@ -278,7 +278,8 @@ class SqliteStorage:
             raise StorageUnavailable("sqlite storage is closed")
         directory = os.path.dirname(self._path)
         if directory:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))  # -wal, -shm alike
         # check_same_thread=False so that close() may close every connection,
         # and so that the writer connection may serve batches on any pool
         # thread (one at a time, under _writer_lock).

@@ -232,6 +232,16 @@ class StateDirectoryErrorTests(_CommandTestCase):
             " generated (every pushEndpoint handed out with the old key then stops working)",
         )
 
+    def test_corrupt_database(self) -> None:
+        """A SQLite file that is not a database is named (the server used to run on)."""
+        state = self.directory()
+        database = state / "pushtwisted.sqlite3"
+        database.write_bytes(b"this is not sqlite" * 100)
+        self.assertOneLine(
+            self.start(state),
+            f"error: storage.path: cannot open the database {database}: file is not a database",
+        )
+
 
 class ListenErrorTests(_CommandTestCase):
     """A listener that cannot bind stops the start with one line and status 1."""
