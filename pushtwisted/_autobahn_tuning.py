@@ -216,7 +216,7 @@ def _replace(
         setattr(module, name, stand_in)
         patched.append(f"{module.__name__}.{name}")
     if patched:
-        _log.info("autobahn tuning applied: {names}", names=", ".join(patched))
+        _log.debug("autobahn tuning applied: {names}", names=", ".join(patched))
     return patched
 
 

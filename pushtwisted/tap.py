@@ -21,13 +21,14 @@ import gc
 import signal
 from typing import Any, cast
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import Factory
 
-from pushtwisted import _autobahn_tuning
+from pushtwisted import __version__, _autobahn_tuning
 from pushtwisted._reactor import IServerReactor
 from pushtwisted.cli import VersionedOptions, check_report, error_exit, report_config_errors
 from pushtwisted.cluster.exposure import public_exposure
@@ -40,6 +41,7 @@ from pushtwisted.node import Node
 from pushtwisted.prometheus import PrometheusMetrics
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.routing import LocalRouter
+from pushtwisted.startup import startup_warnings, summary_line
 from pushtwisted.statedir import State, prepare_state
 from pushtwisted.storage.factory import (
     build_memcache_client,
@@ -95,9 +97,12 @@ class PushService(MultiService):
     close the cluster's connections to other nodes, stop the storage thread
     pool last.  Each is waited for before the next; none fails the stop.
 
+    Once started it logs one summary line (``startup.summary_line``: version,
+    storage, the bound listeners, ``public_url``, the endpoint key), then the
+    ``startup.startup_warnings``.
+
+    :param state: what the state directory holds (``statedir.prepare_state``).
     :ivar listeners: the listening services, stopped first.
-    :ivar warnings: logged when the service starts (``build_service`` sets
-        what the operator should know: permissions it could not tighten).
     """
 
     log = logger()
@@ -108,23 +113,40 @@ class PushService(MultiService):
         *,
         pool: ThreadPoolService | None = None,
         shutdown_timeout: float = 10.0,
+        state: State | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.node = node
         self.pool = pool
         self.shutdown_timeout = shutdown_timeout
-        self.listeners: list[IService] = []
-        self.warnings: list[str] = []
+        self.state = state or State()
+        self.listeners: list[ListenerService] = []
 
-    def add_listener(self, listener: IService) -> None:
+    def add_listener(self, listener: ListenerService) -> None:
         """Add a listening service: started last, stopped first."""
         listener.setServiceParent(self)  # type: ignore[no-untyped-call]  # Twisted: untyped
         self.listeners.append(listener)
 
     def startService(self) -> None:
-        """Start the children in order, then log the warnings."""
+        """Start the children in order, then log the summary line and the warnings."""
         super().startService()  # type: ignore[no-untyped-call]  # Twisted: untyped
-        for warning in self.warnings:
+        config = self.node.config
+        listening = [
+            (
+                listener.section,
+                listener.port.getHost() if listener.port else None,
+                listener.description,
+            )
+            for listener in self.listeners
+        ]
+        self.log.info(
+            "{summary}",
+            summary=summary_line(config, self.state, listening),
+            version=__version__,
+            backend=config.storage.backend,
+            public_url=config.endpoint.public_url,
+        )
+        for warning in startup_warnings(config, self.state, listening):
             self.log.warn("{problem}", problem=warning)
 
     def stopService(self) -> Deferred[None]:
@@ -257,8 +279,9 @@ def build_service(config: Config, reactor: IServerReactor) -> PushService:
         metrics=metrics,
         router=cluster.router if cluster is not None else LocalRouter(registry),
     )
-    root = PushService(node, pool=pool, shutdown_timeout=config.server.shutdown_timeout)
-    root.warnings.extend(state.warnings)
+    root = PushService(
+        node, pool=pool, shutdown_timeout=config.server.shutdown_timeout, state=state
+    )
     # Started in this order, stopped in the reverse one (see PushService).
     for child in (pool, cluster, storage):
         if child is not None:
@@ -302,12 +325,13 @@ def _build_listener(
     reuse_port: bool,
     factory: IProtocolFactory,
     reactor: IServerReactor,
-) -> IService:
+) -> ListenerService:
     """Return the service listening on ``description`` with the section's options.
 
     ``serverFromString`` parses it, through ``pushtwisted.listeners``'
     endpoint type, which adds the ``backlog`` and, with ``reuse_port``, a
-    ``SO_REUSEPORT`` socket; a ``ListenerService`` listens on it.
+    ``SO_REUSEPORT`` socket; a ``ListenerService`` listens on it.  The
+    factory is made quiet (``noisy = False``): no "Starting factory" lines.
 
     :raises ConfigError: naming ``<section>.listen`` (or ``<section>.reuse_port``
         for a description ``reuse_port`` cannot serve).
@@ -321,6 +345,8 @@ def _build_listener(
         raise ConfigError(
             f"{section}.listen: invalid endpoint description {description!r}: {e}"
         ) from None
+    if isinstance(factory, Factory):
+        factory.noisy = False
     return ListenerService(section, description, endpoint, factory)
 
 

@@ -18,7 +18,7 @@ from autobahn.nvx._xormasker import create_xor_masker as native_xor_masker
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITCPTransport
-from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -92,6 +92,21 @@ class LazyFormattingTests(SynchronousTestCase):
             current = getattr(module, name)
             self.assertIsNot(current, original, name)
             self.assertIs(current.__wrapped__, original, name)
+
+    def test_applied_quietly(self) -> None:
+        """When applied, the list of what was replaced is logged at debug, not at info."""
+        for module, name, original, _ in tuning._TARGETS:
+            setattr(module, name, original)
+        self.addCleanup(tuning.apply)
+        with _Events() as log:
+            self.assertTrue(tuning.apply())
+        self.assertEqual([t for t in log.texts() if "tuning applied" in t], [])
+        events: list[LogEvent] = []
+        for module, name, original, _ in tuning._TARGETS:
+            setattr(module, name, original)
+        self.patch(tuning, "_log", Logger(observer=events.append))
+        tuning.apply()
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.debug])
 
     def test_idempotent(self) -> None:
         """When applied again, nothing more is replaced."""

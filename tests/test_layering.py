@@ -67,7 +67,9 @@ _ADAPTERS = frozenset(
 )
 #: Every module of these packages is an adapter (unless named above).
 _ADAPTER_PACKAGES = ("pushtwisted.cluster", "pushtwisted.storage", "pushtwisted.web")
-_ROOT = frozenset({"pushtwisted.__main__", "pushtwisted.cli", "pushtwisted.tap"})
+_ROOT = frozenset(
+    {"pushtwisted.__main__", "pushtwisted.cli", "pushtwisted.startup", "pushtwisted.tap"}
+)
 #: Test support sits on top: it may import anything but ``tap``.
 _ROOT_PACKAGES = ("pushtwisted.testing",)
 

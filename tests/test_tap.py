@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 from zope.interface import implementer
 
+import pushtwisted
 from pushtwisted import _autobahn_tuning, tap
 from pushtwisted.config import (
     Config,
@@ -30,7 +31,7 @@ from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.storage.service import StorageService
 from pushtwisted.storage.sqlite import SqliteStorage
-from pushtwisted.testing import FailingStorage, FakeSession, make_node
+from pushtwisted.testing import FailingStorage, FakeSession, ListeningReactor, make_node
 from pushtwisted.threadpool import ThreadPoolService
 from pushtwisted.tokens import KEY_FILE, EndpointCrypto, generate_key
 from pushtwisted.websocket import PushServerFactory
@@ -200,19 +201,61 @@ class BuildServiceTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
         self.assertFalse(any(child.running for child in service))
 
-    def test_state_directory_warnings_logged_at_start(self) -> None:
-        """What ``prepare_state`` could not make private is logged (warn) at start."""
+    def logged(self) -> list[dict[str, Any]]:
+        """Record what ``PushService`` logs from now on."""
+        events: list[dict[str, Any]] = []
+        self.patch(tap.PushService, "log", Logger(observer=events.append))
+        return events
+
+    def test_summary_and_warnings_logged_at_start(self) -> None:
+        """Once the listeners are bound, one info line sums the node up (the bound
+        addresses, the key file's absolute path); the warnings follow."""
         shared = Path(self.mktemp())
         shared.mkdir()
         shared.chmod(0o755)
         (shared / "other.txt").write_text("x", encoding="ascii")
         config = self.config(storage=StorageConfig(path=str(shared), backend="memory"))
-        events: list[dict[str, Any]] = []
-        self.patch(tap.PushService, "log", Logger(observer=events.append))
-        self.start(config)
+        events = self.logged()
+        service = tap.build_service(config, ListeningReactor())
+        self.assertEqual(events, [])
+        service.startService()
+        self.addCleanup(self.stop, service)
+        lines = [(e["log_level"], formatEvent(e)) for e in events]
+        self.assertEqual([level for level, _ in lines], [LogLevel.info] + [LogLevel.warn] * 2)
+        directory = shared.resolve()
+        self.assertEqual(
+            lines[0][1],
+            f"pushtwisted {pushtwisted.__version__} started: memory storage (volatile);"
+            " websocket on 127.0.0.1:8080, endpoint on"
+            f" 127.0.0.1:8081; public_url http://127.0.0.1:8081; endpoint key generated in"
+            f" {directory / 'endpoint.key'}",
+        )
+        self.assertIn("a new endpoint key was generated", lines[1][1])
+        self.assertIn("is open to other users (mode 0755)", lines[2][1])
+        self.assertEqual(events[0]["backend"], "memory")
+
+    def test_exposed_listeners_warned_at_start(self) -> None:
+        """Listeners on every interface with the default public_url: a warning."""
+        config = self.config(
+            websocket=WebSocketConfig(listen="tcp:8080:interface=0.0.0.0"),
+            endpoint=EndpointConfig(listen="tcp:8081"),
+            crypto=dataclasses.replace(Config().crypto, keys=[generate_key()]),
+        )
+        events = self.logged()
+        service = tap.build_service(config, ListeningReactor())
+        service.startService()
+        self.addCleanup(self.stop, service)
         warned = [formatEvent(e) for e in events if e["log_level"] is LogLevel.warn]
         self.assertEqual(len(warned), 1, warned)
-        self.assertIn("is open to other users (mode 0755)", warned[0])
+        self.assertTrue(
+            warned[0].startswith("websocket and endpoint listen on every interface"), warned
+        )
+
+    def test_quiet_factories(self) -> None:
+        """Listener factories do not log "Starting factory <... at 0x...>" lines."""
+        reactor, _ = self.start(self.config())
+        for _, factory, _, _ in reactor.tcpServers:
+            self.assertFalse(factory.noisy, factory)
 
     def test_bad_state_directory_is_config_error(self) -> None:
         """A state directory that cannot be created is a ``ConfigError`` naming storage.path."""

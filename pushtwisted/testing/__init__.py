@@ -12,7 +12,9 @@ nodes behind ``StubTreq``), which need the HTTP stack.
 - ``FailingStorage``, ``HoldingStorage`` (with ``HeldCall``): a ``Storage``
   wrapped so that chosen methods fail, or wait until released by hand;
 - ``FakeRouter``: a ``Router`` that records calls and answers as told;
-- ``make_node``: a ``Node`` on memory storage and a ``task.Clock``.
+- ``make_node``: a ``Node`` on memory storage and a ``task.Clock``;
+- ``ListeningReactor``: a ``MemoryReactorClock`` whose TCP ports report the
+  interface they were asked for.
 """
 
 from __future__ import annotations
@@ -21,8 +23,13 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from zope.interface import implementer
 
 from pushtwisted.config import Config
 from pushtwisted.errors import StorageUnavailable
@@ -40,6 +47,7 @@ __all__ = [
     "FakeSession",
     "HeldCall",
     "HoldingStorage",
+    "ListeningReactor",
     "RecordingMetrics",
     "RecordingSender",
     "make_node",
@@ -323,6 +331,43 @@ class FakeRouter:
     def on_disconnect(self, uaid: str, connected_at: int) -> None:
         """Record the call."""
         self.disconnects.append((uaid, connected_at))
+
+
+@implementer(IListeningPort)
+class _Port:
+    """A listening port that only knows its address."""
+
+    def __init__(self, address: IPv4Address | IPv6Address) -> None:
+        self.address = address
+        self.listening = True
+
+    def startListening(self) -> None:
+        """Listen (again)."""
+        self.listening = True
+
+    def stopListening(self) -> None:
+        """Stop listening."""
+        self.listening = False
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        """Return the address given."""
+        return self.address
+
+
+class ListeningReactor(MemoryReactorClock):
+    """A ``MemoryReactorClock`` whose ``listenTCP`` ports report the interface asked for.
+
+    (``MemoryReactorClock`` reports 0.0.0.0 for every IPv4 listener.)
+    """
+
+    def listenTCP(
+        self, port: int, factory: ServerFactory, backlog: int = 50, interface: str = ""
+    ) -> IListeningPort:
+        """Record the call; return a port bound to ``interface`` (0.0.0.0 when empty)."""
+        super().listenTCP(port, factory, backlog, interface)  # type: ignore[no-untyped-call]
+        if ":" in interface:
+            return _Port(IPv6Address("TCP", interface, port))
+        return _Port(IPv4Address("TCP", interface or "0.0.0.0", port))
 
 
 def make_node(

@@ -347,6 +347,26 @@ class LoggingTests(SynchronousTestCase):
             self.assertIn(fragment, info)
         self.assertEqual(self.run_server("error"), "")
 
+    def test_summary_line_without_noise(self) -> None:
+        """At ``info`` the start is summed up in one line (with the state directory's
+        absolute path); no "Starting factory <...>" nor "autobahn tuning applied" lines."""
+        server = ServerProcess(self)
+        server.start()
+        self.assertEqual(server.stop(signal.SIGTERM), 0, server.log)
+        lines = server.log.splitlines()
+        [summary] = [line for line in lines if "started: sqlite storage" in line]
+        self.assertIn(f"pushtwisted {pushtwisted.__version__} started", summary)
+        self.assertIn(
+            f"sqlite storage {server.state_dir / 'pushtwisted.sqlite3'}; websocket on"
+            f" 127.0.0.1:{server.ws_port}, endpoint on 127.0.0.1:{server.endpoint_port};"
+            f" public_url {server.endpoint_url}; endpoint key generated in"
+            f" {server.state_dir / 'endpoint.key'}",
+            summary,
+        )
+        self.assertTrue(any("a new endpoint key was generated" in line for line in lines))
+        for noise in ("Starting factory", "Stopping factory", "autobahn tuning applied"):
+            self.assertNotIn(noise, server.log)
+
     def test_module_logs_json(self) -> None:
         """``python -m pushtwisted --log-format json`` (or ``--logger``) writes JSON lines."""
         for option in (["--log-format", "json"], ["--logger", "pushtwisted.logs.json_observer"]):
