@@ -221,8 +221,9 @@ class StorageConfig:
     #: memcached: seconds a channel with a pending update lives (refreshed at
     #: hello and on every update); more than 30 days is fine.
     ttl_live: float = field(default=2592000.0, metadata=_check(_positive))
-    #: memcached: seconds a registered channel and the user's channel list live
-    #: (refreshed at hello).  Keep it long: an expired channel answers 410.
+    #: Seconds a user (UAID) and its channels live without a hello or a
+    #: register: memcached expires the records, sqlite's hourly purge deletes
+    #: them.  Keep it long: an expired channel answers 410.
     ttl_registered: float = field(default=2592000.0, metadata=_check(_positive))
 
     def __post_init__(self) -> None:

@@ -3,7 +3,7 @@
 Tables (kept in ``PRAGMA user_version`` and migrated when the first
 connection opens)::
 
-    users(uaid PRIMARY KEY)
+    users(uaid PRIMARY KEY, seen_at)
     channels(uaid, chid, channel_id, state, version, data, expires_at,
              PRIMARY KEY(uaid, chid))
 
@@ -11,16 +11,23 @@ connection opens)::
 ``version`` is stored as decimal text so any Python int round-trips (app
 servers may send uint64 versions, past SQLite's signed 64-bit INTEGER).
 ``data`` is a UTF-8 BLOB (``surrogatepass``, ``encode_data``), so every
-``str`` round-trips.  Only tombstones have ``expires_at``.
+``str`` round-trips.  Only tombstones have ``expires_at``.  ``seen_at``
+(version 2) is when the user last registered or said hello
+(``pushtwisted.storage._sqlite_expiry``); version 1 users get it at the
+first purge after the migration, which keeps every row.
 
-Everything here runs on the storage pool, on a connection of the storage.
+Everything here runs on the storage pool, on a connection of the storage;
+``translated`` and ``as_storage_error`` turn what sqlite3 raises there into
+``StorageUnavailable``.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 from pushtwisted.errors import StorageUnavailable
 
@@ -29,11 +36,16 @@ __all__ = [
     "LIVE",
     "REGISTERED",
     "SCHEMA_VERSION",
+    "as_storage_error",
     "decode_data",
     "encode_data",
     "immediate",
     "migrate",
+    "translated",
 ]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 DELETED = 0
 LIVE = 1
@@ -53,6 +65,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (uaid, chid)
         ) WITHOUT ROWID""",
         "CREATE INDEX channels_expiry ON channels (expires_at) WHERE expires_at IS NOT NULL",
+    ),
+    2: (
+        "ALTER TABLE users ADD COLUMN seen_at REAL",
+        "CREATE INDEX users_seen ON users (seen_at)",
     ),
 }
 
@@ -99,3 +115,25 @@ def encode_data(data: str | None) -> bytes | None:
 def decode_data(raw: bytes | None) -> str | None:
     """Return stored data as the ``str`` that was written."""
     return None if raw is None else bytes(raw).decode("utf-8", "surrogatepass")
+
+
+def translated(func: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Turn sqlite3 and OS errors raised by ``func`` into ``StorageUnavailable``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return func(*args, **kwargs)
+        except (sqlite3.Error, OSError) as e:
+            raise StorageUnavailable(f"sqlite: {e}") from e
+
+    return wrapper
+
+
+def as_storage_error(e: BaseException) -> BaseException:
+    """Map sqlite3 and OS errors to ``StorageUnavailable``; keep others."""
+    if isinstance(e, (sqlite3.Error, OSError)):
+        error = StorageUnavailable(f"sqlite: {e}")
+        error.__cause__ = e
+        return error
+    return e

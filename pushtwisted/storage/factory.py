@@ -7,7 +7,8 @@ and wraps it in the ``StorageService`` that opens, purges and closes it:
 - ``memory``: ``MemoryStorage``, volatile, needs no pool;
 - ``sqlite``: ``SqliteStorage`` on ``<path>/pushtwisted.sqlite3``, its write
   queue bounded by ``queue_limit`` and each write by ``timeout``; opened at
-  start and purged of expired tombstones every hour;
+  start and purged every hour of expired tombstones and of users not seen
+  for ``ttl_registered``;
 - ``memcached``: ``MemcachedStorage`` over ``servers``, with the client of
   ``build_memcache_client``, whose connection pools are sized to the thread
   pool.  The cluster directory shares that client (one per server set);
@@ -99,6 +100,7 @@ def build_storage_service(
             pool.run,
             reactor,
             ttl_deleted=config.ttl_deleted,
+            ttl_registered=config.ttl_registered,
             busy_timeout=config.timeout,
             synchronous=config.sqlite_synchronous,
             max_pending=config.queue_limit,

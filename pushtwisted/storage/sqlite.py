@@ -24,12 +24,10 @@ Past ``max_pending`` queued or running writes, new writes fail at once with
 calls, waits until every queued write is committed, then closes the
 connections.
 
-The tables, and their migrations when the first connection opens, are in
-``pushtwisted.storage._sqlite_schema``.  Only tombstones have
-``expires_at``; they count as absent once ``now >= expires_at``, where
-``now`` is the reactor clock read on the reactor thread and passed in.
-Expired tombstones are purged at ``open()``, by ``purge_expired()`` and per
-user at each ``unregister``.
+The tables and their migrations are in ``_sqlite_schema``, what expires
+(tombstones; users not seen for ``ttl_registered``) in ``_sqlite_expiry``;
+``now`` is the reactor clock read on the reactor thread.  Both are purged at
+``open()`` and by ``purge_expired()``, tombstones also at ``unregister``.
 
 The ``_blocking`` and ``_op`` methods run on the storage pool.  They touch
 only their arguments, the connections and the connection registry, never
@@ -51,14 +49,17 @@ from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import StorageUnavailable, TooManyChannels
 from pushtwisted.storage._group_commit import GroupCommit, Outcome
+from pushtwisted.storage._sqlite_expiry import purge, purge_all, stale, touch
 from pushtwisted.storage._sqlite_schema import (
     DELETED,
     LIVE,
     REGISTERED,
     SCHEMA_VERSION,
+    as_storage_error,
     decode_data,
     encode_data,
     migrate,
+    translated,
 )
 from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
 
@@ -78,28 +79,8 @@ _CHUNK = 500
 
 #: A write operation as the writer runs it: everything but the connection bound.
 _Call = Callable[[sqlite3.Connection], object]
-
-
-def _translated(func: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Turn sqlite3 and OS errors raised by ``func`` into ``StorageUnavailable``."""
-
-    @functools.wraps(func)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return func(*args, **kwargs)
-        except (sqlite3.Error, OSError) as e:
-            raise StorageUnavailable(f"sqlite: {e}") from e
-
-    return wrapper
-
-
-def _as_storage_error(e: BaseException) -> BaseException:
-    """Map sqlite3 and OS errors to ``StorageUnavailable``; keep others."""
-    if isinstance(e, (sqlite3.Error, OSError)):
-        error = StorageUnavailable(f"sqlite: {e}")
-        error.__cause__ = e
-        return error
-    return e
+#: What ``fetch_pending`` answers.
+_Pending = list[PendingUpdate]
 
 
 class SqliteStorage:
@@ -112,6 +93,8 @@ class SqliteStorage:
     :param clock: the reactor clock; ``seconds()`` dates tombstones and
         times writes out.
     :param ttl_deleted: seconds a tombstone of an unregistered channel lives.
+    :param ttl_registered: seconds a user lives without a register or hello
+        (then the purge deletes it with its channels); None: forever.
     :param busy_timeout: seconds a connection waits for another writer
         (another process, or the schema migration).
     :param synchronous: ``PRAGMA synchronous`` (``FULL`` also survives power
@@ -131,6 +114,7 @@ class SqliteStorage:
         clock: IReactorTime,
         *,
         ttl_deleted: float,
+        ttl_registered: float | None = None,
         busy_timeout: float = 5.0,
         synchronous: str = "FULL",
         max_pending: int = 1000,
@@ -145,6 +129,7 @@ class SqliteStorage:
         self._run = run
         self._clock = clock
         self._ttl_deleted = ttl_deleted
+        self._ttl_registered = ttl_registered
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous.upper()
         # Thread side: read connections, the writer connection, the registry.
@@ -174,24 +159,27 @@ class SqliteStorage:
     # -- the asynchronous API (reactor thread) --------------------------------
 
     def open(self) -> Deferred[None]:
-        """Create or migrate the schema and purge expired tombstones.
+        """Create or migrate the schema and purge what expired (``purge_expired``).
 
         Optional: the first call of any method opens the database too, but
         calling this at startup surfaces a bad path or a newer schema early.
         """
-        return self._write("open", self._purge_op, self._clock.seconds()).addCallback(
-            lambda _: None
-        )
+        return self._purge("open").addCallback(lambda _: None)
 
     def purge_expired(self) -> Deferred[int]:
-        """Delete expired tombstones; fire with how many were deleted."""
-        return self._write("purge_expired", self._purge_op, self._clock.seconds())
+        """Delete expired tombstones and unseen users (``PURGE_USERS`` per write); count them."""
+        return self._purge("purge_expired")
+
+    def _purge(self, operation: str) -> Deferred[int]:
+        now, ttl = self._clock.seconds(), self._ttl_registered
+        return Deferred.fromCoroutine(purge_all(lambda: self._write(operation, purge, now, ttl)))
 
     def user_exists(self, uaid: str) -> Deferred[bool]:
         return self._read("user_exists", self._user_exists_blocking, uaid)
 
     def register(self, uaid: str, chid: str, channel_id: str, max_channels: int) -> Deferred[None]:
-        return self._write("register", self._register_op, uaid, chid, channel_id, max_channels)
+        now = self._clock.seconds()
+        return self._write("register", self._register_op, uaid, chid, channel_id, max_channels, now)
 
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
         return self._write("unregister", self._unregister_op, uaid, chid, self._clock.seconds())
@@ -207,7 +195,15 @@ class SqliteStorage:
         return self._write("update", self._update_op, uaid, chid, version, data, only_newer)
 
     def fetch_pending(self, uaid: str) -> Deferred[list[PendingUpdate]]:
-        return self._read("fetch_pending", self._fetch_pending_blocking, uaid)
+        now = self._clock.seconds()
+        d = self._read("fetch_pending", self._fetch_pending_blocking, uaid, now)
+        return d.addCallback(self._seen, uaid, now)
+
+    def _seen(self, found: tuple[_Pending, bool], uaid: str, now: float) -> _Pending:
+        pending, is_stale = found
+        if is_stale:  # a hello saw the user; best effort, not waited for
+            self._write("touch", touch, uaid, now).addErrback(lambda _: None)
+        return pending
 
     def ack(self, uaid: str, chid: str, version: int) -> Deferred[bool]:
         return self._write("ack", self._ack_op, uaid, chid, version)
@@ -335,7 +331,7 @@ class SqliteStorage:
                     conn = self._writer = self._connect()
                 conn.execute("BEGIN IMMEDIATE")
             except Exception as e:
-                return [(False, _as_storage_error(e))] * len(calls)
+                return [(False, as_storage_error(e))] * len(calls)
             outcomes: list[Outcome] = []
             try:
                 for call in calls:
@@ -347,7 +343,7 @@ class SqliteStorage:
                         # already rolled back the whole transaction.
                         conn.execute("ROLLBACK TO op")
                         conn.execute("RELEASE op")
-                        outcomes.append((False, _as_storage_error(e)))
+                        outcomes.append((False, as_storage_error(e)))
                     else:
                         conn.execute("RELEASE op")
                         outcomes.append((True, value))
@@ -358,7 +354,7 @@ class SqliteStorage:
                         conn.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
-                return [(False, _as_storage_error(e))] * len(calls)
+                return [(False, as_storage_error(e))] * len(calls)
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -368,17 +364,19 @@ class SqliteStorage:
     # -- write operations (inside the writer's transaction) -------------------
 
     @staticmethod
-    def _purge_op(conn: sqlite3.Connection, now: float) -> int:
-        cursor = conn.execute(
-            "DELETE FROM channels WHERE state = ? AND expires_at <= ?", (DELETED, now)
-        )
-        return cursor.rowcount
-
-    @staticmethod
     def _register_op(
-        conn: sqlite3.Connection, uaid: str, chid: str, channel_id: str, max_channels: int
+        conn: sqlite3.Connection,
+        uaid: str,
+        chid: str,
+        channel_id: str,
+        max_channels: int,
+        now: float,
     ) -> None:
-        conn.execute("INSERT OR IGNORE INTO users (uaid) VALUES (?)", (uaid,))
+        conn.execute(
+            "INSERT INTO users (uaid, seen_at) VALUES (?, ?)"
+            " ON CONFLICT (uaid) DO UPDATE SET seen_at = excluded.seen_at",
+            (uaid, now),
+        )
         row = conn.execute(
             "SELECT state FROM channels WHERE uaid = ? AND chid = ?", (uaid, chid)
         ).fetchone()
@@ -453,24 +451,26 @@ class SqliteStorage:
 
     # -- blocking entry points (pool threads) ---------------------------------
 
-    @_translated
+    @translated
     def _user_exists_blocking(self, uaid: str) -> bool:
         row = self._conn().execute("SELECT 1 FROM users WHERE uaid = ?", (uaid,)).fetchone()
         return row is not None
 
-    @_translated
-    def _fetch_pending_blocking(self, uaid: str) -> list[PendingUpdate]:
-        rows = self._conn().execute(
+    @translated
+    def _fetch_pending_blocking(self, uaid: str, now: float) -> tuple[_Pending, bool]:
+        conn = self._conn()
+        rows = conn.execute(
             "SELECT channel_id, version, data FROM channels"
             " WHERE uaid = ? AND state = ? ORDER BY chid",
             (uaid, LIVE),
         )
-        return [
+        pending = [
             PendingUpdate(channel_id=channel_id, version=int(version), data=decode_data(data))
             for channel_id, version, data in rows
         ]
+        return pending, stale(conn, uaid, now, self._ttl_registered)
 
-    @_translated
+    @translated
     def _expired_blocking(self, uaid: str, chids: list[str], now: float) -> list[str]:
         conn = self._conn()
         wanted = sorted(set(chids))

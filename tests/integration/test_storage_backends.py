@@ -199,7 +199,8 @@ class SqliteThreadedTests(_Pooled, _Races, StorageContract, TestCase):
         return bool(self.blocking_write(op, uaid=uaid, chid=chid, version=version))
 
     def blocking_fetch(self, uaid: str) -> list[PendingUpdate]:
-        return self.storage._fetch_pending_blocking(uaid)  # type: ignore[attr-defined, no-any-return]
+        pending, _ = self.storage._fetch_pending_blocking(uaid, self.clock.seconds())  # type: ignore[attr-defined]
+        return pending  # type: ignore[no-any-return]
 
     async def test_metrics(self) -> None:
         """Calls through the pool report their latency by operation and the queue depth."""
