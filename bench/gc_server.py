@@ -5,7 +5,10 @@ service on a public port), so this tool builds the real service tree with
 ``pushtwisted.tap.build_service`` (memory backend, ``gc.freeze()`` after
 start-up as ``twistd simplepush`` does) and adds a private probe listener:
 ``GET /`` runs ``gc.collect()`` three times and answers
-``{"max_pause_ms": ..., "pauses_ms": [...], "objects": ..., "clients": ...}``,
+``{"max_pause_ms": ..., "pauses_ms": [...], "objects": ..., "frozen": ...,
+"clients": ..., "types": {...}}`` (the objects the collector tracks outside
+the permanent generation, the frozen ones, and the 20 most common tracked
+types),
 the shape ``python -m bench run --gc-probe URL`` reads.
 
 Usage (loopback only)::
@@ -18,6 +21,7 @@ Usage (loopback only)::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gc
 import json
@@ -50,12 +54,17 @@ class GcProbe(Resource):
             started = time.perf_counter()
             gc.collect()
             pauses.append((time.perf_counter() - started) * 1000)
+        tracked = gc.get_objects()
+        types = collections.Counter(type(o).__qualname__ for o in tracked)
         body = {
             "max_pause_ms": round(max(pauses), 2),
             "pauses_ms": [round(p, 2) for p in pauses],
-            "objects": len(gc.get_objects()),
+            "objects": len(tracked),
+            "frozen": gc.get_freeze_count(),
             "clients": len(self._registry),
+            "types": dict(types.most_common(20)),
         }
+        del tracked
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(body).encode()
 
