@@ -3,9 +3,18 @@
 A session creates its outbox at its first notification.  Each channel's
 last sent update stays in it until the client acks that version (or a newer
 one) or unregisters the channel; while any stays, all of them are sent
-again every ``[client] retry_interval`` seconds (``notifications_resent``).
-A version already sent on the connection is not sent twice, except by a
-re-hello, which asks for everything again.
+again every ``[client] retry_interval`` seconds (``notifications_resent``),
+counted from the first of them sent.  A version already sent on the
+connection is not sent twice, except by a re-hello, which asks for
+everything again.
+
+The retry timer is one reactor call per connection per interval, not one
+per notification: an ack that empties the outbox leaves the timer running,
+and the next notification re-arms it by moving its due time.  When it fires
+with nothing kept it stops; when the updates kept were sent less than an
+interval ago it waits for the rest.  A notification and its ack cost no
+``callLater`` and no cancel (each is a heap push, and every cancel a later
+heap rebuild, in the reactor).
 """
 
 from __future__ import annotations
@@ -22,6 +31,10 @@ from pushtwisted.metrics import Metrics
 from pushtwisted.storage.interface import PendingUpdate
 
 __all__ = ["Outbox", "TextSender"]
+
+#: Seconds a retry may come before its due time (clock rounding), rather
+#: than wait for so little.
+_EARLY = 0.001
 
 
 class TextSender(Protocol):
@@ -40,7 +53,7 @@ class Outbox:
     :param interval: seconds between re-sends; 0 never re-sends.
     """
 
-    __slots__ = ("_sender", "_metrics", "_clock", "_interval", "_sent", "_retry_call")
+    __slots__ = ("_sender", "_metrics", "_clock", "_interval", "_sent", "_retry_call", "_due")
 
     def __init__(
         self, sender: TextSender, metrics: Metrics, clock: IReactorTime, interval: float
@@ -52,6 +65,8 @@ class Outbox:
         #: The last update sent per channel, by channel ID in normal form.
         self._sent: dict[str, Update] = {}
         self._retry_call: IDelayedCall | None = None
+        #: When what ``_sent`` holds is to be re-sent (clock seconds).
+        self._due = 0.0
 
     def deliver(self, channel_id: str, version: int, data: str | None) -> bool:
         """Send one live update unless that version was sent already.
@@ -59,15 +74,17 @@ class Outbox:
         :returns: False when the connection refused the message, else True.
         """
         key = _channel_key(channel_id)
-        previous = self._sent.get(key)
+        sent = self._sent
+        previous = sent.get(key)
         if previous is not None and previous.version == version:
             return True
-        update = Update(channel_id=channel_id, version=version, data=data)
-        if not self._sender.send_text(messages.notification([update])):
+        update = Update(channel_id, version, data)
+        if not self._sender.send_text(messages.notification((update,))):
             return False
-        self._sent[key] = update
+        if not sent or self._retry_call is None:
+            self._arm()
+        sent[key] = update
         self._metrics.increment("notifications_delivered")
-        self._schedule_retry()
         return True
 
     def send_pending(self, pending: Sequence[PendingUpdate], *, resend: bool = False) -> None:
@@ -77,55 +94,61 @@ class Outbox:
         connection (live, while storage was answering) is left out.
         """
         sent = self._sent
+        if not sent or self._retry_call is None:
+            self._arm()
         updates: list[Update] = []
         for item in pending:
             key = _channel_key(item.channel_id)
             previous = sent.get(key)
             if not resend and previous is not None and previous.version == item.version:
                 continue
-            update = Update(channel_id=item.channel_id, version=item.version, data=item.data)
+            update = Update(item.channel_id, item.version, item.data)
             updates.append(update)
             sent[key] = update
         if updates and self._sender.send_text(messages.notification(updates)):
             self._metrics.increment("notifications_delivered", len(updates))
-        self._schedule_retry()
 
     def acked(self, chid: str, version: int) -> None:
         """Forget the update of ``chid`` (normal form) if ``version`` covers it."""
         sent = self._sent.get(chid)
         if sent is not None and version >= sent.version:
             del self._sent[chid]
-            self._stop_if_empty()
 
     def forget(self, chid: str) -> None:
         """Forget the update of ``chid`` (normal form): the channel was unregistered."""
-        if self._sent.pop(chid, None) is not None:
-            self._stop_if_empty()
+        self._sent.pop(chid, None)
 
     def close(self) -> None:
         """Stop the retry timer and forget everything (the connection is gone)."""
         self._sent.clear()
-        self._stop_if_empty()
+        call, self._retry_call = self._retry_call, None
+        if call is not None and call.active():
+            call.cancel()
 
-    def _schedule_retry(self) -> None:
-        if self._interval > 0 and self._retry_call is None and self._sent:
-            self._retry_call = self._clock.callLater(self._interval, self._on_retry)
-
-    def _stop_if_empty(self) -> None:
-        if not self._sent and self._retry_call is not None:
-            if self._retry_call.active():
-                self._retry_call.cancel()
-            self._retry_call = None
+    def _arm(self) -> None:
+        """Make what is kept due one interval from now; start the timer if it is not running."""
+        interval = self._interval
+        if interval > 0:
+            self._due = self._clock.seconds() + interval
+            if self._retry_call is None:
+                self._retry_call = self._clock.callLater(interval, self._on_retry)
 
     def _on_retry(self) -> None:
         self._retry_call = None
-        if not self._sent:
+        sent = self._sent
+        if not sent:
+            return  # everything was acked: the timer stops until the next notification
+        clock = self._clock
+        wait = self._due - clock.seconds()
+        if wait > _EARLY:
+            # The updates kept were sent after this timer was set.
+            self._retry_call = clock.callLater(wait, self._on_retry)
             return
-        updates = list(self._sent.values())
+        updates = list(sent.values())
         if not self._sender.send_text(messages.notification(updates)):
             return
         self._metrics.increment("notifications_resent", len(updates))
-        self._schedule_retry()
+        self._arm()
 
 
 def _channel_key(channel_id: str) -> str:

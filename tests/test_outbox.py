@@ -51,18 +51,62 @@ class OutboxTests(SynchronousTestCase):
         self.outbox.acked(CHID_N, 2)  # older: still kept
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.outbox.acked(CHID_N, 3)
+        self.clock.advance(60)
+        self.assertEqual(len(self.sender.texts), 2)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_forget_and_close(self) -> None:
-        """Forgetting the last channel or closing stops the timer."""
+        """Forgetting the last channel stops the timer at its next due time; closing at once."""
         self.outbox.deliver(CHID, 1, None)
         self.outbox.forget(CHID_N)
+        self.clock.advance(60)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.outbox.deliver(CHID, 2, None)
         self.outbox.close()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(120)
         self.assertEqual(len(self.sender.texts), 2)
+
+    def test_one_timer_for_many_notifications(self) -> None:
+        """Notifications acked one by one keep one timer: no call scheduled or cancelled each."""
+        scheduled: list[object] = []
+        call_later = self.clock.callLater
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            call = call_later(*args, **kwargs)
+            scheduled.append(call)
+            return call
+
+        self.clock.callLater = counting  # type: ignore[method-assign]
+        for version in range(1, 101):
+            self.outbox.deliver(CHID, version, None)
+            self.outbox.acked(CHID_N, version)
+            self.clock.advance(0.1)
+        self.assertEqual(len(scheduled), 1)
+        self.assertEqual(self.metrics.total("notifications_delivered"), 100)
+        self.clock.advance(60)
+        self.assertEqual(self.metrics.total("notifications_resent"), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_retry_counts_from_first_send(self) -> None:
+        """When an update follows an ack that emptied the outbox, its retry is an interval later.
+
+        The timer set for the earlier update fires first, finds the new one
+        too young and waits for the rest of its interval.
+        """
+        self.outbox.deliver(CHID, 1, None)
+        self.outbox.acked(CHID_N, 1)
+        self.clock.advance(50)
+        self.outbox.deliver(CHID, 2, None)
+        self.clock.advance(10)  # the first timer's due time
+        self.assertEqual(len(self.sender.texts), 2)
+        self.clock.advance(49)
+        self.assertEqual(len(self.sender.texts), 2)
+        self.clock.advance(1)  # 60 s after the second update was sent
+        self.assertEqual(self.updates()[-1], [{"channelID": CHID, "version": 2}])
+        self.assertEqual(self.metrics.total("notifications_resent"), 1)
+        self.clock.advance(60)
+        self.assertEqual(self.metrics.total("notifications_resent"), 2)
 
     def test_send_pending_skips_sent_unless_resend(self) -> None:
         """Pending updates already sent live are left out, except on a re-hello."""
