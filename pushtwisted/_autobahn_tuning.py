@@ -26,17 +26,21 @@ place; ``pushtwisted.websocket`` builds on ``LeanServerProtocol`` and
 4. Per message, ``onMessageEnd`` skips firing the ``message`` event (a
    Deferred and a closure per message) when nobody listens.
 5. ``apply()`` also unmasks small incoming frames with one big-integer XOR
-   instead of a native (cffi) masker object per frame: below ~1 KB the
-   native one's setup costs ~6 us, the XOR ~1 us.  Small outgoing messages
-   are framed and written directly (``sendMessage``).
+   instead of a native (cffi) masker object per frame
+   (``pushtwisted._autobahn_frames``).  Small outgoing messages are framed
+   and written directly (``sendMessage``).
 6. Autobahn's timeouts run on ``pushtwisted._bucket_timer.BucketTimer``
    instead of txaio's batched timer (a closure each, a scan per cancel).
+7. ``dataReceived`` takes whole single-frame messages straight from the
+   bytes received (``pushtwisted._autobahn_frames.next_message``) and hands
+   each to ``_onMessage``; everything else goes through Autobahn's parser.
+   Per-frame hooks (``onMessageBegin``, ``onMessageFrameBegin``, ...) do not
+   run for those messages; ``directFrames = False`` turns it off.
 """
 
 from __future__ import annotations
 
 import pprint
-import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -52,6 +56,7 @@ from autobahn.websocket.xormasker import (  # type: ignore[attr-defined]
     create_xor_masker as _native_create_xor_masker,
 )
 
+from pushtwisted._autobahn_frames import create_xor_masker, frame_header, next_message
 from pushtwisted._bucket_timer import BucketTimer
 from pushtwisted.logs import logger
 
@@ -110,49 +115,6 @@ def _lazy(func: Callable[..., object]) -> Callable[..., LazyFormat]:
     return stand_in
 
 
-#: Frames shorter than this are unmasked by ``_SmallXorMasker``.
-_SMALL_FRAME = 1024
-
-
-class _SmallXorMasker:
-    """Autobahn's masker interface (``pointer``/``reset``/``process``) in pure Python.
-
-    One ``int`` XOR over the whole chunk: for the short frames a push client
-    sends (hello, register, ack: ~60-200 bytes) it is several times cheaper
-    than creating Autobahn's native masker for every frame.
-    """
-
-    __slots__ = ("_mask", "_ptr")
-
-    def __init__(self, mask: bytes) -> None:
-        self._mask = mask
-        self._ptr = 0
-
-    def pointer(self) -> int:
-        return self._ptr
-
-    def reset(self) -> None:
-        self._ptr = 0
-
-    def process(self, data: bytes) -> bytes:
-        size = len(data)
-        shift = self._ptr & 3
-        self._ptr += size
-        if not size:
-            return b""
-        mask = self._mask[shift:] + self._mask[:shift]
-        key = (mask * (size // 4 + 1))[:size]
-        value = int.from_bytes(data, "little") ^ int.from_bytes(key, "little")
-        return value.to_bytes(size, "little")
-
-
-def _create_xor_masker(mask: bytes, length: int | None = None) -> Any:
-    """Autobahn's ``create_xor_masker``, with small frames unmasked in Python."""
-    if length is not None and length < _SMALL_FRAME:
-        return _SmallXorMasker(mask)
-    return _native_create_xor_masker(mask, length)  # type: ignore[no-untyped-call]
-
-
 #: (module, name, the function Autobahn imported under that name, stand-in).
 _TARGETS: tuple[tuple[ModuleType, str, Callable[..., object], Callable[..., object]], ...] = (
     (_ws_protocol, "pformat", pprint.pformat, _lazy(pprint.pformat)),
@@ -160,7 +122,7 @@ _TARGETS: tuple[tuple[ModuleType, str, Callable[..., object], Callable[..., obje
     (_ws_protocol, "hlval", _ab_util.hlval, _lazy(_ab_util.hlval)),
     (_tx_websocket, "hltype", _ab_util.hltype, _lazy(_ab_util.hltype)),
     (_tx_websocket, "hlval", _ab_util.hlval, _lazy(_ab_util.hlval)),
-    (_ws_protocol, "create_xor_masker", _native_create_xor_masker, _create_xor_masker),
+    (_ws_protocol, "create_xor_masker", _native_create_xor_masker, create_xor_masker),
 )
 
 
@@ -321,7 +283,14 @@ class LeanServerProtocol(WebSocketServerProtocol):
     autoFragmentSize: int
     maskServerFrames: bool
     maxMessagePayloadSize: int
+    maxFramePayloadSize: int
     utf8validateIncoming: bool
+    applyMask: bool
+    autoPingRestartOnAnyTraffic: bool
+
+    #: Whole single-frame messages skip Autobahn's frame parser (see the
+    #: module's item 7); a class attribute, like the options.
+    directFrames: bool = True
 
     def __init__(self) -> None:
         # Autobahn's __init__ also calls ``set_valid_events(["message"])``: a
@@ -356,6 +325,56 @@ class LeanServerProtocol(WebSocketServerProtocol):
         # failure), so the incremental validator is not needed.
         if not self.utf8validateIncoming:
             self.utf8validator = None  # type: ignore[assignment]
+
+    def dataReceived(self, data: bytes) -> None:
+        """Hand whole single-frame messages to ``_onMessage``; the rest to Autobahn.
+
+        Only while the connection is open, between messages, with nothing
+        buffered and with no option that needs Autobahn's per-frame work
+        (frame or octet logging, timings, compression, an incoming UTF-8
+        validator, ``message`` listeners).  A frame ``next_message`` does not
+        take, and everything after it, goes to Autobahn as received.
+        """
+        pos = 0
+        if (
+            self.state == self.STATE_OPEN
+            and not self.data
+            and self.current_frame is None
+            and self._direct()
+        ):
+            limit = self.maxFramePayloadSize
+            cap = self.maxMessagePayloadSize
+            if cap > 0 and (limit <= 0 or cap < limit):
+                limit = cap
+            size = len(data)
+            while pos < size:
+                message = next_message(data, pos, limit)
+                if message is None:
+                    break
+                payload, binary, pos = message
+                if self.autoPingRestartOnAnyTraffic and self.autoPingTimeoutCall:
+                    self._cancelAutoPingTimeoutCall()
+                self._onMessage(payload, binary)
+                if self.state != self.STATE_OPEN or not self._direct():
+                    break
+            else:
+                return
+        super().dataReceived(data[pos:] if pos else data)
+
+    def _direct(self) -> bool:
+        """Return True when a whole single-frame message may skip Autobahn's parser."""
+        return not (
+            self.inside_message
+            or self.failedByMe
+            or not self.directFrames
+            or self.logFrames
+            or self.logOctets
+            or self.trackedTimings
+            or self._perMessageCompress is not None
+            or self.utf8validateIncoming
+            or self._listeners is not None
+            or not self.applyMask
+        )
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """Write ``data``; Autobahn's queued path only for chopped or sync writes.
@@ -405,14 +424,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
                 payload, isBinary, fragmentSize, sync, doNotCompress
             )
             return
-        first = 0x82 if isBinary else 0x81
-        if size < 126:
-            head = bytes((first, size))
-        elif size < 0x10000:
-            head = struct.pack("!BBH", first, 126, size)
-        else:
-            head = struct.pack("!BBQ", first, 127, size)
-        self.sendData(head + payload)
+        self.sendData(frame_header(size, isBinary) + payload)
 
     def _onOpen(self) -> None:
         super()._onOpen()

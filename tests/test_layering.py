@@ -57,6 +57,7 @@ _LEAF_PACKAGES = ("pushtwisted.webpush",)
 _ADAPTERS = frozenset(
     {
         "pushtwisted._autobahn_bounds",
+        "pushtwisted._autobahn_frames",
         "pushtwisted._autobahn_tuning",
         "pushtwisted._bucket_timer",
         "pushtwisted.listeners",
