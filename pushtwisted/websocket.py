@@ -125,10 +125,17 @@ class PushServerProtocol(BoundedServerProtocol):
             self.session.connection_lost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """Let Autobahn handle the loss, then free this connection's place on the listener."""
+        """Let Autobahn handle the loss, then free this connection's place on the listener.
+
+        The session is let go of: it refers to this protocol (its sender), so
+        keeping it would leave a reference cycle that only the garbage
+        collector could free, and ``tap`` freezes long-lived objects out of
+        its reach.
+        """
         try:
             super().connectionLost(reason)
         finally:
+            self.session = None
             self.factory.limit.release()
 
     def send_text(self, text: str) -> bool:

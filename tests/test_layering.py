@@ -60,6 +60,7 @@ _ADAPTERS = frozenset(
         "pushtwisted._autobahn_frames",
         "pushtwisted._autobahn_tuning",
         "pushtwisted._bucket_timer",
+        "pushtwisted.collector",
         "pushtwisted.listeners",
         "pushtwisted.prometheus",
         "pushtwisted.statedir",
