@@ -118,7 +118,7 @@ def main(argv: list[str]) -> None:
     pauses = _Pauses()
     probe = Site(GcProbe(service.node.registry, pauses))  # type: ignore[no-untyped-call]
     reactor.listenTCP(probe_port, probe, interface="127.0.0.1")  # type: ignore[arg-type]
-    _after_startup(reactor)  # type: ignore[arg-type]  # what twistd simplepush runs
+    _after_startup(reactor, 0)  # type: ignore[arg-type]  # what twistd simplepush runs
     print("ready", os.getpid(), flush=True)
     reactor.run()
 

@@ -27,6 +27,15 @@ reference when they fire or are cancelled.  ``tests/test_collector.py``
 checks that a connection's life, however it ends, leaves nothing for the
 collector; ``bench.gc_server``'s probe reports the garbage found among
 frozen objects after a run.
+
+A path nobody thought of could still leave a cycle behind, and it would
+then stay for the life of the process.  So every ``full_interval`` seconds
+(``[server] full_gc_interval``, an hour by default; 0 = never) a run first
+collects as usual, then unfreezes everything and collects again: that
+second collection walks the whole heap once (the long pause the freezing
+avoids, once an hour instead of at every full collection) and frees any
+cycle left among formerly frozen objects.  When it finds any it logs a
+warning with their number: that is a leak to fix.
 """
 
 from __future__ import annotations
@@ -40,19 +49,26 @@ from twisted.internet.task import LoopingCall
 
 from pushtwisted.logs import logger
 
-__all__ = ["DEFAULT_INTERVAL", "FreezeSurvivors"]
+__all__ = ["DEFAULT_FULL_INTERVAL", "DEFAULT_INTERVAL", "FreezeSurvivors"]
 
 #: Seconds between two runs.
 DEFAULT_INTERVAL = 1.0
+#: Seconds between two runs that also walk the frozen objects.
+DEFAULT_FULL_INTERVAL = 3600.0
 
 
 class FreezeSurvivors:
     """Collect what is not frozen, then freeze the survivors, every ``interval`` seconds.
 
     :param clock: the reactor the runs are scheduled on.
+    :param full_interval: seconds between runs that also collect the frozen
+        objects (see the module); 0 or less: never.
     :param collect: ``gc.collect`` (tests pass a recorder).
     :param freeze: ``gc.freeze`` (likewise).
-    :ivar longest: the longest run so far, in seconds.
+    :param unfreeze: ``gc.unfreeze`` (likewise).
+    :ivar longest: the longest run so far, in seconds (full runs included).
+    :ivar frozen_garbage: objects the full runs found unreachable among the
+        formerly frozen ones, in all (0 unless some path leaks a cycle).
     """
 
     log = logger()
@@ -62,15 +78,22 @@ class FreezeSurvivors:
         clock: IReactorTime,
         interval: float = DEFAULT_INTERVAL,
         *,
-        collect: Callable[[], object] = gc.collect,
+        full_interval: float = DEFAULT_FULL_INTERVAL,
+        collect: Callable[[], int] = gc.collect,
         freeze: Callable[[], None] = gc.freeze,
+        unfreeze: Callable[[], None] = gc.unfreeze,
     ) -> None:
+        self._clock = clock
         self._interval = interval
+        self._full_interval = full_interval
         self._collect = collect
         self._freeze = freeze
+        self._unfreeze = unfreeze
         self._loop = LoopingCall(self.run)
         self._loop.clock = clock
+        self._last_full = clock.seconds()
         self.longest = 0.0
+        self.frozen_garbage = 0
 
     def start(self) -> None:
         """Run now, then every ``interval`` seconds until ``stop()``."""
@@ -82,9 +105,26 @@ class FreezeSurvivors:
             self._loop.stop()
 
     def run(self) -> None:
-        """Collect what is not frozen, then freeze what survived."""
+        """Collect what is not frozen (and, when due, what is), then freeze what survived."""
         started = time.perf_counter()
         self._collect()
+        now = self._clock.seconds()
+        if self._full_interval > 0 and now - self._last_full >= self._full_interval:
+            self._last_full = now
+            self._unfreeze()
+            found = self._collect()
+            self.frozen_garbage += found
+            if found:
+                self.log.warn(
+                    "full collection freed {found} objects held in reference cycles that"
+                    " had been frozen: some path leaks cycles",
+                    found=found,
+                )
+            else:
+                self.log.info(
+                    "full collection: no cycle among frozen objects ({ms:.1f} ms)",
+                    ms=(time.perf_counter() - started) * 1000,
+                )
         self._freeze()
         took = time.perf_counter() - started
         if took > self.longest:

@@ -303,6 +303,9 @@ class ServerConfig:
     #: Seconds a SIGTERM/SIGINT shutdown waits for clients to close and for
     #: in-flight requests and storage calls to finish.
     shutdown_timeout: float = field(default=10.0, metadata=_check(_nonneg))
+    #: Seconds between full garbage collections that also walk the objects
+    #: frozen every second (``pushtwisted.collector``); 0 = never.
+    full_gc_interval: float = field(default=3600.0, metadata=_check(_nonneg))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -378,7 +378,7 @@ def _take_signals(reactor: IServerReactor) -> None:
     reactor.addSystemEventTrigger("during", "startup", _exit_cleanly_on_signals, reactor)
 
 
-def _after_startup(reactor: IServerReactor) -> FreezeSurvivors:
+def _after_startup(reactor: IServerReactor, full_interval: float) -> FreezeSurvivors:
     """Keep the collector's pauses short for the life of the process.
 
     Modules, config and the resource tree, and then every connection and
@@ -390,7 +390,7 @@ def _after_startup(reactor: IServerReactor) -> FreezeSurvivors:
     connection; raising the collector's thresholds only makes those pauses
     rarer, not shorter.
     """
-    survivors = FreezeSurvivors(reactor)
+    survivors = FreezeSurvivors(reactor, full_interval=full_interval)
     survivors.start()
     return survivors
 
@@ -420,5 +420,7 @@ def makeService(options: Options) -> MultiService:
     except ConfigError as e:
         raise error_exit(e) from None
     _take_signals(reactor)
-    reactor.addSystemEventTrigger("after", "startup", _after_startup, reactor)
+    reactor.addSystemEventTrigger(
+        "after", "startup", _after_startup, reactor, config.server.full_gc_interval
+    )
     return service

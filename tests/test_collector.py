@@ -49,7 +49,7 @@ class FreezeSurvivorsTests(SynchronousTestCase):
         survivors = FreezeSurvivors(
             clock,
             1.0,
-            collect=lambda: calls.append("collect"),
+            collect=lambda: calls.append("collect") or 0,
             freeze=lambda: calls.append("freeze"),
         )
         survivors.start()
@@ -63,6 +63,56 @@ class FreezeSurvivorsTests(SynchronousTestCase):
         survivors.stop()
         clock.advance(5)
         self.assertEqual(len(calls), 6)
+        survivors.stop()
+
+    def test_full_run(self) -> None:
+        """Every ``full_interval`` a run also unfreezes and collects everything once, and
+        counts what that second collection found."""
+        clock = Clock()
+        calls: list[str] = []
+        found = iter([3, 0, 0, 2, 0, 0, 5])
+
+        def collect() -> int:
+            calls.append("collect")
+            return next(found)
+
+        survivors = FreezeSurvivors(
+            clock,
+            1.0,
+            full_interval=2.0,
+            collect=collect,
+            freeze=lambda: calls.append("freeze"),
+            unfreeze=lambda: calls.append("unfreeze"),
+        )
+        survivors.start()
+        clock.advance(1.0)
+        self.assertEqual(calls, ["collect", "freeze"] * 2)
+        del calls[:]
+        clock.advance(1.0)
+        self.assertEqual(calls, ["collect", "unfreeze", "collect", "freeze"])
+        self.assertEqual(survivors.frozen_garbage, 2)
+        del calls[:]
+        clock.advance(1.0)
+        self.assertEqual(calls, ["collect", "freeze"])
+        clock.advance(1.0)
+        self.assertEqual(survivors.frozen_garbage, 2 + 5)
+        survivors.stop()
+
+    def test_full_runs_off(self) -> None:
+        """With ``full_interval`` 0 nothing is ever unfrozen."""
+        clock = Clock()
+        calls: list[str] = []
+        survivors = FreezeSurvivors(
+            clock,
+            1.0,
+            full_interval=0,
+            collect=lambda: calls.append("collect") or 0,
+            freeze=lambda: None,
+            unfreeze=lambda: calls.append("unfreeze"),
+        )
+        survivors.start()
+        clock.advance(10_000)
+        self.assertNotIn("unfreeze", calls)
         survivors.stop()
 
 
