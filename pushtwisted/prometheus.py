@@ -61,6 +61,13 @@ Cluster (``pushtwisted.cluster.router`` and the router listener,
 A declared label missing from a call is exported as ``"unknown"``; labels
 that are not declared are dropped (with the one-time warning).
 
+Each distinct call (call, name and label values) is resolved once: its
+labelled child's ``inc``/``set``/``observe`` is kept, so a repeated call
+costs one dictionary lookup before ``prometheus_client`` does its part.
+The label values of this code base come from small fixed sets (statuses,
+reasons, operations), so the cache stays small; past ``_MAX_CACHED``
+entries new calls are still applied, just not remembered.
+
 The registry also carries ``pushtwisted_build_info{version}`` and, unless
 disabled, the standard ``process_*`` (CPU, memory, open files, start time;
 Linux only), ``python_info`` and ``python_gc_*`` collectors.
@@ -69,7 +76,7 @@ Linux only), ``python_info`` and ``python_gc_*`` collectors.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -224,6 +231,8 @@ _SPECS: Mapping[str, _Spec] = {
 METRIC_NAMES: Mapping[str, str] = {name: spec.prometheus_name for name, spec in _SPECS.items()}
 
 _UNKNOWN_LABEL = "unknown"
+#: Most resolved calls kept by one ``PrometheusMetrics``.
+_MAX_CACHED = 4096
 #: The classic Prometheus text format, which ``generate_latest`` writes.
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _Metric = Counter | Gauge | Histogram
@@ -251,6 +260,8 @@ class PrometheusMetrics:
             name: self._declare(spec) for name, spec in _SPECS.items()
         }
         self._warned: set[tuple[str, ...]] = set()
+        #: (call, name, label items) -> the child's bound method, or None (ignored).
+        self._actions: dict[tuple[object, ...], Callable[[float], object] | None] = {}
         build = Info("pushtwisted_build", "Version of pushtwisted.", registry=self.registry)
         build.info({"version": pushtwisted.__version__})
         if process_collectors:
@@ -318,20 +329,33 @@ class PrometheusMetrics:
         values = {label: str(labels.get(label, _UNKNOWN_LABEL)) for label in spec.labels}
         return metric.labels(**values)
 
+    def _action(
+        self, call: str, name: str, labels: Mapping[str, object]
+    ) -> Callable[[float], object] | None:
+        """Return the bound method ``call`` runs on its labelled child, or None (warned)."""
+        metric = self._child(call, name, labels)
+        if metric is None:
+            return None
+        if call == "observe":
+            assert isinstance(metric, Histogram)
+            return metric.observe
+        if call == "gauge":
+            assert isinstance(metric, Gauge)
+            return metric.set
+        assert isinstance(metric, Counter | Gauge)
+        return metric.inc
+
     def _apply(self, call: str, name: str, value: float, labels: Mapping[str, object]) -> None:
         try:
-            metric = self._child(call, name, labels)
-            if metric is None:
-                return
-            if call == "observe":
-                assert isinstance(metric, Histogram)
-                metric.observe(value)
-            elif call == "gauge":
-                assert isinstance(metric, Gauge)
-                metric.set(value)
-            else:
-                assert isinstance(metric, Counter | Gauge)
-                metric.inc(value)
+            key = (call, name, *labels.items())
+            try:
+                action = self._actions[key]
+            except KeyError:
+                action = self._action(call, name, labels)
+                if len(self._actions) < _MAX_CACHED:
+                    self._actions[key] = action
+            if action is not None:
+                action(value)
         except Exception as e:  # metrics must never break a request
             self._warn_once(
                 ("error", name, call, type(e).__name__),

@@ -142,6 +142,28 @@ class PrometheusMetricsTests(SynchronousTestCase):
         self.assertEqual(_value(self.metrics, "pushtwisted_hellos_total"), 2.0)
         self.assertEqual(len(self.events), 1)
 
+    def test_repeated_calls_keep_their_series(self) -> None:
+        """Repeated calls (resolved once, then remembered) still land on their own series,
+        also past the number of calls remembered."""
+        for _ in range(3):
+            self.metrics.increment("endpoint_requests", status="200")
+            self.metrics.observe("endpoint_latency_seconds", 0.002, status="200")
+            self.metrics.gauge("storage_queue_depth", 4)
+        self.metrics.increment("endpoint_requests", status="404")
+        for n in range(5000):
+            self.metrics.increment("protocol_errors", reason=f"r{n}")
+        self.metrics.increment("protocol_errors", reason="r4999")
+        requests = "pushtwisted_endpoint_requests_total"
+        self.assertEqual(_value(self.metrics, requests, status="200"), 3.0)
+        self.assertEqual(_value(self.metrics, requests, status="404"), 1.0)
+        duration = "pushtwisted_endpoint_request_duration_seconds_count"
+        self.assertEqual(_value(self.metrics, duration, status="200"), 3.0)
+        self.assertEqual(_value(self.metrics, "pushtwisted_storage_queue_depth"), 4.0)
+        errors = "pushtwisted_protocol_errors_total"
+        self.assertEqual(_value(self.metrics, errors, reason="r0"), 1.0)
+        self.assertEqual(_value(self.metrics, errors, reason="r4999"), 2.0)
+        self.assertEqual(self.events, [])
+
     def test_render(self) -> None:
         """``render`` returns the text exposition and its content type."""
         body, content_type = self.metrics.render()
