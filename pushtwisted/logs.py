@@ -45,6 +45,7 @@ import json
 import math
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -69,6 +70,7 @@ from zope.interface import implementer
 
 __all__ = [
     "LOG_LEVELS",
+    "AccessLog",
     "filter_observers_at_begin",
     "filtered_observer",
     "json_observer",
@@ -145,6 +147,8 @@ def filtered_observer(observer: ILogObserver, level: str) -> ILogObserver:
 
 #: The process-wide level of ``json_observer()``; see ``set_log_level``.
 _process_filter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+#: Bumped by ``set_log_level``: tells ``AccessLog`` to look at the level again.
+_level_changes = 0
 
 
 #: Every pushtwisted event goes through the process level before it reaches
@@ -169,7 +173,54 @@ def set_log_level(level: str) -> None:
 
     :raises ValueError: for an unknown level.
     """
+    global _level_changes
     _process_filter.setLogLevelForNamespace("", _level(level))
+    _level_changes += 1
+
+
+class AccessLog:
+    """The access line of a busy listener: one pre-formatted info event per request.
+
+    ::
+
+        if access.enabled:
+            access.line(f"{method} /update/ {status}", method=method, status=status)
+
+    :param namespace: the events' namespace (that of the resource's logger).
+    :param observer: where events go; Twisted's global publisher by default.
+    """
+
+    def __init__(self, namespace: str, observer: ILogObserver | None = None) -> None:
+        self.namespace = namespace
+        self._observer = globalLogPublisher if observer is None else observer
+        self._logger = Logger(namespace=namespace, observer=self._observer)
+        self._seen_changes = -1
+        self._enabled = True
+
+    @property
+    def enabled(self) -> bool:
+        """True when the process level lets this namespace's info events through."""
+        if self._seen_changes != _level_changes:
+            level = _process_filter.logLevelForNamespace(self.namespace)
+            self._enabled = bool(LogLevel.info >= level)
+            self._seen_changes = _level_changes
+        return self._enabled
+
+    def line(self, text: str, **fields: object) -> None:
+        """Emit ``text`` (already formatted) as an info event carrying ``fields``.
+
+        Call it only when ``enabled``; ``text`` is written as it is (its
+        braces are escaped), ``fields`` are the event's named fields.
+        """
+        fields.update(
+            log_logger=self._logger,
+            log_level=LogLevel.info,
+            log_namespace=self.namespace,
+            log_source=None,
+            log_format=text.replace("{", "{{").replace("}", "}}"),
+            log_time=time.time(),
+        )
+        self._observer(fields)
 
 
 def filter_observers_at_begin(beginner: LogBeginner | None = None) -> None:

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
@@ -22,7 +22,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from pushtwisted.config import Config
 from pushtwisted.errors import InvalidToken, StorageBusy, StorageUnavailable, TooManyChannels
-from pushtwisted.logs import uaid_hash
+from pushtwisted.logs import AccessLog, uaid_hash
 from pushtwisted.node import Node
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateOutcome, UpdateResult
@@ -622,15 +622,19 @@ class ObservabilityTests(EndpointTestCase):
         update = root.getStaticEntity(b"update")
         assert isinstance(update, UpdateResource)
         update.log = Logger(observer=events.append)
+        update.access_log = AccessLog(UpdateResource.access_log.namespace, events.append)
+        self.clock.advance(0.25)  # the node's clock: no time passes during the request
         self.request("PUT", stub=StubTreq(root), data={"version": "5"})
         lines = [e for e in events if e.get("status") is not None]
         self.assertEqual(len(lines), 1)
         line = lines[0]
         self.assertEqual(line["log_level"].name, "info")
+        self.assertEqual(line["log_namespace"], "pushtwisted.web.endpoint.UpdateResource")
         self.assertEqual(
-            (line["method"], line["status"], line["uaid_hash"]), ("PUT", 202, uaid_hash(self.uaid))
+            (line["method"], line["status"], line["uaid_hash"], line["latency"]),
+            ("PUT", 202, uaid_hash(self.uaid), 0.0),
         )
-        self.assertIn("latency", line)
+        self.assertEqual(formatEvent(line), f"PUT /update/ 202 in 0.0s {uaid_hash(self.uaid)}")
         text = repr(events)
         for secret in [self.uaid, self.token, self.chid]:
             self.assertNotIn(secret, text)

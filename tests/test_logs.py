@@ -7,7 +7,15 @@ import json
 from datetime import datetime
 from typing import Any
 
-from twisted.logger import ILogObserver, LogBeginner, LogEvent, Logger, LogLevel, LogPublisher
+from twisted.logger import (
+    ILogObserver,
+    LogBeginner,
+    LogEvent,
+    Logger,
+    LogLevel,
+    LogPublisher,
+    formatEvent,
+)
 from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,6 +23,7 @@ from zope.interface.verify import verifyObject
 
 from pushtwisted.logs import (
     LOG_LEVELS,
+    AccessLog,
     filter_observers_at_begin,
     filtered_observer,
     json_observer,
@@ -280,6 +289,49 @@ class ProcessLevelTests(SynchronousTestCase):
         set_log_level("debug")
         log.debug("now shown {n}", n=3)
         self.assertEqual([e.get("n") for e in seen], [2, 3])
+
+
+class AccessLogTests(SynchronousTestCase):
+    """``AccessLog`` writes pre-formatted info lines, only when info is let through."""
+
+    def setUp(self) -> None:
+        self.addCleanup(set_log_level, "info")
+        self.seen: list[LogEvent] = []
+        self.access = AccessLog("pushtwisted.web.test", self.seen.append)
+
+    def test_line_is_the_text_with_its_fields(self) -> None:
+        """The event's text is exactly the given text (braces too), at info, in the
+        namespace, with the named fields."""
+        self.assertTrue(self.access.enabled)
+        self.access.line("GET /{x} 200 {}", method="GET", status=200)
+        [event] = self.seen
+        self.assertEqual(formatEvent(event), "GET /{x} 200 {}")
+        self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertEqual(event["log_namespace"], "pushtwisted.web.test")
+        self.assertEqual((event["method"], event["status"]), ("GET", 200))
+        self.assertIsInstance(event["log_time"], float)
+
+    def test_json_line(self) -> None:
+        """Through ``json_observer`` the line is the message and the fields are keys."""
+        stream = io.StringIO()
+        access = AccessLog("pushtwisted.web.test", json_observer(stream))
+        access.line("PUT /update/ 202 in 0.5s abc", status=202, uaid_hash="abc")
+        record = json.loads(stream.getvalue())
+        self.assertEqual(record["message"], "PUT /update/ 202 in 0.5s abc")
+        self.assertEqual(
+            (record["level"], record["status"], record["uaid_hash"]), ("info", 202, "abc")
+        )
+
+    def test_enabled_follows_the_process_level(self) -> None:
+        """Above info nothing should be built; back at info or debug it is on again."""
+        set_log_level("warn")
+        self.assertFalse(self.access.enabled)
+        set_log_level("debug")
+        self.assertTrue(self.access.enabled)
+        set_log_level("error")
+        self.assertFalse(self.access.enabled)
+        set_log_level("info")
+        self.assertTrue(self.access.enabled)
 
 
 class _Warnings:

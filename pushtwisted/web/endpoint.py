@@ -50,7 +50,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.errors import InvalidToken, StorageError, StorageUnavailable
-from pushtwisted.logs import logger, uaid_hash
+from pushtwisted.logs import AccessLog, logger, uaid_hash
 from pushtwisted.messages import MAX_VERSION
 from pushtwisted.node import Node
 from pushtwisted.storage.interface import UpdateOutcome
@@ -233,6 +233,8 @@ class UpdateResource(Resource):
 
     isLeaf = True
     log = logger()
+    #: The one line of each request (the listener's access log leaves these out).
+    access_log = AccessLog(f"{__name__}.UpdateResource")
 
     def __init__(self, node: Node) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -347,13 +349,16 @@ class UpdateResource(Resource):
         label = str(status)
         self._node.metrics.increment("endpoint_requests", status=label)
         self._node.metrics.observe("endpoint_latency_seconds", latency, status=label)
-        self.log.info(
-            "{method} /update/ {status} in {latency}s {uaid_hash}",
-            method=exchange.method,
-            status=status,
-            latency=round(latency, 6),
-            uaid_hash=exchange.uaid_hash,
-        )
+        access = self.access_log
+        if access.enabled:
+            method, latency, hashed = exchange.method, round(latency, 6), exchange.uaid_hash
+            access.line(
+                f"{method} /update/ {status} in {latency}s {hashed}",
+                method=method,
+                status=status,
+                latency=latency,
+                uaid_hash=hashed,
+            )
 
 
 def build_endpoint_root(node: Node) -> Resource:
