@@ -859,6 +859,38 @@ class UtilTests(SynchronousTestCase):
         self.assertEqual(request.responseHeaders.getRawHeaders(b"x-why"), [b"because"])
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_render_async_answers_at_once_when_nothing_waits(self) -> None:
+        """A coroutine that awaits only fired Deferreds is answered before ``render_async``
+        returns."""
+
+        async def answer() -> JSONResponse:
+            return JSONResponse(code=202, body=await succeed({}))
+
+        request = self.render(answer())
+        self.assertEqual((request.finished, request.responseCode), (1, 202))
+        self.assertEqual(b"".join(request.written), b"{}")
+
+    def test_render_async_error_after_waiting(self) -> None:
+        """An error raised after a real wait is answered when it happens: a ``PushError``
+        as its JSON answer, anything else 500 with the traceback logged."""
+        waits: list[Deferred[None]] = []
+
+        async def later(error: Exception) -> JSONResponse:
+            waiting: Deferred[None] = Deferred()
+            waits.append(waiting)
+            await waiting
+            raise error
+
+        rejected = self.render(later(WebError(410, 106, "Gone")))
+        crashed = self.render(later(ZeroDivisionError("secret-xyzzy")))
+        self.assertEqual((rejected.finished, crashed.finished), (0, 0))
+        for waiting in waits:
+            waiting.callback(None)
+        self.assertEqual((rejected.responseCode, crashed.responseCode), (410, 500))
+        self.assertEqual(json.loads(b"".join(rejected.written))["errno"], 106)
+        self.assertNotIn(b"xyzzy", b"".join(crashed.written))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
     def test_render_async_unexpected_error(self) -> None:
         """Any other exception is logged with its traceback and answered 500 without its text."""
 

@@ -39,9 +39,12 @@ def _root() -> Resource:
 class ListenerSiteTests(SynchronousTestCase):
     """``ListenerSite`` applies the policy its builder chose."""
 
+    def setUp(self) -> None:
+        self.clock = Clock()
+
     def site(self, **kwargs: Any) -> ListenerSite:
         kwargs.setdefault("max_body", 16)
-        site = ListenerSite(_root(), reactor=Clock(), **kwargs)
+        site = ListenerSite(_root(), reactor=self.clock, **kwargs)
         site.startFactory()
         self.addCleanup(site.stopFactory)
         return site
@@ -58,6 +61,30 @@ class ListenerSiteTests(SynchronousTestCase):
         channel.dataReceived(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
         self.assertFalse(transport.disconnecting)
+
+    def test_date_header_of_the_current_second(self) -> None:
+        """Every response carries the ``Date`` of the site's clock, formatted once a second."""
+        site = self.site()
+        self.clock.advance(1_700_000_000.25)
+        channel, transport = self.connect(site)
+
+        def dates() -> list[bytes]:
+            return [
+                line.partition(b": ")[2]
+                for line in transport.value().split(b"\r\n")
+                if line.startswith(b"Date: ")
+            ]
+
+        channel.dataReceived(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(0.5)
+        channel.dataReceived(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(0.5)
+        channel.dataReceived(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(
+            dates(),
+            [b"Tue, 14 Nov 2023 22:13:20 GMT"] * 2 + [b"Tue, 14 Nov 2023 22:13:21 GMT"],
+        )
+        self.assertEqual(site.http_date(), b"Tue, 14 Nov 2023 22:13:21 GMT")
 
     def test_one_request_per_connection(self) -> None:
         """With ``keep_alive`` off, the response says ``Connection: close`` and the

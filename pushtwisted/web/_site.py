@@ -14,6 +14,11 @@ listener needs, each chosen by its builder:
   (none at all, or all but those that carry a secret);
 - optionally one request per connection (``Connection: close``).
 
+Per request it does no more than it must: the ``Date`` header is formatted
+once per second (``ListenerSite.http_date``) rather than for every request,
+and resource traversal is Twisted's own (``Site.getResourceFor``) without
+its check for encoding resources (no pushtwisted resource is one).
+
 Only HTTP/1.x channels are built (no listener offers HTTP/2).  The early
 413 is written straight to the transport with ``raw_json_response``: the
 request is not rendered, so ``twisted.web`` has no response to write it
@@ -24,14 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request, Site, version
 
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.logs import logger
@@ -73,6 +79,28 @@ class _BodyLimitedRequest(Request):
         if self._rejected:
             return
         super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def process(self) -> None:
+        """Find the resource and render it, as ``Request.process`` does, with the
+        site's ``Date`` of this second.
+
+        The ``*`` target, and a channel that is not a ``ListenerSite``'s, take
+        Twisted's own path.
+        """
+        site = self._site
+        path: bytes = self.path
+        if site is None or path == b"*":
+            super().process()  # type: ignore[no-untyped-call]
+            return
+        self.site = site
+        self.setHeader(b"Server", version)  # type: ignore[no-untyped-call]
+        self.setHeader(b"Date", site.http_date())  # type: ignore[no-untyped-call]
+        self.prepath: list[bytes] = []
+        self.postpath: list[bytes] = [unquote_to_bytes(part) for part in path[1:].split(b"/")]
+        try:
+            self.render(site.getResourceFor(self))  # type: ignore[no-untyped-call]
+        except BaseException:
+            self.processingFailed(Failure())  # type: ignore[no-untyped-call]
 
     def _reject(self, declared: int | None) -> None:
         assert self._site is not None
@@ -147,6 +175,16 @@ class ListenerSite(Site):
         self._access_log = access_log
         self._oversize_headers = tuple(oversize_headers)
         self._on_oversize = on_oversize
+        self._date_second: int | None = None
+        self._date = b""
+
+    def http_date(self) -> bytes:
+        """Return the ``Date`` header value of the current second of the site's reactor."""
+        second = int(self.reactor.seconds())
+        if second != self._date_second:
+            self._date = datetimeToString(second)  # type: ignore[no-untyped-call]
+            self._date_second = second
+        return self._date
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """Return a new connection's channel, or None (close it) when the listener is full."""

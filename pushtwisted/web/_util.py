@@ -33,6 +33,7 @@ from twisted.web.http import RESPONSES
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from pushtwisted.eager import resume
 from pushtwisted.errors import InvalidToken, PushError, StorageError
 
 __all__ = [
@@ -170,6 +171,8 @@ def error_response(error: BaseException) -> JSONResponse:
 
 def json_bytes(body: object) -> bytes:
     """Serialise ``body`` as compact, ASCII-only JSON."""
+    if type(body) is dict and not body:
+        return b"{}"  # every success answer
     return json.dumps(body, separators=(",", ":")).encode("ascii")
 
 
@@ -251,13 +254,26 @@ def render_async(request: HTTPRequest, coro: Coroutine[Any, Any, JSONResponse]) 
     """Run ``coro`` for ``request`` and write the ``JSONResponse`` it returns.
 
     A ``PushError`` raised by ``coro`` becomes its JSON error answer; any
-    other exception is logged with its traceback and answered 500.  If the
-    peer disconnects first, the coroutine is *not* cancelled (a storage write
-    it started must complete) and its response is dropped instead of being
-    written to the finished request.
+    other exception is logged with its traceback and answered 500.
+
+    ``coro`` runs at once: when it finishes without waiting on an unfired
+    Deferred (the memory backend, every early error) the answer is written
+    before this returns, and no Deferred is made.  Otherwise the rest runs
+    under Twisted; if the peer disconnects meanwhile, the coroutine is *not*
+    cancelled (a storage write it started must complete) and its response
+    is dropped instead of being written to the finished request.
 
     :returns: ``NOT_DONE_YET``, for ``Resource.render`` to return.
     """
+    try:
+        awaited = coro.send(None)
+    except StopIteration as done:
+        _write(request, done.value)
+        return NOT_DONE_YET
+    except Exception as e:
+        _write(request, _error_answer(request, e, None))  # logs the exception being handled
+        return NOT_DONE_YET
+
     gone = False
 
     def peer_gone(reason: Failure) -> None:
@@ -267,20 +283,33 @@ def render_async(request: HTTPRequest, coro: Coroutine[Any, Any, JSONResponse]) 
     request.notifyFinish().addErrback(peer_gone)
 
     def to_response(failure: Failure) -> JSONResponse:
-        error = failure.value
-        if not isinstance(error, PushError):
-            _log.failure("unhandled error rendering {method}", failure, method=request.method)
-        return error_response(error if error is not None else Exception())
+        return _error_answer(request, failure.value, failure)
 
     def write(response: JSONResponse) -> None:
         if gone or request.finished:
             _log.debug("peer gone; {code} response dropped", code=response.code)
             return
-        json_response(request, response.code, response.body, headers=response.headers)
+        _write(request, response)
 
-    def write_failed(failure: Failure) -> None:
-        _log.failure("writing the response failed", failure)
-
-    d: Deferred[JSONResponse] = Deferred.fromCoroutine(coro)
-    d.addErrback(to_response).addCallback(write).addErrback(write_failed)
+    resume(coro, awaited).addErrback(to_response).addCallback(write)
     return NOT_DONE_YET
+
+
+def _error_answer(
+    request: HTTPRequest, error: BaseException | None, failure: Failure | None
+) -> JSONResponse:
+    """The answer to an error raised while rendering; log it unless it is a ``PushError``.
+
+    :param failure: the error's ``Failure``; None inside the ``except`` that caught it.
+    """
+    if not isinstance(error, PushError):
+        _log.failure("unhandled error rendering {method}", failure, method=request.method)
+    return error_response(error if error is not None else Exception())
+
+
+def _write(request: HTTPRequest, response: JSONResponse) -> None:
+    """Write ``response``; a failure to write is logged, never raised into the caller."""
+    try:
+        json_response(request, response.code, response.body, headers=response.headers)
+    except Exception:
+        _log.failure("writing the response failed")
