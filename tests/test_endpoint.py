@@ -35,6 +35,7 @@ from pushtwisted.testing import (
     make_node,
 )
 from pushtwisted.tokens import EndpointCrypto, generate_key
+from pushtwisted.web._form import MAX_FIELDS, MAX_PART_HEADER_LINE, MAX_PART_HEADERS
 from pushtwisted.web._site import ListenerSite
 from pushtwisted.web._util import (
     JSONResponse,
@@ -487,10 +488,141 @@ class ParameterTests(EndpointTestCase):
         self.assertEqual(session.delivered, [(self.channel_id, 4, None)])
         self.assertIsNone(self.pending()[0].data)
 
-    def test_parameters_checked_before_token(self) -> None:
-        """A bad version is reported before a bad token (method, parameters, token)."""
-        response, body = self.put("/update/garbage", data={"version": "x"})
-        self.assertEqual(response.code, 400)
+    def test_token_checked_before_parameters(self) -> None:
+        """A bad token is reported before a bad version or body (method, token, parameters):
+        without a valid token the body is never parsed."""
+        response, _ = self.put("/update/garbage", data={"version": "x"})
+        self.assertEqual(response.code, 404)
+        response, _ = self.put(
+            "/update/" + _tamper(self.token),
+            data=b"--B\r\nno headers, no end",
+            headers={"Content-Type": "multipart/form-data; boundary=B"},
+        )
+        self.assertEqual(response.code, 404)
+        self.assertEqual(self.metrics.count("notifications_rejected", reason="invalid_token"), 2)
+
+
+def _part(name: str, value: bytes, *headers: bytes) -> bytes:
+    """One part of a ``multipart/form-data`` body with boundary ``B``."""
+    head = b'Content-Disposition: form-data; name="' + name.encode("ascii") + b'"\r\n'
+    return b"--B\r\n" + head + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + value + b"\r\n"
+
+
+class MultipartTests(EndpointTestCase):
+    """``multipart/form-data`` bodies: parsed by a bounded parser, every malformed one 400."""
+
+    def multipart(self, *parts: bytes, end: bytes = b"--B--\r\n") -> tuple[Any, bytes]:
+        return self.put(
+            data=b"".join(parts) + end,
+            headers={"Content-Type": "multipart/form-data; boundary=B"},
+        )
+
+    def assertInvalidBody(self, response: Any, body: bytes) -> None:
+        self.assertError(response, body, 400, 303, "Bad Request", "Invalid request body")
+        self.assertEqual(self.pending(), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_unicode_escape_charset_is_400(self) -> None:
+        """A part in ``charset=unicode_escape`` (a codec, not a text charset) is 400."""
+        response, body = self.multipart(
+            _part("version", b"7"),
+            _part("data", b"\\u00e9", b"Content-Type: text/plain; charset=unicode_escape"),
+        )
+        self.assertInvalidBody(response, body)
+
+    def test_unicode_escape_name_is_ignored(self) -> None:
+        """A part named only RFC 2231 style in ``unicode_escape`` (once a 500 and a
+        ``UnicodeEncodeError`` traceback) has no usable name: it is skipped."""
+        response, _ = self.multipart(
+            b"--B\r\nContent-Disposition: form-data; name*=unicode_escape''%5Cud800\r\n"
+            b"Content-Type: text/plain; charset=unicode_escape\r\n\r\n\\ud800\r\n",
+            _part("version", b"8"),
+        )
+        self.assertEqual(response.code, 202)
+        self.assertEqual(self.pending()[0].version, 8)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_deeply_nested_header_is_400(self) -> None:
+        """A part header with 3,000 ``(`` (once a RecursionError) is 400."""
+        response, body = self.multipart(
+            _part("version", b"7", b"Content-Type: text/plain; x=" + b"(" * 3000)
+        )
+        self.assertInvalidBody(response, body)
+
+    def test_parentheses_within_the_line_limit_are_harmless(self) -> None:
+        """Comment-like parentheses in a header line under the limit are just text."""
+        response, _ = self.multipart(_part("version", b"7", b"X-Note: " + b"(" * 900))
+        self.assertEqual(response.code, 202)
+        self.assertEqual(self.pending()[0].version, 7)
+
+    def test_too_many_parts_is_400(self) -> None:
+        """More than ``MAX_FIELDS`` parts is 400, even when ``version`` came first."""
+        parts = [_part("version", b"7")] + [_part(f"x{i}", b"") for i in range(MAX_FIELDS)]
+        response, body = self.multipart(*parts)
+        self.assertInvalidBody(response, body)
+        response, _ = self.multipart(*parts[:MAX_FIELDS])
+        self.assertEqual(response.code, 202)
+
+    def test_too_many_form_fields_is_400(self) -> None:
+        """A form body with more than ``MAX_FIELDS`` fields is 400 (a form of 32,768 empty
+        fields took 40 ms to parse)."""
+        response, body = self.put(data=b"version=7" + b"&x" * MAX_FIELDS)
+        self.assertInvalidBody(response, body)
+        response, _ = self.put(data=b"version=7" + b"&x" * (MAX_FIELDS - 1))
+        self.assertEqual(response.code, 202)
+
+    def test_too_many_part_headers_is_400(self) -> None:
+        """A part with more than ``MAX_PART_HEADERS`` header lines is 400."""
+        extra = [b"X-H%d: v" % i for i in range(MAX_PART_HEADERS)]
+        response, body = self.multipart(_part("version", b"7", *extra))
+        self.assertInvalidBody(response, body)
+        response, _ = self.multipart(_part("version", b"7", *extra[:-1]))
+        self.assertEqual(response.code, 202)
+
+    def test_long_part_header_is_400(self) -> None:
+        """A part header line over ``MAX_PART_HEADER_LINE`` bytes is 400."""
+        line = b"X-Long: " + b"a" * MAX_PART_HEADER_LINE
+        response, body = self.multipart(_part("version", b"7", line))
+        self.assertInvalidBody(response, body)
+
+    def test_malformed_streams_are_400(self) -> None:
+        """No closing boundary, no ``Content-Disposition``, no boundary parameter, or a
+        bad transfer encoding: 400 each."""
+        cases = [
+            self.multipart(_part("version", b"7"), end=b""),
+            self.multipart(b"--B\r\nContent-Type: text/plain\r\n\r\n7\r\n"),
+            self.multipart(_part("version", b"!!!", b"Content-Transfer-Encoding: base64")),
+            self.multipart(_part("version", b"7", b"Content-Transfer-Encoding: x-gzip")),
+            self.put(data=b"--B--\r\n", headers={"Content-Type": "multipart/form-data"}),
+        ]
+        for response, body in cases:
+            self.assertInvalidBody(response, body)
+
+    def test_transfer_encodings_and_charsets(self) -> None:
+        """base64 and quoted-printable parts are decoded, then read in their charset."""
+        self.multipart(
+            _part("version", b"MTIz", b"Content-Transfer-Encoding: base64"),
+            _part(
+                "data",
+                b"h=E9llo",
+                b"Content-Type: text/plain; charset=iso-8859-1",
+                b"Content-Transfer-Encoding: quoted-printable",
+            ),
+        )
+        self.assertEqual(
+            self.pending()[0],
+            PendingUpdate(channel_id=self.channel_id, version=123, data="h\xe9llo"),
+        )
+
+    def test_nested_multipart_is_opaque(self) -> None:
+        """A part that is itself multipart is not descended into: it is the field's text."""
+        nested = b'--C\r\nContent-Disposition: form-data; name="version"\r\n\r\n9\r\n--C--'
+        self.multipart(
+            _part("version", b"5"),
+            _part("data", nested, b"Content-Type: multipart/mixed; boundary=C"),
+        )
+        self.assertEqual(self.pending()[0].version, 5)
+        self.assertEqual(self.pending()[0].data, nested.decode("ascii"))
 
 
 class TokenAndPathTests(EndpointTestCase):

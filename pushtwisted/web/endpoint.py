@@ -5,7 +5,10 @@ Parameters ``version`` and ``data`` come from a form body
 ``multipart/form-data``) or from the query string; a body field wins over
 the query string.  A body of any other type is not parsed.
 
-Processing order: path, method, parameters, token, storage, live delivery.
+Processing order: path, method, token, parameters, storage, live delivery.
+The token is checked before the body is parsed (``pushtwisted.web._form``:
+form and bounded multipart parsing), so a request without a valid token
+costs no parsing.
 Live delivery is ``node.router``'s (``pushtwisted.routing``): a session on
 this node, or in a cluster (``[router] listen`` set) the node that holds the
 device; 200 means "a live socket took it" and 202 "stored" (no node holds
@@ -19,7 +22,9 @@ status  errno  when
 202            stored for a client that is not connected (in a
                 cluster: no node confirmed that a live socket took it)
 400     301    ``version`` is not a decimal in 0..2**63-1
-400     303    the body is not UTF-8 or not a well-formed form
+400     303    the body is not UTF-8 or not a well-formed form, or
+                passes a bound of ``pushtwisted.web._form`` (fields,
+                parts, part headers, charsets)
 404     102    the token does not decode, or the path is not
                 ``/update/<one segment>``
 405     304    a method other than PUT or OPTIONS (``Allow`` header)
@@ -38,12 +43,7 @@ an empty body.
 
 from __future__ import annotations
 
-import email.policy
-import urllib.parse
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.parser import BytesParser
-from email.utils import collapse_rfc2231_value
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -54,6 +54,7 @@ from pushtwisted.logs import AccessLog, logger, uaid_hash
 from pushtwisted.messages import MAX_VERSION
 from pushtwisted.node import Node
 from pushtwisted.storage.interface import UpdateOutcome
+from pushtwisted.web._form import request_fields
 from pushtwisted.web._site import ListenerSite
 from pushtwisted.web._util import (
     HTTPRequest,
@@ -73,9 +74,6 @@ _CORS_HEADERS = (
     (b"Access-Control-Allow-Methods", _ALLOW),
     (b"Access-Control-Allow-Headers", b"content-type"),
 )
-_FORM = b"application/x-www-form-urlencoded"
-_MULTIPART = b"multipart/form-data"
-_PARAMS = ("version", "data")
 
 #: ``notifications_rejected`` reason by the errno of a ``WebError``.
 _REJECT_REASONS = {
@@ -89,10 +87,6 @@ _REJECT_REASONS = {
 
 def _invalid_token() -> WebError:
     return WebError(404, 102, "Invalid Token")
-
-
-def _invalid_body() -> WebError:
-    return WebError(400, 303, "Invalid request body")
 
 
 def _apply_cors(request: HTTPRequest, cors: bool) -> None:
@@ -127,83 +121,6 @@ def _parse_data(raw: str | None, max_data: int) -> str | None:
     if len(raw.encode("utf-8")) > max_data:
         raise WebError(413, 302, f"Data exceeds max length of {max_data} bytes")
     return raw
-
-
-def _form_fields(body: bytes) -> dict[str, str]:
-    """Parse an urlencoded body; the first value of each field wins."""
-    try:
-        pairs = urllib.parse.parse_qsl(
-            body.decode("utf-8"), keep_blank_values=True, errors="strict"
-        )
-    except (UnicodeDecodeError, ValueError):
-        raise _invalid_body() from None
-    fields: dict[str, str] = {}
-    for name, value in pairs:
-        fields.setdefault(name, value)
-    return fields
-
-
-def _multipart_fields(content_type: bytes, body: bytes) -> dict[str, str]:
-    """Parse a ``multipart/form-data`` body; the first part of each name wins."""
-    head = b"Content-Type: " + content_type + b"\r\n\r\n"
-    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if not message.is_multipart() or message.defects:
-        raise _invalid_body()
-    assert isinstance(message, EmailMessage)
-    fields: dict[str, str] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if name is None or isinstance(name, bytes):
-            continue
-        key = collapse_rfc2231_value(name)
-        payload = part.get_payload(decode=True)
-        if key in fields or not isinstance(payload, bytes):
-            continue
-        try:
-            fields[key] = payload.decode(part.get_content_charset("utf-8"))
-        except (UnicodeDecodeError, LookupError):
-            raise _invalid_body() from None
-    return fields
-
-
-def _body_fields(request: HTTPRequest) -> dict[str, str]:
-    """Return the fields of a form body; other body types are not parsed."""
-    content = request.content
-    if content is None:
-        return {}
-    content.seek(0)
-    body: bytes = content.read()
-    if not body:
-        return {}
-    content_type = request.getHeader(b"content-type")
-    media = (content_type or b"").split(b";", 1)[0].strip().lower()
-    if media in (b"", _FORM):
-        return _form_fields(body)
-    if media == _MULTIPART:
-        assert content_type is not None
-        return _multipart_fields(content_type, body)
-    return {}
-
-
-def _query_fields(request: HTTPRequest) -> dict[str, str]:
-    """Return ``version`` and ``data`` from the query string (first values)."""
-    args = request.args or {}
-    fields: dict[str, str] = {}
-    for name in _PARAMS:
-        values = args.get(name.encode("ascii"))
-        if values:
-            try:
-                fields[name] = values[0].decode("utf-8")
-            except UnicodeDecodeError:
-                raise _invalid_body() from None
-    return fields
-
-
-def _request_fields(request: HTTPRequest) -> dict[str, str]:
-    """Return the request's parameters; body fields take precedence."""
-    fields = _query_fields(request)
-    fields.update(_body_fields(request))
-    return fields
 
 
 @dataclass(slots=True)
@@ -288,15 +205,15 @@ class UpdateResource(Resource):
     async def _update(self, request: HTTPRequest, token: str, exchange: _Exchange) -> JSONResponse:
         """Validate, store, then deliver; raise for every error answer."""
         node = self._node
-        fields = _request_fields(request)
-        version = _parse_version(fields.get("version"), node.clock.seconds())
-        data = _parse_data(fields.get("data"), node.config.endpoint.max_data)
         try:
             uaid, chid = node.crypto.parse(token)
         except InvalidToken as e:
             self.log.debug("invalid token: {detail}", detail=str(e))
             raise _invalid_token() from None
         exchange.uaid_hash = uaid_hash(uaid)
+        fields = request_fields(request)
+        version = _parse_version(fields.version, node.clock.seconds())
+        data = _parse_data(fields.data, node.config.endpoint.max_data)
 
         stored_data = data if node.config.storage.store_data else None
         try:
