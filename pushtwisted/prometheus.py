@@ -33,6 +33,8 @@ histograms in seconds):
 - ``notifications_rejected`` (label ``reason``) ->
   ``pushtwisted_notifications_rejected_total{reason}``
 - ``notifications_resent`` -> ``pushtwisted_notifications_resent_total``
+- ``notifications_body_ignored`` -> ``pushtwisted_notifications_body_ignored_total``:
+  PUTs whose body was not a form (not parsed; the version is the current time)
 - ``endpoint_requests`` (label ``status``) -> ``pushtwisted_endpoint_requests_total{status}``
 - ``endpoint_latency_seconds`` (``observe``, label ``status``) ->
   ``pushtwisted_endpoint_request_duration_seconds{status}`` histogram
@@ -180,6 +182,10 @@ _SPECS: Mapping[str, _Spec] = {
     ),
     "notifications_resent": _counter(
         "notifications_resent", "Unacknowledged notifications sent again."
+    ),
+    "notifications_body_ignored": _counter(
+        "notifications_body_ignored",
+        "PUTs whose body was not a form: not parsed, the version is the current time.",
     ),
     "endpoint_requests": _counter(
         "endpoint_requests", "Endpoint (app server) requests, by HTTP status.", "status"

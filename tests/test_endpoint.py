@@ -45,6 +45,7 @@ from pushtwisted.web._util import (
     render_async,
 )
 from pushtwisted.web.endpoint import (
+    IGNORED_BODY_LOG_INTERVAL,
     UpdateResource,
     build_endpoint_root,
     build_endpoint_site,
@@ -439,6 +440,53 @@ class ParameterTests(EndpointTestCase):
             response, _ = self.put(data=b"version=14", headers={"Content-Type": content_type})
             self.assertEqual(response.code, 202)
             self.assertEqual(self.stored_version(), int(self.clock.seconds()))
+
+    def test_ignored_bodies_are_counted_and_warned_per_type(self) -> None:
+        """A body that is not a form is counted, and warned about at most once per type
+        per minute, the line giving the count since the last one; forms and empty
+        bodies are neither."""
+        events: list[dict[str, Any]] = []
+        root = build_endpoint_root(self.node())
+        update = root.getStaticEntity(b"update")
+        assert isinstance(update, UpdateResource)
+        update.log = Logger(observer=events.append)
+        stub = StubTreq(root)
+
+        def put(content_type: str | None, data: bytes = b"{}") -> None:
+            headers = {"Content-Type": content_type} if content_type else {}
+            response, _ = self.put(stub=stub, data=data, headers=headers)
+            self.assertEqual(response.code, 202)
+
+        def warnings() -> list[tuple[str, int]]:
+            return [
+                (e["content_type"], e["count"]) for e in events if e["log_level"].name == "warn"
+            ]
+
+        put("text/plain")
+        put("Text/Plain; charset=utf-8")
+        put("application/json")
+        put(None, b"version=3")
+        put("text/plain", b"")
+        self.assertEqual(warnings(), [("text/plain", 1), ("application/json", 1)])
+        self.clock.advance(IGNORED_BODY_LOG_INTERVAL)
+        put("text/plain")
+        self.assertEqual(warnings()[2:], [("text/plain", 2)])
+        self.assertEqual(self.metrics.count("notifications_body_ignored"), 4)
+        self.assertIn("text/plain", formatEvent([e for e in events if "count" in e][0]))
+
+    def test_ignored_body_types_remembered_are_bounded(self) -> None:
+        """Past 32 distinct media types, further ones share the ``other`` line."""
+        events: list[dict[str, Any]] = []
+        root = build_endpoint_root(self.node())
+        update = root.getStaticEntity(b"update")
+        assert isinstance(update, UpdateResource)
+        update.log = Logger(observer=events.append)
+        stub = StubTreq(root)
+        for i in range(40):
+            self.put(stub=stub, data=b"x", headers={"Content-Type": f"text/x-{i}"})
+        types = [e["content_type"] for e in events if "content_type" in e]
+        self.assertEqual(types, [f"text/x-{i}" for i in range(32)] + ["other"])
+        self.assertEqual(self.metrics.count("notifications_body_ignored"), 40)
 
     def test_unparsed_body_still_uses_query_string(self) -> None:
         """With a body that is not a form, the query string still gives the version."""

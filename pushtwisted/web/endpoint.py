@@ -5,6 +5,11 @@ Parameters ``version`` and ``data`` come from a form body
 ``multipart/form-data``) or from the query string; a body field wins over
 the query string.  A body of any other type is not parsed.
 
+A PUT whose body is of another type (``application/json``, ``text/plain``...)
+keeps pushgo's answer: the body is ignored and the version is the current
+time; it is counted (``notifications_body_ignored``) and logged as a warning
+naming the type, at most once per type per minute with the count since.
+
 Processing order: path, method, token, parameters, storage, live delivery.
 The token is checked before the body is parsed (``pushtwisted.web._form``:
 form and bounded multipart parsing), so a request without a valid token
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -66,7 +72,12 @@ from pushtwisted.web._util import (
     render_async,
 )
 
-__all__ = ["UpdateResource", "build_endpoint_root", "build_endpoint_site"]
+__all__ = [
+    "IGNORED_BODY_LOG_INTERVAL",
+    "UpdateResource",
+    "build_endpoint_root",
+    "build_endpoint_site",
+]
 
 _ALLOW = b"PUT, OPTIONS"
 _CORS_HEADERS = (
@@ -132,6 +143,38 @@ class _Exchange:
     uaid_hash: str = ""
 
 
+#: Seconds between two warnings about ignored bodies of one media type.
+IGNORED_BODY_LOG_INTERVAL = 60.0
+#: Most media types counted apart for those warnings; the rest share "other".
+_IGNORED_TYPES = 32
+
+
+class _IgnoredBodies:
+    """Rate-limits the warning about PUT bodies that are not forms: one line per
+    media type per ``IGNORED_BODY_LOG_INTERVAL``, with the count since the last."""
+
+    def __init__(self) -> None:
+        #: media type -> (when its last line was written, PUTs since then).
+        self._types: dict[str, tuple[float, int]] = {}
+
+    def seen(self, media: str, now: float, log: Logger) -> None:
+        """Count one ignored body of type ``media``; warn if its interval has passed."""
+        if media not in self._types and len(self._types) >= _IGNORED_TYPES:
+            media = "other"
+        last, count = self._types.get(media, (None, 0))
+        count += 1
+        if last is not None and now - last < IGNORED_BODY_LOG_INTERVAL:
+            self._types[media] = (last, count)
+            return
+        self._types[media] = (now, 0)
+        log.warn(
+            "ignored the {content_type} body of {count} PUT(s) since the last such line: "
+            "only form bodies are read, so the version is the current time",
+            content_type=media,
+            count=count,
+        )
+
+
 def _reject_reason(error: BaseException) -> str:
     """Return the ``notifications_rejected`` reason for an error answer."""
     if isinstance(error, WebError):
@@ -156,6 +199,7 @@ class UpdateResource(Resource):
     def __init__(self, node: Node) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._node = node
+        self._ignored = _IgnoredBodies()
 
     def render(self, request: HTTPRequest) -> int:
         """Answer one request; PUT is handled asynchronously.
@@ -212,6 +256,9 @@ class UpdateResource(Resource):
             raise _invalid_token() from None
         exchange.uaid_hash = uaid_hash(uaid)
         fields = request_fields(request)
+        if fields.ignored_type is not None:
+            node.metrics.increment("notifications_body_ignored")
+            self._ignored.seen(fields.ignored_type, node.clock.seconds(), self.log)
         version = _parse_version(fields.version, node.clock.seconds())
         data = _parse_data(fields.data, node.config.endpoint.max_data)
 
