@@ -136,6 +136,8 @@ class EndpointConfig:
     reuse_port: bool = False
     #: Most open connections; more are accepted and closed at once. 0 = no limit.
     max_connections: int = field(default=0, metadata=_check(_nonneg))
+    #: Seconds a request's head and body may take from its first byte; then 408. 0 = no limit.
+    request_timeout: float = field(default=10.0, metadata=_check(_nonneg))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

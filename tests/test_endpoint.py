@@ -976,6 +976,78 @@ class EndpointSiteTests(EndpointTestCase):
         self.assertNotIn(self.token, log)
         self.assertIn("/elsewhere", log)
 
+    def assert408(self, transport: StringTransport) -> None:
+        raw = transport.value()
+        self.assertTrue(raw.startswith(b"HTTP/1.1 408 Request Time-out\r\n"), raw)
+        self.assertEqual(raw.count(b"HTTP/1.1"), 1, raw)
+        self.assertTrue(transport.disconnecting)
+        body = json.loads(raw.partition(b"\r\n\r\n")[2])
+        self.assertEqual((body["code"], body["errno"]), (408, 999))
+
+    def test_trickled_head_is_408_at_the_deadline(self) -> None:
+        """A client sending one header line now and then (each resetting the idle
+        timer) gets 408 and a close ``request_timeout`` seconds after its first byte."""
+        self.assertEqual(self.config.endpoint.request_timeout, 10.0)
+        site = self.site()
+        protocol, transport = self.connect(site)
+        protocol.dataReceived(f"PUT /update/{self.token} HTTP/1.1\r\n".encode("ascii"))
+        self.clock.advance(5)
+        protocol.dataReceived(b"Host: push.example\r\n")
+        self.clock.advance(4.9)
+        protocol.dataReceived(b"X-Slow: 1\r\n")
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.1)
+        self.assert408(transport)
+        self.assertEqual(self.metrics.count("endpoint_requests", status="408"), 1)
+        self.assertEqual(self.pending(), [])
+
+    def test_trickled_body_is_408(self) -> None:
+        """The deadline covers the body too."""
+        protocol, transport = self.connect(self.site())
+        protocol.dataReceived(self.head("Content-Length: 9") + b"vers")
+        self.clock.advance(10)
+        self.assert408(transport)
+        protocol.dataReceived(b"ion=5")
+        self.assertEqual(self.pending(), [])
+
+    def test_request_in_several_reads_within_the_deadline(self) -> None:
+        """A request completed before the deadline is answered, and the deadline is
+        over: the keep-alive connection then stays open past it."""
+        protocol, transport = self.connect(self.site())
+        protocol.dataReceived(self.head("Content-Length: 9") + b"vers")
+        self.clock.advance(9)
+        protocol.dataReceived(b"ion=5")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 202 "), transport.value())
+        self.clock.advance(59)  # the listener's idle timeout is 60 s
+        self.assertFalse(transport.disconnecting)
+        self.assertNotIn(b" 408 ", transport.value())
+        [idle] = self.clock.getDelayedCalls()
+        self.assertEqual(idle.getTime() - self.clock.seconds(), 1)
+
+    def test_idle_keep_alive_uses_the_idle_timeout(self) -> None:
+        """Between requests only the listener's idle timeout applies (no 408)."""
+        site = self.site()
+        site.timeOut = 30
+        protocol, transport = self.connect(site)
+        protocol.dataReceived(self.head("Content-Length: 9") + b"version=5")
+        self.clock.advance(29)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertNotIn(b" 408 ", transport.value())
+
+    def test_request_timeout_zero_is_no_limit(self) -> None:
+        """``request_timeout = 0`` turns the deadline off: a line every 25 s keeps the
+        request going (as it did before the deadline existed)."""
+        self.endpoint_config(request_timeout=0.0)
+        protocol, transport = self.connect(self.site())
+        protocol.dataReceived(f"PUT /update/{self.token} HTTP/1.1\r\n".encode("ascii"))
+        for n in range(40):
+            self.clock.advance(25)
+            protocol.dataReceived(b"X-Slow-%d: 1\r\n" % n)
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnecting)
+
     def test_build_endpoint_site_uses_config(self) -> None:
         """``build_endpoint_site`` applies ``endpoint.max_body`` and serves ``/update/``."""
         self.endpoint_config(max_body=32)

@@ -12,7 +12,12 @@ listener needs, each chosen by its builder:
   is closed at once, and each lost connection frees its place;
 - an access log filter: which request URIs Twisted's access log may show
   (none at all, or all but those that carry a secret);
-- optionally one request per connection (``Connection: close``).
+- optionally one request per connection (``Connection: close``);
+- optionally a request deadline: a request whose head and body have not
+  all arrived within ``request_timeout`` seconds of its first byte is
+  answered 408 (the JSON error shape) and the connection closed, so a peer
+  that sends a header line now and then cannot hold a connection; between
+  requests the idle ``timeout`` applies.
 
 Per request it does no more than it must: the ``Date`` header is formatted
 once per second (``ListenerSite.http_date``) rather than for every request,
@@ -20,7 +25,7 @@ and resource traversal is Twisted's own (``Site.getResourceFor``) without
 its check for encoding resources (no pushtwisted resource is one).
 
 Only HTTP/1.x channels are built (no listener offers HTTP/2).  The early
-413 is written straight to the transport with ``raw_json_response``: the
+413 and the 408 are written straight to the transport with ``raw_json_response``: the
 request is not rendered, so ``twisted.web`` has no response to write it
 through (Twisted answers its own early 400s the same way).
 """
@@ -31,7 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -115,7 +120,67 @@ class _ListenerChannel(HTTPChannel):
 
     With ``keep_alive`` off on the site, every response says
     ``Connection: close`` and the connection closes once it is written.
+
+    With the site's ``request_timeout`` set, a request's head and body must
+    have arrived within that many seconds of its first byte: the deadline
+    is armed when a read ends with a request still incomplete (a request
+    that arrives in one read, the usual case, never arms it), and cancelled
+    once the request is whole.  Between requests the site's idle
+    ``timeout`` applies, as in Twisted.
     """
+
+    _deadline: IDelayedCall | None = None
+    #: Bytes of a request arrived, and the request is not whole yet.
+    _receiving = False
+    #: A whole request is being answered (its response not finished).
+    _answering = False
+    #: The deadline passed and 408 was sent: nothing more is read.
+    _timed_out = False
+
+    def dataReceived(self, data: bytes) -> None:
+        """Read ``data``; arm the request deadline if a request is left incomplete."""
+        if self._timed_out:
+            return
+        if not self._answering:
+            self._receiving = True
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+        if self._receiving and self._deadline is None:
+            site = getattr(self, "site", None)
+            transport = self.transport
+            if (
+                isinstance(site, ListenerSite)
+                and site.request_timeout
+                and transport is not None
+                and not transport.disconnecting  # type: ignore[attr-defined]
+            ):
+                self._deadline = self.callLater(  # type: ignore[no-untyped-call]
+                    site.request_timeout, self._request_timed_out
+                )
+
+    def allContentReceived(self) -> None:
+        """The request is whole: its deadline is over; answer it."""
+        self._receiving = False
+        self._answering = True
+        self._cancel_deadline()
+        super().allContentReceived()  # type: ignore[no-untyped-call]
+
+    def requestDone(self, request: http.Request) -> None:
+        """The response is written: the next bytes start a new request."""
+        self._answering = False
+        super().requestDone(request)  # type: ignore[no-untyped-call]
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _request_timed_out(self) -> None:
+        self._deadline = None
+        site = getattr(self, "site", None)
+        if self._receiving and isinstance(site, ListenerSite):
+            self._timed_out = True
+            site.refuse_slow(self)
 
     def checkPersistence(self, request: http.Request, version: bytes) -> bool:
         """Keep the connection open after this request, unless the site says no."""
@@ -128,6 +193,7 @@ class _ListenerChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Let ``HTTPChannel`` handle the loss, then release the site's connection slot."""
+        self._cancel_deadline()
         try:
             super().connectionLost(reason)  # type: ignore[no-untyped-call]
         finally:
@@ -146,9 +212,13 @@ class ListenerSite(Site):
     :param access_log: True when Twisted's access log may show a request
         URI; None (the default) writes no access log at all.
     :param keep_alive: False closes every connection after one response.
-    :param oversize_headers: extra headers of the early 413 (CORS...).
+    :param oversize_headers: extra headers of the early 413 and of the 408 (CORS...).
     :param on_oversize: called once per early 413 (metrics).
-    :param kwargs: passed to ``Site`` (``reactor``, ``timeout``...).
+    :param request_timeout: seconds a request's head and body may take from
+        its first byte, then 408 and the connection closes; None or 0: no limit.
+    :param on_request_timeout: called once per 408 (metrics).
+    :param kwargs: passed to ``Site`` (``reactor``, ``timeout`` (the idle
+        timeout between requests)...).
     """
 
     #: Not ``log``: ``HTTPFactory.log`` is the access-log method.
@@ -166,6 +236,8 @@ class ListenerSite(Site):
         keep_alive: bool = True,
         oversize_headers: Sequence[tuple[bytes, bytes]] = (),
         on_oversize: Callable[[], object] | None = None,
+        request_timeout: float | None = None,
+        on_request_timeout: Callable[[], object] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(root, requestFactory=_BodyLimitedRequest, **kwargs)  # type: ignore[no-untyped-call]
@@ -175,6 +247,8 @@ class ListenerSite(Site):
         self._access_log = access_log
         self._oversize_headers = tuple(oversize_headers)
         self._on_oversize = on_oversize
+        self.request_timeout = request_timeout or None
+        self._on_request_timeout = on_request_timeout
         self._date_second: int | None = None
         self._date = b""
 
@@ -214,6 +288,23 @@ class ListenerSite(Site):
         )
         if self._on_oversize is not None:
             self._on_oversize()
+
+    def refuse_slow(self, channel: HTTPChannel) -> None:
+        """Answer 408 (the JSON error shape) straight to ``channel`` and close it."""
+        transport = channel.transport
+        if transport is None or transport.disconnecting:  # type: ignore[attr-defined]
+            return
+        message = f"Request not received within {self.request_timeout:g} seconds"
+        transport.write(
+            raw_json_response(408, error_body(408, 999, message), headers=self._oversize_headers)
+        )
+        channel.loseConnection()  # type: ignore[no-untyped-call]
+        self._logger.info(
+            "request not received within {timeout}s: 408, connection closed",
+            timeout=self.request_timeout,
+        )
+        if self._on_request_timeout is not None:
+            self._on_request_timeout()
 
     def log(self, request: http.Request) -> None:
         """Write the access line of ``request`` if the access-log filter allows it."""

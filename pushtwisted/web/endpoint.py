@@ -348,7 +348,9 @@ def build_endpoint_site(node: Node) -> ListenerSite:
     ``endpoint.max_body`` answered 413 before they are read (with the CORS
     headers when ``endpoint.cors`` is set, and counted as
     ``notifications_rejected{reason="body_too_large"}`` and
-    ``endpoint_requests{status="413"}``), ``endpoint.max_connections``, and an
+    ``endpoint_requests{status="413"}``), ``endpoint.max_connections``, a
+    request deadline of ``endpoint.request_timeout`` seconds (408, counted as
+    ``endpoint_requests{status="408"}``), and an
     access log without the ``/update/`` lines (``UpdateResource`` logs them).
     """
     endpoint = node.config.endpoint
@@ -358,6 +360,9 @@ def build_endpoint_site(node: Node) -> ListenerSite:
         metrics.increment("notifications_rejected", reason="body_too_large")
         metrics.increment("endpoint_requests", status="413")
 
+    def count_timeout() -> None:
+        metrics.increment("endpoint_requests", status="408")
+
     return ListenerSite(
         build_endpoint_root(node),
         max_body=endpoint.max_body,
@@ -365,5 +370,7 @@ def build_endpoint_site(node: Node) -> ListenerSite:
         access_log=_access_logged,
         oversize_headers=_CORS_HEADERS if endpoint.cors else (),
         on_oversize=count_oversize,
+        request_timeout=endpoint.request_timeout,
+        on_request_timeout=count_timeout,
         reactor=node.clock,
     )
