@@ -308,6 +308,8 @@ class ServerConfig:
     #: Seconds between full garbage collections that also walk the objects
     #: frozen every second (``pushtwisted.collector``); 0 = never.
     full_gc_interval: float = field(default=3600.0, metadata=_check(_nonneg))
+    #: Write access lines for ``/status`` and ``/health`` on the endpoint listener.
+    access_log_health: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -50,6 +50,7 @@ from pushtwisted.web.endpoint import (
     build_endpoint_root,
     build_endpoint_site,
 )
+from pushtwisted.web.status import add_status_children
 
 BASE = "http://push.example"
 NOW = 1_700_000_000.0
@@ -962,19 +963,48 @@ class EndpointSiteTests(EndpointTestCase):
         self.assertEqual(self.metrics.count("notifications_rejected", reason="body_too_large"), 1)
         self.assertEqual(self.metrics.count("endpoint_requests", status="413"), 1)
 
-    def test_access_log_omits_update_paths(self) -> None:
-        """The Site's access log never holds an ``/update/`` path (it contains the token)."""
+    def logged_site(self) -> tuple[ListenerSite, io.StringIO]:
         site = self.site()
         site.startFactory()
         self.addCleanup(site.stopFactory)
         buffer = io.StringIO()
         site.logFile = buffer
+        add_status_children(site.resource, self.node())
+        return site, buffer
+
+    def test_access_log_omits_update_paths(self) -> None:
+        """The Site's access log never holds an ``/update/`` line (``UpdateResource``
+        writes those) nor a token, whatever the spelling of the path."""
+        site, buffer = self.logged_site()
         protocol, transport = self.connect(site)
         protocol.dataReceived(self.head("Content-Length: 9") + b"version=5")
-        protocol.dataReceived(b"GET /elsewhere HTTP/1.1\r\nHost: push.example\r\n\r\n")
+        for target in [f"//update/{self.token}", f"/Update/{self.token}", "/elsewhere"]:
+            protocol.dataReceived(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         log = buffer.getvalue()
         self.assertNotIn(self.token, log)
+        self.assertEqual(len(log.splitlines()), 3)
+        self.assertIn('"GET //update/<token> HTTP/1.1" 404', log)
+        self.assertIn('"GET /Update/<token> HTTP/1.1" 404', log)
         self.assertIn("/elsewhere", log)
+
+    def test_health_checks_in_the_access_log_by_default(self) -> None:
+        """``/status`` and ``/health`` get access lines unless ``access_log_health`` is off."""
+        for health, expected in [(True, 2), (False, 0)]:
+            self.config = dataclasses.replace(
+                self.config,
+                server=dataclasses.replace(self.config.server, access_log_health=health),
+            )
+            site, buffer = self.logged_site()
+            protocol, transport = self.connect(site)
+            for target in ["/status", "/health/"]:
+                protocol.dataReceived(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            protocol.dataReceived(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+            log = buffer.getvalue()
+            self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 2)
+            self.assertEqual(
+                len([line for line in log.splitlines() if "/other" not in line]), expected
+            )
+            self.assertIn("/other", log)
 
     def assert408(self, transport: StringTransport) -> None:
         raw = transport.value()

@@ -23,7 +23,7 @@ from twisted.web.static import Data
 
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.metrics import NullMetrics
-from pushtwisted.web._site import ListenerSite
+from pushtwisted.web._site import ListenerSite, scrub_target
 from pushtwisted.web._util import raw_json_response
 
 _PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -120,14 +120,62 @@ class ListenerSiteTests(SynchronousTestCase):
         self.assertEqual(buffer.getvalue(), "")
 
     def test_access_log_filter(self) -> None:
-        """With a filter, only the URIs it accepts reach the access log."""
-        site = self.site(access_log=lambda uri: not uri.startswith(b"/secret"))
+        """With a filter, only the requests it accepts (it sees the routed path) reach the
+        access log."""
+        site = self.site(access_log=lambda request: request.prepath[:1] != [b"secret"])
         site.logFile = buffer = io.StringIO()
         channel, _ = self.connect(site)
-        channel.dataReceived(b"GET /secret HTTP/1.1\r\nHost: x\r\n\r\n")
+        channel.dataReceived(b"GET /%73ecret HTTP/1.1\r\nHost: x\r\n\r\n")
         channel.dataReceived(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertIn("/page", buffer.getvalue())
-        self.assertNotIn("/secret", buffer.getvalue())
+        self.assertNotIn("ecret", buffer.getvalue())
+
+    def test_access_lines_are_scrubbed(self) -> None:
+        """Every access line has its tokens replaced, in the target and the Referer,
+        whatever the case, the slashes or the form of the target."""
+        site = self.site(access_log=lambda request: True)
+        site.logFile = buffer = io.StringIO()
+        channel, _ = self.connect(site)
+        token = "gAAAAABl" + "x" * 76
+        targets = [
+            f"//update/{token}",
+            f"/Update/{token}",
+            f"/UPDATE//{token}/more",
+            f"/update%2F{token}",
+            f"/%75pdate/{token}",
+            f"http://push.example/update/{token}",
+            f"/wpush/v2/{token}",
+            f"/elsewhere/{token}",
+            f"/page?token={token}&x=1",
+        ]
+        for target in targets:
+            channel.dataReceived(
+                f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                f"Referer: https://app.example/update/{token}\r\n\r\n".encode("ascii")
+            )
+        log = buffer.getvalue()
+        self.assertEqual(len(log.splitlines()), len(targets))
+        self.assertNotIn("xxxxxxxxxx", log)
+        for shown in [
+            '"PUT //update/<token> HTTP/1.1"',
+            '"PUT /Update/<token> HTTP/1.1"',
+            '"PUT /UPDATE//<token>/<token> HTTP/1.1"',
+            '"PUT /<token> HTTP/1.1"',
+            '"PUT /%75pdate/<token> HTTP/1.1"',
+            '"PUT http://push.example/update/<token> HTTP/1.1"',
+            '"PUT /wpush/v2/<token> HTTP/1.1"',
+            '"PUT /elsewhere/<token> HTTP/1.1"',
+            '"PUT /page?token=<token>&x=1 HTTP/1.1"',
+            '"https://app.example/update/<token>"',
+        ]:
+            self.assertIn(shown, log)
+
+    def test_scrub_target_keeps_what_is_not_a_token(self) -> None:
+        """Short segments, API versions and query values are kept as sent."""
+        for target in [b"/status", b"/health/", b"/metrics?x=1", b"/a/b%20c/", b"*", b""]:
+            self.assertEqual(scrub_target(target), target)
+        self.assertEqual(scrub_target(b"/wpush/v1/"), b"/wpush/v1/")
+        self.assertEqual(scrub_target(b"/update"), b"/update")
 
     def test_limit_counts_and_releases(self) -> None:
         """With a ``ConnectionLimit`` each channel holds a place until its connection is lost."""

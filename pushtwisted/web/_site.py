@@ -10,8 +10,10 @@ listener needs, each chosen by its builder:
   closed and the request is never rendered;
 - a connection limit (``pushtwisted.connlimit``): past it a new connection
   is closed at once, and each lost connection frees its place;
-- an access log filter: which request URIs Twisted's access log may show
-  (none at all, or all but those that carry a secret);
+- an access log: none at all, or Twisted's combined-format line for the
+  requests a filter lets through, every one scrubbed (``scrub_target``):
+  path segments that hold a token, and long token-like query values,
+  become ``<token>`` in the request target and the ``Referer``;
 - optionally one request per connection (``Connection: close``);
 - optionally a request deadline: a request whose head and body have not
   all arrived within ``request_timeout`` seconds of its first byte is
@@ -32,23 +34,111 @@ through (Twisted answers its own early 400s the same way).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http import HTTPChannel, datetimeToString
+from twisted.web.http import HTTPChannel, combinedLogFormatter, datetimeToString
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site, version
 
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.logs import logger
-from pushtwisted.web._util import error_body, raw_json_response
+from pushtwisted.web._util import HTTPRequest, error_body, raw_json_response
 
-__all__ = ["ListenerSite"]
+__all__ = ["ListenerSite", "scrub_target"]
+
+#: Path segments after which every segment is a token (``/update/<token>``,
+#: ``/wpush/v1/<token>``), compared percent-decoded and in lower case.
+_TOKEN_PATHS = frozenset({b"update", b"wpush"})
+#: An API version segment between such a segment and the token.
+_API_VERSION = re.compile(rb"v[0-9]{1,3}")
+#: A token, UAID or channel ID anywhere else: 32 or more of these characters.
+_TOKEN_LIKE = re.compile(rb"[A-Za-z0-9_.=\-]{32,}")
+#: ``scheme://authority`` of an absolute-form request target.
+_ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")
+_SCRUBBED = b"<token>"
+
+
+def scrub_target(target: bytes) -> bytes:
+    """Return a request target (or URL) with every token in it replaced by ``<token>``.
+
+    In the path, whatever the case, the slashes (doubled, percent-encoded)
+    or an absolute form: every segment after an ``update`` or ``wpush``
+    segment (API versions such as ``v1`` excepted) and any token-like
+    segment (32 or more of ``[A-Za-z0-9_.=-]``); in the query, every such
+    name or value.  The rest is kept as it was sent.
+    """
+    path, question, query = target.partition(b"?")
+    absolute = _ABSOLUTE.match(path)
+    prefix = absolute.group() if absolute else b""
+    out = [_scrub_path(path[len(prefix) :])]
+    if question:
+        out.append(b"?" + _scrub_query(query))
+    return prefix + b"".join(out)
+
+
+def _scrub_path(path: bytes) -> bytes:
+    segments = path.split(b"/")
+    after_token_path = False
+    for i, raw in enumerate(segments):
+        secret = False
+        for piece in unquote_to_bytes(raw).split(b"/"):
+            lower = piece.lower()
+            if not piece:
+                continue
+            if after_token_path:
+                secret = secret or not _API_VERSION.fullmatch(lower)
+            elif lower in _TOKEN_PATHS:
+                after_token_path = True
+            elif _TOKEN_LIKE.fullmatch(piece):
+                secret = True
+        if secret:
+            segments[i] = _SCRUBBED
+    return b"/".join(segments)
+
+
+def _scrub_query(query: bytes) -> bytes:
+    pairs = query.split(b"&")
+    for i, pair in enumerate(pairs):
+        name, equals, value = pair.partition(b"=")
+        parts = [name, value] if equals else [name]
+        decoded = [unquote_to_bytes(part.replace(b"+", b" ")) for part in parts]
+        scrubbed = [
+            _SCRUBBED if _TOKEN_LIKE.fullmatch(plain) else part
+            for part, plain in zip(parts, decoded, strict=True)
+        ]
+        pairs[i] = b"=".join(scrubbed)
+    return b"&".join(pairs)
+
+
+class _ScrubbedRequest:
+    """What ``combinedLogFormatter`` reads of a request, tokens scrubbed."""
+
+    def __init__(self, request: http.Request) -> None:
+        self._request = request
+        self.uri = scrub_target(request.uri)
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        """Return a request header; the ``Referer`` scrubbed."""
+        value: bytes | None = self._request.getHeader(name)
+        if value is not None and name.lower() == b"referer":
+            return scrub_target(value)
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def _scrubbed_log_line(timestamp: str, request: http.Request) -> str:
+    """Twisted's combined log line of ``request`` with its tokens scrubbed."""
+    line: str = combinedLogFormatter(timestamp, _ScrubbedRequest(request))
+    return line
 
 
 class _BodyLimitedRequest(Request):
@@ -209,8 +299,9 @@ class ListenerSite(Site):
     :param max_body: the largest request body accepted, in bytes.
     :param limit: counts this listener's open connections against its
         ``max_connections``; None counts nothing.
-    :param access_log: True when Twisted's access log may show a request
-        URI; None (the default) writes no access log at all.
+    :param access_log: says whether a rendered request gets an access line
+        (scrubbed by ``scrub_target``); None (the default) writes no access
+        log at all.
     :param keep_alive: False closes every connection after one response.
     :param oversize_headers: extra headers of the early 413 and of the 408 (CORS...).
     :param on_oversize: called once per early 413 (metrics).
@@ -232,7 +323,7 @@ class ListenerSite(Site):
         *,
         max_body: int,
         limit: ConnectionLimit | None = None,
-        access_log: Callable[[bytes], bool] | None = None,
+        access_log: Callable[[HTTPRequest], bool] | None = None,
         keep_alive: bool = True,
         oversize_headers: Sequence[tuple[bytes, bytes]] = (),
         on_oversize: Callable[[], object] | None = None,
@@ -240,6 +331,7 @@ class ListenerSite(Site):
         on_request_timeout: Callable[[], object] | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("logFormatter", _scrubbed_log_line)
         super().__init__(root, requestFactory=_BodyLimitedRequest, **kwargs)  # type: ignore[no-untyped-call]
         self.max_body = max_body
         self.limit = limit
@@ -307,9 +399,6 @@ class ListenerSite(Site):
             self._on_request_timeout()
 
     def log(self, request: http.Request) -> None:
-        """Write the access line of ``request`` if the access-log filter allows it."""
-        if self._access_log is None:
-            return
-        uri: bytes = getattr(request, "uri", b"")
-        if self._access_log(uri):
+        """Write the (scrubbed) access line of ``request`` if the filter allows it."""
+        if self._access_log is not None and self._access_log(cast(HTTPRequest, request)):
             super().log(request)

@@ -70,6 +70,7 @@ class HTTPRequest(Protocol):
     method: bytes
     uri: bytes
     args: dict[bytes, list[bytes]]
+    prepath: list[bytes]
     postpath: list[bytes]
     content: IO[bytes] | None
     finished: int

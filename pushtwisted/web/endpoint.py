@@ -48,6 +48,7 @@ an empty body.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.logger import Logger
@@ -336,9 +337,20 @@ def build_endpoint_root(node: Node) -> Resource:
     return root
 
 
-def _access_logged(uri: bytes) -> bool:
-    """True for the URIs the access log may show: not ``/update/`` (the path holds a token)."""
-    return not uri.startswith(b"/update/")
+def _access_filter(health: bool) -> Callable[[HTTPRequest], bool]:
+    """The endpoint listener's access-log filter.
+
+    ``/update/`` requests are left out (``UpdateResource`` writes their one
+    line, without the token); so are ``/status`` and ``/health`` unless
+    ``health``.  The filter sees the path as routed (percent-decoded).
+    """
+    skipped = {b"update"} if health else {b"update", b"status", b"health"}
+
+    def access_logged(request: HTTPRequest) -> bool:
+        routed = request.prepath
+        return not routed or routed[0] not in skipped
+
+    return access_logged
 
 
 def build_endpoint_site(node: Node) -> ListenerSite:
@@ -350,8 +362,9 @@ def build_endpoint_site(node: Node) -> ListenerSite:
     ``notifications_rejected{reason="body_too_large"}`` and
     ``endpoint_requests{status="413"}``), ``endpoint.max_connections``, a
     request deadline of ``endpoint.request_timeout`` seconds (408, counted as
-    ``endpoint_requests{status="408"}``), and an
-    access log without the ``/update/`` lines (``UpdateResource`` logs them).
+    ``endpoint_requests{status="408"}``), and a scrubbed access log without
+    the ``/update/`` lines (``UpdateResource`` logs them) and, with
+    ``server.access_log_health`` off, without ``/status`` and ``/health``.
     """
     endpoint = node.config.endpoint
     metrics = node.metrics
@@ -367,7 +380,7 @@ def build_endpoint_site(node: Node) -> ListenerSite:
         build_endpoint_root(node),
         max_body=endpoint.max_body,
         limit=ConnectionLimit("endpoint", endpoint.max_connections, node.clock, metrics),
-        access_log=_access_logged,
+        access_log=_access_filter(node.config.server.access_log_health),
         oversize_headers=_CORS_HEADERS if endpoint.cors else (),
         on_oversize=count_oversize,
         request_timeout=endpoint.request_timeout,
