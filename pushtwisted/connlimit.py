@@ -4,7 +4,8 @@ A listener's factory calls ``acquire()`` in ``buildProtocol`` and, when it
 returns False, returns None (Twisted then closes the accepted socket at
 once); the protocol it built calls ``release()`` when its connection is
 lost.  Each refusal is counted as ``connections_refused{listener}``; the log
-line says so at most once per second, with the number refused since.
+line says so at most once per second, with the number refused since.  The
+open connections are the gauge ``open_sockets{listener}``.
 """
 
 from __future__ import annotations
@@ -47,12 +48,14 @@ class ConnectionLimit:
             self._refused()
             return False
         self.open += 1
+        self._metrics.gauge("open_sockets", self.open, listener=self.listener)
         return True
 
     def release(self) -> None:
         """Count one connection fewer (its connection was lost)."""
         if self.open > 0:
             self.open -= 1
+            self._metrics.gauge("open_sockets", self.open, listener=self.listener)
 
     def _refused(self) -> None:
         self._metrics.increment("connections_refused", listener=self.listener)

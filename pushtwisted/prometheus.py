@@ -11,8 +11,13 @@ Names and the Prometheus metric each one feeds (every metric has the
 ``pushtwisted_`` prefix; counters end in ``_total``, latencies are
 histograms in seconds):
 
-- ``connections`` (``gauge``) -> ``pushtwisted_connections`` gauge
-- ``handshakes`` -> ``pushtwisted_handshakes_total``
+- ``connections`` (``gauge``) -> ``pushtwisted_connections`` gauge: clients
+  past hello (the UAIDs connected to this node)
+- ``open_sockets`` (``gauge``, label ``listener`` = websocket or endpoint) ->
+  ``pushtwisted_open_sockets{listener}``: open connections of each listener,
+  before hello too
+- ``handshakes`` -> ``pushtwisted_handshakes_total``: WebSocket opening
+  handshakes accepted
 - ``connections_refused`` (label ``listener`` = websocket or endpoint) ->
   ``pushtwisted_connections_refused_total{listener}``: connections closed at
   once because the listener had ``max_connections`` open
@@ -148,9 +153,17 @@ def _counter(name: str, doc: str, *labels: str) -> _Spec:
 
 _SPECS: Mapping[str, _Spec] = {
     "connections": _Spec(
-        _Kind.GAUGE, "pushtwisted_connections", "Open client WebSocket connections."
+        _Kind.GAUGE,
+        "pushtwisted_connections",
+        "Clients past hello: the UAIDs connected to this node.",
     ),
-    "handshakes": _counter("handshakes", "WebSocket handshakes completed."),
+    "open_sockets": _Spec(
+        _Kind.GAUGE,
+        "pushtwisted_open_sockets",
+        "Open connections of each listener (WebSocket: before and after hello).",
+        ("listener",),
+    ),
+    "handshakes": _counter("handshakes", "WebSocket opening handshakes accepted."),
     "connections_refused": _counter(
         "connections_refused",
         "Connections closed at once because the listener was full, by listener.",

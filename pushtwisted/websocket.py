@@ -98,6 +98,7 @@ class PushServerProtocol(BoundedServerProtocol):
             raise ConnectionDeny(  # type: ignore[no-untyped-call]
                 ConnectionDeny.FORBIDDEN, "Origin not allowed"
             )
+        self.factory.node.metrics.increment("handshakes")
         return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
 
     def onOpen(self) -> None:

@@ -80,6 +80,22 @@ class ConnectionLimitTests(SynchronousTestCase):
         limit.acquire()
         self.assertEqual([e["count"] for e in events], [1, 5])
 
+    def test_open_sockets_gauge(self) -> None:
+        """The gauge ``open_sockets{listener}`` follows every accepted and lost connection."""
+        metrics = RecordingMetrics()
+        limit = ConnectionLimit("endpoint", 2, Clock(), metrics)
+        limit.acquire()
+        limit.acquire()
+        limit.acquire()  # refused
+        limit.release()
+        limit.release()
+        limit.release()  # nothing open
+        self.assertEqual(metrics.gauges("open_sockets"), [1, 2, 1, 0])
+        self.assertEqual(
+            {tuple(labels.items()) for kind, _, _, labels in metrics.events if kind == "gauge"},
+            {(("listener", "endpoint"),)},
+        )
+
     def test_prometheus_counter(self) -> None:
         """When a connection is refused, ``connections_refused_total{listener}`` counts it."""
         metrics = PrometheusMetrics(process_collectors=False)

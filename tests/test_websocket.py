@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushtwisted import __version__
 from pushtwisted.config import Config, WebSocketConfig
 from pushtwisted.node import Node
-from pushtwisted.testing import make_node
+from pushtwisted.testing import RecordingMetrics, make_node
 from pushtwisted.web.status import HealthResource, StatusResource
 from pushtwisted.websocket import PushServerFactory, PushServerProtocol
 
@@ -137,6 +137,18 @@ class HandshakeTests(SynchronousTestCase):
         self.assertTrue(head.startswith("HTTP/1.1 101 "), head)
         self.assertNotIn("Sec-WebSocket-Protocol", head)
         self.assertIsNotNone(conn.protocol.session)
+
+    def test_handshakes_counted(self) -> None:
+        """Each accepted opening handshake counts in ``handshakes``; a refused one does not."""
+        config = ws_config(origins=["https://app.example.com"])
+        accepted = Connection(config)
+        accepted.handshake({"Origin": "https://app.example.com"})
+        refused = Connection(config)
+        refused.handshake({"Origin": "https://evil.example.com"})
+        for conn, count in [(accepted, 1), (refused, 0)]:
+            metrics = conn.node.metrics
+            assert isinstance(metrics, RecordingMetrics)
+            self.assertEqual(metrics.count("handshakes"), count)
 
     def test_push_notification_echoed(self) -> None:
         """When the client offers push-notification, the server echoes it."""
