@@ -145,8 +145,47 @@ def filtered_observer(observer: ILogObserver, level: str) -> ILogObserver:
     return FilteringLogObserver(observer, [make_log_filter(level)])
 
 
+class _LevelPredicate(LogLevelFilterPredicate):
+    """Twisted's level predicate, deciding each (namespace, level) once.
+
+    Twisted's walks the dotted namespace and compares levels on every event;
+    this keeps each verdict until a level is set again (at most
+    ``_MAX_VERDICTS`` of them).
+    """
+
+    def __init__(self, defaultLogLevel: Any = LogLevel.info) -> None:
+        self._verdicts: dict[tuple[object, object], Any] = {}
+        super().__init__(defaultLogLevel)
+
+    def __call__(self, event: LogEvent) -> Any:
+        key = (event.get("log_namespace", ""), event.get("log_level", None))
+        try:
+            return self._verdicts[key]
+        except (KeyError, TypeError):  # TypeError: an unhashable level
+            pass
+        verdict = super().__call__(event)
+        if len(self._verdicts) < _MAX_VERDICTS:
+            try:
+                self._verdicts[key] = verdict
+            except TypeError:
+                pass
+        return verdict
+
+    def setLogLevelForNamespace(self, namespace: str, level: Any) -> None:
+        """Set ``namespace``'s level and forget every verdict."""
+        super().setLogLevelForNamespace(namespace, level)
+        self._verdicts.clear()
+
+    def clearLogLevels(self) -> None:
+        """Reset every level to the default and forget every verdict."""
+        super().clearLogLevels()
+        self._verdicts.clear()
+
+
+_MAX_VERDICTS = 4096
+
 #: The process-wide level of ``json_observer()``; see ``set_log_level``.
-_process_filter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+_process_filter = _LevelPredicate(defaultLogLevel=LogLevel.info)
 #: Bumped by ``set_log_level``: tells ``AccessLog`` to look at the level again.
 _level_changes = 0
 
