@@ -140,6 +140,15 @@ class EndpointTestCase(SynchronousTestCase):
     def put(self, path: str | None = None, **kwargs: Any) -> tuple[Any, bytes]:
         return self.request("PUT", path, **kwargs)
 
+    def logged_update(self) -> tuple[StubTreq, UpdateResource, list[dict[str, Any]]]:
+        """A ``StubTreq`` on the endpoint root whose ``UpdateResource`` logs into a list."""
+        events: list[dict[str, Any]] = []
+        root = build_endpoint_root(self.node())
+        update = root.getStaticEntity(b"update")
+        assert isinstance(update, UpdateResource)
+        update.log = Logger(observer=events.append)
+        return StubTreq(root), update, events
+
     def pending(self) -> list[PendingUpdate]:
         return self.successResultOf(self.storage.fetch_pending(self.uaid))
 
@@ -446,12 +455,7 @@ class ParameterTests(EndpointTestCase):
         """A body that is not a form is counted, and warned about at most once per type
         per minute, the line giving the count since the last one; forms and empty
         bodies are neither."""
-        events: list[dict[str, Any]] = []
-        root = build_endpoint_root(self.node())
-        update = root.getStaticEntity(b"update")
-        assert isinstance(update, UpdateResource)
-        update.log = Logger(observer=events.append)
-        stub = StubTreq(root)
+        stub, _, events = self.logged_update()
 
         def put(content_type: str | None, data: bytes = b"{}") -> None:
             headers = {"Content-Type": content_type} if content_type else {}
@@ -477,12 +481,7 @@ class ParameterTests(EndpointTestCase):
 
     def test_ignored_body_types_remembered_are_bounded(self) -> None:
         """Past 32 distinct media types, further ones share the ``other`` line."""
-        events: list[dict[str, Any]] = []
-        root = build_endpoint_root(self.node())
-        update = root.getStaticEntity(b"update")
-        assert isinstance(update, UpdateResource)
-        update.log = Logger(observer=events.append)
-        stub = StubTreq(root)
+        stub, _, events = self.logged_update()
         for i in range(40):
             self.put(stub=stub, data=b"x", headers={"Content-Type": f"text/x-{i}"})
         types = [e["content_type"] for e in events if "content_type" in e]
@@ -798,14 +797,10 @@ class ObservabilityTests(EndpointTestCase):
 
     def test_one_log_line_without_raw_ids(self) -> None:
         """Each request logs one info line with method, status and uaid_hash, never the raw IDs."""
-        events: list[dict[str, Any]] = []
-        root = build_endpoint_root(self.node())
-        update = root.getStaticEntity(b"update")
-        assert isinstance(update, UpdateResource)
-        update.log = Logger(observer=events.append)
+        stub, update, events = self.logged_update()
         update.access_log = AccessLog(UpdateResource.access_log.namespace, events.append)
         self.clock.advance(0.25)  # the node's clock: no time passes during the request
-        self.request("PUT", stub=StubTreq(root), data={"version": "5"})
+        self.request("PUT", stub=stub, data={"version": "5"})
         lines = [e for e in events if e.get("status") is not None]
         self.assertEqual(len(lines), 1)
         line = lines[0]

@@ -365,38 +365,36 @@ class ListenerSite(Site):
 
     def refuse_oversize(self, channel: HTTPChannel, declared: int | None) -> None:
         """Answer 413 (the JSON error shape) straight to ``channel`` and close it."""
-        transport = channel.transport
-        if transport is None:  # already gone
-            return
         message = f"Request body exceeds max length of {self.max_body} bytes"
-        transport.write(
-            raw_json_response(413, error_body(413, 302, message), headers=self._oversize_headers)
-        )
-        channel.loseConnection()  # type: ignore[no-untyped-call]
-        self._logger.info(
-            "request body over {limit} bytes refused (declared {declared})",
-            limit=self.max_body,
-            declared=declared,
-        )
-        if self._on_oversize is not None:
-            self._on_oversize()
+        if self._refuse(channel, 413, 302, message):
+            self._logger.info(
+                "request body over {limit} bytes refused (declared {declared})",
+                limit=self.max_body,
+                declared=declared,
+            )
+            if self._on_oversize is not None:
+                self._on_oversize()
 
     def refuse_slow(self, channel: HTTPChannel) -> None:
         """Answer 408 (the JSON error shape) straight to ``channel`` and close it."""
+        message = f"Request not received within {self.request_timeout:g} seconds"
+        if self._refuse(channel, 408, 999, message):
+            self._logger.info(
+                "request not received within {timeout}s: 408, connection closed",
+                timeout=self.request_timeout,
+            )
+            if self._on_request_timeout is not None:
+                self._on_request_timeout()
+
+    def _refuse(self, channel: HTTPChannel, code: int, errno: int, message: str) -> bool:
+        """Write a closing JSON error answer to ``channel``; False if it is already going."""
         transport = channel.transport
         if transport is None or transport.disconnecting:  # type: ignore[attr-defined]
-            return
-        message = f"Request not received within {self.request_timeout:g} seconds"
-        transport.write(
-            raw_json_response(408, error_body(408, 999, message), headers=self._oversize_headers)
-        )
+            return False
+        body = error_body(code, errno, message)
+        transport.write(raw_json_response(code, body, headers=self._oversize_headers))
         channel.loseConnection()  # type: ignore[no-untyped-call]
-        self._logger.info(
-            "request not received within {timeout}s: 408, connection closed",
-            timeout=self.request_timeout,
-        )
-        if self._on_request_timeout is not None:
-            self._on_request_timeout()
+        return True
 
     def log(self, request: http.Request) -> None:
         """Write the (scrubbed) access line of ``request`` if the filter allows it."""
