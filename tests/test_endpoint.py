@@ -1061,6 +1061,22 @@ class EndpointSiteTests(EndpointTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertNotIn(b" 408 ", transport.value())
 
+    def test_slow_answer_outlives_the_idle_timeout(self) -> None:
+        """A request still being answered when the idle timeout passes is not cut off;
+        the idle time then counts from the answer."""
+        storage = HoldingStorage(MemoryStorage(self.clock), ["update"])
+        self.use_storage(storage)
+        protocol, transport = self.connect(self.site())
+        protocol.dataReceived(self.head("Content-Length: 9") + b"version=5")
+        self.clock.advance(90)  # storage answers after the 60 s idle timeout
+        self.assertFalse(transport.disconnecting)
+        storage.next().release()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 202 "), transport.value())
+        self.clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
     def test_request_timeout_zero_is_no_limit(self) -> None:
         """``request_timeout = 0`` turns the deadline off: a line every 25 s keeps the
         request going (as it did before the deadline existed)."""

@@ -248,16 +248,35 @@ class _ListenerChannel(HTTPChannel):
                 )
 
     def allContentReceived(self) -> None:
-        """The request is whole: its deadline is over; answer it."""
+        """The request is whole: its deadline is over; answer it.
+
+        Twisted cancels the idle timer here and schedules a new one when the
+        response is done; the timer is left running instead (a request still
+        being answered when it fires is not timed out, see
+        ``timeoutConnection``) and restarted by ``requestDone``.
+        """
         self._receiving = False
         self._answering = True
         self._cancel_deadline()
-        super().allContentReceived()  # type: ignore[no-untyped-call]
+        idle, self.timeOut = self.timeOut, None
+        try:
+            super().allContentReceived()  # type: ignore[no-untyped-call]
+        finally:
+            self.timeOut = idle
 
     def requestDone(self, request: http.Request) -> None:
-        """The response is written: the next bytes start a new request."""
+        """The response is written: the idle time starts again, and the next bytes
+        start a new request."""
         self._answering = False
         super().requestDone(request)  # type: ignore[no-untyped-call]
+        self.resetTimeout()  # type: ignore[no-untyped-call]
+
+    def timeoutConnection(self) -> None:
+        """Close an idle connection, but let a request being answered finish first."""
+        if self._answering:
+            self.setTimeout(self.timeOut)  # type: ignore[no-untyped-call]
+            return
+        super().timeoutConnection()  # type: ignore[no-untyped-call]
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
