@@ -33,6 +33,8 @@ status  errno  when
 404     102    the token does not decode, or the path is not
                 ``/update/<one segment>``
 405     304    a method other than PUT or OPTIONS (``Allow`` header)
+408     999    (the listener) the head and body did not arrive within
+                ``endpoint.request_timeout``; the connection is closed
 410     106    the channel is unregistered or unknown
 413     302    ``data`` longer than ``endpoint.max_data`` bytes, or
                 (the listener, before reading it) a body longer
