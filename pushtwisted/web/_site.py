@@ -301,11 +301,19 @@ class _ListenerChannel(HTTPChannel):
         return keep
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """Let ``HTTPChannel`` handle the loss, then release the site's connection slot."""
+        """Let ``HTTPChannel`` handle the loss, then release the site's connection slot.
+
+        A connection lost while a request body was still expected keeps a
+        reference cycle in ``HTTPChannel`` (the channel holds its body decoder,
+        which holds the channel's own methods) that only the garbage collector
+        frees; objects that lived past a second are out of its reach
+        (``pushtwisted.collector``), so the cycle is broken here.
+        """
         self._cancel_deadline()
         try:
             super().connectionLost(reason)  # type: ignore[no-untyped-call]
         finally:
+            self._transferDecoder = None
             site = getattr(self, "site", None)
             if isinstance(site, ListenerSite) and site.limit is not None:
                 site.limit.release()
