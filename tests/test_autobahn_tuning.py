@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from pushtwisted import _autobahn_frames as frames
+from pushtwisted import _autobahn_patches as patches
 from pushtwisted import _autobahn_tuning as tuning
 from pushtwisted.metrics import NullMetrics
 from pushtwisted.testing import make_node
@@ -57,21 +58,21 @@ class VersionTests(SynchronousTestCase):
 
         On an upgrade this fails first: re-check the tunings and bump TESTED_AUTOBAHN.
         """
-        self.assertEqual(tuning.installed_autobahn(), tuning.TESTED_AUTOBAHN)
+        self.assertEqual(patches.installed_autobahn(), patches.TESTED_AUTOBAHN)
 
     def test_other_version_logged(self) -> None:
         """When another Autobahn is installed, a warning names both versions."""
         with _Events() as log:
-            self.assertFalse(tuning.check_version("99.1.1"))
+            self.assertFalse(patches.check_version("99.1.1"))
         [text] = log.texts()
         self.assertIn("99.1.1", text)
-        self.assertIn(tuning.TESTED_AUTOBAHN, text)
+        self.assertIn(patches.TESTED_AUTOBAHN, text)
         self.assertEqual(log.events[0]["log_level"], LogLevel.warn)
 
     def test_tested_version_silent(self) -> None:
         """When the tested Autobahn is installed, nothing is logged."""
         with _Events() as log:
-            self.assertTrue(tuning.check_version(tuning.TESTED_AUTOBAHN))
+            self.assertTrue(patches.check_version(patches.TESTED_AUTOBAHN))
         self.assertEqual(log.events, [])
 
 
@@ -79,7 +80,7 @@ class LazyFormattingTests(SynchronousTestCase):
     """Autobahn's debug-only formatting is deferred until a log event is rendered."""
 
     def setUp(self) -> None:
-        tuning.apply()
+        patches.apply()
 
     def test_applied(self) -> None:
         """When applied, Autobahn's modules hold lazy stand-ins for pformat, hltype and hlval."""
@@ -96,22 +97,22 @@ class LazyFormattingTests(SynchronousTestCase):
 
     def test_applied_quietly(self) -> None:
         """When applied, the list of what was replaced is logged at debug, not at info."""
-        for module, name, original, _ in tuning._TARGETS:
+        for module, name, original, _ in patches._TARGETS:
             setattr(module, name, original)
-        self.addCleanup(tuning.apply)
+        self.addCleanup(patches.apply)
         with _Events() as log:
-            self.assertTrue(tuning.apply())
+            self.assertTrue(patches.apply())
         self.assertEqual([t for t in log.texts() if "tuning applied" in t], [])
         events: list[LogEvent] = []
-        for module, name, original, _ in tuning._TARGETS:
+        for module, name, original, _ in patches._TARGETS:
             setattr(module, name, original)
-        self.patch(tuning, "_log", Logger(observer=events.append))
-        tuning.apply()
+        self.patch(patches, "_log", Logger(observer=events.append))
+        patches.apply()
         self.assertEqual([e["log_level"] for e in events], [LogLevel.debug])
 
     def test_idempotent(self) -> None:
         """When applied again, nothing more is replaced."""
-        self.assertEqual(tuning.apply(), [])
+        self.assertEqual(patches.apply(), [])
 
     def test_lazy(self) -> None:
         """When a stand-in is called, the wrapped function is not; str() calls it."""
@@ -144,7 +145,7 @@ class LazyFormattingTests(SynchronousTestCase):
 
         module = types.SimpleNamespace(__name__="fake", f=other)
         with _Events() as log:
-            replaced = tuning._replace(((module, "f", original, lambda: None),))
+            replaced = patches._replace(((module, "f", original, lambda: None),))
         self.assertEqual(replaced, [])
         self.assertIs(module.f, other)
         self.assertIn("fake.f", log.texts()[0])

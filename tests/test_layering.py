@@ -58,6 +58,7 @@ _ADAPTERS = frozenset(
     {
         "pushtwisted._autobahn_bounds",
         "pushtwisted._autobahn_frames",
+        "pushtwisted._autobahn_patches",
         "pushtwisted._autobahn_tuning",
         "pushtwisted._bucket_timer",
         "pushtwisted.collector",

@@ -17,7 +17,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 import pushtwisted
-from pushtwisted import _autobahn_tuning, tap
+from pushtwisted import _autobahn_patches, tap
 from pushtwisted.config import (
     Config,
     EndpointConfig,
@@ -90,14 +90,14 @@ class BuildServiceTests(SynchronousTestCase):
 
     def test_autobahn_tuning_applied_by_build_service(self) -> None:
         """``build_service`` applies the Autobahn tuning; building a factory alone does not."""
-        for module, name, original, _ in _autobahn_tuning._TARGETS:
+        for module, name, original, _ in _autobahn_patches._TARGETS:
             setattr(module, name, original)
-        self.addCleanup(_autobahn_tuning.apply)
+        self.addCleanup(_autobahn_patches.apply)
         PushServerFactory(make_node())
-        for module, name, original, _ in _autobahn_tuning._TARGETS:
+        for module, name, original, _ in _autobahn_patches._TARGETS:
             self.assertIs(getattr(module, name), original, name)
         tap.build_service(self.config(), MemoryReactorClock())
-        for module, name, _, stand_in in _autobahn_tuning._TARGETS:
+        for module, name, _, stand_in in _autobahn_patches._TARGETS:
             self.assertIs(getattr(module, name), stand_in, name)
 
     def test_listen_and_backlog_from_config(self) -> None:
