@@ -2,18 +2,31 @@
 
 Each ``*_problem`` function returns why a value is refused, or None; the
 message never repeats a secret.  ``pushtwisted.config`` attaches them to its
-fields.
+fields.  ``coerce`` and ``from_env_string`` check a TOML value, or parse an
+environment variable's text, against a field's annotated type.
 """
 
 from __future__ import annotations
 
 import difflib
+import typing
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
+from pushtwisted.errors import ConfigError
 from pushtwisted.tokens import key_problem
 
-__all__ = ["did_you_mean", "http_url_problem", "keys_problem", "origins_problem"]
+__all__ = [
+    "coerce",
+    "did_you_mean",
+    "from_env_string",
+    "got",
+    "http_url_problem",
+    "keys_problem",
+    "origins_problem",
+    "type_name",
+]
 
 
 def http_url_problem(url: str) -> str | None:
@@ -67,3 +80,62 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     """Return ``' (did you mean "x"?)'`` for a close known name, else ''."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return "a list of strings"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def coerce(tp: Any, value: object) -> object:
+    """Check ``value`` against the annotated type ``tp``; return it (ints widen to float).
+
+    :raises ValueError: saying which type was expected.
+    """
+    if typing.get_origin(tp) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ValueError(f"must be {type_name(tp)}")
+
+
+def got(value: object, secret: bool) -> str:
+    """Return ``", got <value>"`` for an error message; nothing for a secret."""
+    return "" if secret else f", got {value!r}"
+
+
+def from_env_string(var: str, tp: Any, raw: str, secret: bool) -> object:
+    """Parse an environment variable's text as the type ``tp``.
+
+    :raises ConfigError: naming the variable, when the text is not of that type.
+    """
+    if typing.get_origin(tp) is list:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if tp is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{var}: must be a boolean{got(raw, secret)}")
+    if tp is int or tp is float:
+        try:
+            return tp(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{var}: must be {type_name(tp)}{got(raw, secret)}") from None
+    return raw

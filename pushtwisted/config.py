@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pushtwisted._config_checks import (
+    coerce,
     did_you_mean,
+    from_env_string,
+    got,
     http_url_problem,
     keys_problem,
     origins_problem,
@@ -330,65 +333,6 @@ def _sections() -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is list:
-        return "a list of strings"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
-        tp, str(tp)
-    )
-
-
-def _coerce(tp: Any, value: object) -> object:
-    """Check ``value`` against the annotated type ``tp``; return it (ints widen to float).
-
-    :raises ValueError: saying which type was expected.
-    """
-    if typing.get_origin(tp) is list:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ValueError(f"must be {_type_name(tp)}")
-
-
-def _got(value: object, secret: bool) -> str:
-    """Return ``", got <value>"`` for an error message; nothing for a secret."""
-    return "" if secret else f", got {value!r}"
-
-
-def _from_env_string(var: str, tp: Any, raw: str, secret: bool) -> object:
-    """Parse an environment variable's text as the type ``tp``.
-
-    :raises ConfigError: naming the variable, when the text is not of that type.
-    """
-    if typing.get_origin(tp) is list:
-        return [part.strip() for part in raw.split(",") if part.strip()]
-    if tp is bool:
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{var}: must be a boolean{_got(raw, secret)}")
-    if tp is int or tp is float:
-        try:
-            return tp(raw.strip())
-        except ValueError:
-            raise ConfigError(f"{var}: must be {_type_name(tp)}{_got(raw, secret)}") from None
-    return raw
-
-
 def _build_section(
     name: str, cls: type[_T], table: Mapping[str, object], problems: list[str]
 ) -> _T | None:
@@ -404,14 +348,14 @@ def _build_section(
             continue
         secret = bool(known[key].metadata.get("secret"))
         try:
-            coerced = _coerce(hints[key], value)
+            coerced = coerce(hints[key], value)
         except ValueError as e:
-            problems.append(f"{path}: {e}{_got(value, secret)}")
+            problems.append(f"{path}: {e}{got(value, secret)}")
             continue
         check = known[key].metadata.get("check")
         problem = check(coerced) if check is not None else None
         if problem:
-            problems.append(f"{path}: {problem}{_got(value, secret)}")
+            problems.append(f"{path}: {problem}{got(value, secret)}")
             continue
         values[key] = coerced
     if len(problems) > found:
@@ -451,7 +395,7 @@ def _env_overrides(
         secret = bool(fields[key].metadata.get("secret"))
         tp = typing.get_type_hints(cls)[key]
         try:
-            overrides.setdefault(section, {})[key] = _from_env_string(var, tp, environ[var], secret)
+            overrides.setdefault(section, {})[key] = from_env_string(var, tp, environ[var], secret)
         except ConfigError as e:
             problems.extend(e.problems)
     return overrides
