@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
 from datetime import datetime
+from functools import partial
+from pathlib import Path
 from typing import Any
+from unittest import SkipTest
 
+from twisted.internet.task import Clock
 from twisted.logger import (
     ILogObserver,
     LogBeginner,
@@ -15,6 +26,9 @@ from twisted.logger import (
     LogLevel,
     LogPublisher,
     formatEvent,
+    formatTime,
+    textFileLogObserver,
+    timeFormatRFC3339,
 )
 from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
@@ -22,10 +36,18 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from pushtwisted.logs import (
+    BUFFER_LIMIT,
     LOG_LEVELS,
     AccessLog,
+    _iso_time,
+    _slow_iso_time,
+    _TextFormatter,
+    _TextLineObserver,
+    _TurnBuffer,
+    fast_text_file_observer,
     filter_observers_at_begin,
     filtered_observer,
+    flush_all,
     json_observer,
     make_log_filter,
     set_log_level,
@@ -401,3 +423,300 @@ class BeginFilterTests(SynchronousTestCase):
         self.beginner.beginLoggingTo([seen.append], redirectStandardIO=False)
         self.log.info("info")
         self.assertEqual([e["log_format"] for e in seen], ["info"])
+
+
+_DST_SCRIPT = """
+import json, sys
+from twisted.logger import formatTime, timeFormatRFC3339
+from pushtwisted.logs import _TextFormatter
+instants = json.loads(sys.argv[1])
+fast = _TextFormatter(timeFormatRFC3339)
+print(json.dumps([[fast.time(t), formatTime(t)] for t in instants]))
+"""
+
+#: Instants around the 2024 (and 2025) changes of the zones tested.
+_TRANSITIONS = {
+    "Europe/Paris": [1711846800, 1729990800],
+    "America/New_York": [1710054000, 1730613600],
+    "Australia/Lord_Howe": [1712415600, 1727971200],
+    "America/St_Johns": [1710048600, 1730608200],
+    "UTC": [1735689600],
+}
+
+
+def _instants_around(moment: float) -> list[float]:
+    """Instants from 3 s before to 3 s after ``moment``, fractions near the edges too."""
+    out: list[float] = []
+    for second in range(-3, 4):
+        for fraction in (0.0, 0.000001, 0.25, 0.5, 0.9999994, 0.9999995, 0.9999996, 0.999999):
+            out.append(moment + second + fraction)
+    return out
+
+
+class FastTextTests(SynchronousTestCase):
+    """``fast_text_file_observer`` writes byte for byte what Twisted's text observer does."""
+
+    def events(self) -> list[LogEvent]:
+        """A mix of events: plain, pre-formatted, legacy, failures, odd ones."""
+        publisher = LogPublisher()
+        seen: list[LogEvent] = []
+        publisher.addObserver(seen.append)
+        log = Logger(namespace="pushtwisted.test", observer=publisher)
+        log.info("plain {n}", n=1)
+        log.debug("debug line")
+        log.warn("two\nlines {x!r}", x="y")
+        log.error("{missing} key")
+        log.info("")
+        log.failure("it failed {n}", Failure(ZeroDivisionError("boom")), n=2)
+        access = AccessLog("pushtwisted.web.access", publisher)
+        access.line("PUT /update/ 202 in 0.5s {abc}", status=202)
+        access.line("PUT /update/ 200 in 0.001s", status=200)
+        base = seen[0]["log_time"]
+        seen.extend(
+            [
+                {"log_format": "no time", "log_namespace": "n", "log_level": LogLevel.info},
+                {"log_format": "legacy", "log_system": "-", "log_time": base},
+                {"log_format": "system {x}", "log_system": 42, "log_time": base, "x": 1},
+                {"log_format": "no namespace", "log_time": base},
+                {"log_format": "none level", "log_time": base, "log_level": None},
+                {"message": ("no format",), "log_time": base},
+                {"log_format": "unhashable", "log_namespace": ["x"], "log_time": base},
+                {"log_format": "late in the second", "log_time": math.floor(base) + 0.9999997},
+                {"log_format": "nan time", "log_time": float("nan")},
+            ]
+        )
+        for offset in (0.1, 0.5, 1.0, 1.6, 3600.0, -86400.0 * 180):
+            event = dict(seen[0])
+            event["log_time"] = base + offset
+            seen.append(event)
+        return seen
+
+    def render(self, factory: Any, events: list[LogEvent]) -> str:
+        stream = io.StringIO()
+        observer = factory(stream)
+        for event in events:
+            try:
+                observer(event)
+            except Exception as e:
+                stream.write(f"raised {type(e).__name__}\n")
+        return stream.getvalue()
+
+    def test_same_bytes_as_twisted(self) -> None:
+        """Every event of the mix gives the same text as ``textFileLogObserver``."""
+        events = self.events()
+        expected = self.render(textFileLogObserver, events)
+        self.assertEqual(self.render(fast_text_file_observer, events), expected)
+        self.assertIn("Traceback", expected)
+        self.assertIn("[pushtwisted.web.access#info] PUT /update/ 202 in 0.5s {abc}\n", expected)
+
+    def test_same_bytes_on_a_binary_stream(self) -> None:
+        """A byte stream gets the UTF-8 of the same text, as Twisted writes it."""
+        event = {"log_format": "caf\u00e9", "log_time": 1.5e9, "log_namespace": "n"}
+        ours, theirs = io.BytesIO(), io.BytesIO()
+        fast_text_file_observer(ours)(event)
+        textFileLogObserver(theirs)(event)
+        self.assertEqual(ours.getvalue(), theirs.getvalue())
+
+    def test_time_format_none_and_other_formats(self) -> None:
+        """Other time formats (``%f`` too) and none at all give Twisted's text."""
+        events = self.events()[:3]
+        for time_format in (None, "%Y/%W", "%H:%M:%S.%f"):
+            self.assertEqual(
+                self.render(partial(fast_text_file_observer, timeFormat=time_format), events),
+                self.render(partial(textFileLogObserver, timeFormat=time_format), events),
+            )
+
+    def test_time_at_many_instants(self) -> None:
+        """The cached timestamp is ``formatTime``'s at thousands of instants, in order
+        and out of order, fractions next to the second's end included."""
+        formatter = _TextFormatter(timeFormatRFC3339)
+        rng = random.Random(13)
+        now = time.time()
+        instants = [now + i * 0.137 for i in range(2000)]
+        instants += [now + rng.uniform(-4e7, 4e7) for _ in range(2000)]
+        for moment in (now, 0.0, 1e9, 2**31 + 0.5):
+            instants += _instants_around(moment)
+        for moment in instants:
+            self.assertEqual(formatter.time(moment), formatTime(moment), moment)
+        self.assertEqual(formatter.time(None), "-")
+
+    def test_time_across_daylight_saving_changes(self) -> None:
+        """In zones with daylight saving (a half-hour one too), around each change,
+        the cached timestamp is ``formatTime``'s (a process per ``TZ``)."""
+        checked = 0
+        for zone, moments in _TRANSITIONS.items():
+            if zone != "UTC" and not Path("/usr/share/zoneinfo", zone).exists():
+                continue
+            instants = [t for moment in moments for t in _instants_around(moment)]
+            env = {**os.environ, "TZ": zone, "PYTHONPATH": os.pathsep.join(sys.path)}
+            result = subprocess.run(
+                [sys.executable, "-c", _DST_SCRIPT, json.dumps(instants)],
+                capture_output=True,
+                env=env,
+                check=True,
+                text=True,
+                timeout=60,
+            )
+            pairs = json.loads(result.stdout)
+            for (ours, theirs), moment in zip(pairs, instants, strict=True):
+                self.assertEqual(ours, theirs, f"{zone} at {moment}")
+            offsets = {theirs[-5:] for _, theirs in pairs}
+            if zone != "UTC":
+                self.assertEqual(len(offsets), 2, f"{zone}: no change seen: {offsets}")
+            checked += 1
+        if checked < 2:
+            raise SkipTest("no time zone data")
+
+    def test_iso_time_at_many_instants(self) -> None:
+        """The JSON time is ``datetime``'s at many instants, microsecond rounding included."""
+        rng = random.Random(31)
+        now = time.time()
+        instants = [now + i * 0.0731 for i in range(2000)]
+        instants += [rng.uniform(-2e9, 4e9) for _ in range(2000)]
+        for moment in (now, 0.0, -1.0, 1e9, 1.7e9):
+            instants += _instants_around(moment)
+            instants += [moment + 0.0000005, moment - 0.0000005, moment + 0.9999985]
+        for moment in instants:
+            self.assertEqual(_iso_time(moment), _slow_iso_time(moment), moment)
+        self.assertEqual(_iso_time(7), _slow_iso_time(7))
+
+
+class _FakeReactor(Clock):
+    """A ``Clock`` that says it is running and records its system event triggers."""
+
+    running = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.triggers: list[tuple[str, str, Any]] = []
+
+    def addSystemEventTrigger(self, phase: str, event: str, call: Any) -> None:
+        self.triggers.append((phase, event, call))
+
+
+class _CountingStream(io.StringIO):
+    """A text stream that counts its writes and flushes."""
+
+    writes = 0
+    flushes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+class TurnBufferTests(SynchronousTestCase):
+    """Writes are flushed once per reactor turn, bounded, and never lost."""
+
+    def setUp(self) -> None:
+        self.reactor = _FakeReactor()
+        self.stream = _CountingStream()
+        self.buffer = _TurnBuffer(
+            self.stream,
+            self.reactor,
+            lambda: threading.current_thread() is threading.main_thread(),
+        )
+
+    def test_one_write_per_turn(self) -> None:
+        """Lines of one turn are written together, once the turn is over."""
+        observer = _TextLineObserver(self.buffer, _TextFormatter(timeFormatRFC3339))
+        for n in range(50):
+            observer({"log_format": f"line {n}", "log_time": 1.5e9, "log_namespace": "x"})
+        self.assertEqual(self.stream.getvalue(), "")
+        self.reactor.advance(0)
+        self.assertEqual(len(self.stream.getvalue().splitlines()), 50)
+        self.assertEqual((self.stream.writes, self.stream.flushes), (1, 1))
+        self.buffer.write("next turn\n")
+        self.reactor.advance(0)
+        self.assertEqual((self.stream.writes, self.stream.flushes), (2, 2))
+        self.assertEqual(len(self.reactor.triggers), 1)
+
+    def test_bounded(self) -> None:
+        """Past ``BUFFER_LIMIT`` characters the buffer is written at once."""
+        line = "x" * 999 + "\n"
+        for _ in range(BUFFER_LIMIT // len(line) + 1):
+            self.buffer.write(line)
+        self.assertEqual(self.stream.writes, 1)
+        self.assertGreaterEqual(len(self.stream.getvalue()), BUFFER_LIMIT)
+
+    def test_not_running_writes_at_once(self) -> None:
+        """With the reactor stopped (before start, after shutdown) every line goes at once."""
+        self.buffer.write("a\n")
+        self.reactor.running = False
+        self.buffer.write("b\n")
+        self.assertEqual(self.stream.getvalue(), "a\nb\n")
+        self.assertEqual(self.stream.writes, 1)
+
+    def test_other_thread_writes_at_once(self) -> None:
+        """A line logged by another thread is written before the call returns, after
+        what the reactor thread had buffered."""
+        self.buffer.write("reactor\n")
+        thread = threading.Thread(target=self.buffer.write, args=("pool\n",))
+        thread.start()
+        thread.join()
+        self.assertEqual(self.stream.getvalue(), "reactor\npool\n")
+
+    def test_shutdown_and_exit_flush(self) -> None:
+        """The 'after shutdown' trigger, and ``flush_all`` (at exit), write what waits."""
+        self.buffer.write("a\n")
+        [(phase, event, call)] = self.reactor.triggers
+        self.assertEqual((phase, event), ("after", "shutdown"))
+        call()
+        self.assertEqual(self.stream.getvalue(), "a\n")
+        self.buffer.write("b\n")
+        flush_all()
+        self.assertEqual(self.stream.getvalue(), "a\nb\n")
+
+    def test_stream_logging_itself_is_dropped(self) -> None:
+        """A line the stream logs while it is written is dropped, not looped."""
+        buffer = self.buffer
+
+        class Echo(io.StringIO):
+            def write(self, text: str) -> int:
+                buffer.write("echo\n")
+                return super().write(text)
+
+        echo = Echo()
+        buffer._stream = echo  # noqa: SLF001
+        buffer.write("a\n")
+        buffer.flush()
+        self.assertEqual(echo.getvalue(), "a\n")
+
+    def test_broken_stream_does_not_raise(self) -> None:
+        """A stream that fails loses its lines (said on stderr) but never raises."""
+        self.stream.close()
+        self.reactor.running = False
+        self.buffer.write("lost\n")
+
+    def test_json_observer_buffers(self) -> None:
+        """``json_observer`` writes through the same buffer."""
+        observer = json_observer(self.stream, level="info")
+        observer(
+            {"log_format": "x", "log_time": 1.5e9, "log_level": LogLevel.info, "log_namespace": "n"}
+        )
+        observer(
+            {"log_format": "y", "log_time": 1.5e9, "log_level": LogLevel.info, "log_namespace": "n"}
+        )
+        self.assertEqual(len(self.stream.getvalue().splitlines()), 2)
+
+
+class DefaultObserverTests(SynchronousTestCase):
+    """``filter_observers_at_begin`` has twistd build its default observer here."""
+
+    def test_text_file_observer_replaced_until_begin(self) -> None:
+        """Until logging begins, ``twisted.logger.textFileLogObserver`` is ours; after,
+        Twisted's again."""
+        import twisted.logger
+
+        original = twisted.logger.textFileLogObserver
+        self.addCleanup(setattr, twisted.logger, "textFileLogObserver", original)
+        beginner = LogBeginner(LogPublisher(), io.StringIO(), sys, _Warnings())
+        filter_observers_at_begin(beginner)
+        self.assertIs(twisted.logger.textFileLogObserver, fast_text_file_observer)
+        stream = io.StringIO()
+        observer = twisted.logger.textFileLogObserver(stream)
+        beginner.beginLoggingTo([observer], redirectStandardIO=False)
+        self.assertIs(twisted.logger.textFileLogObserver, original)

@@ -9,6 +9,7 @@ be used, listeners that cannot bind,
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import socket
@@ -366,6 +367,30 @@ class LoggingTests(SynchronousTestCase):
         self.assertTrue(any("a new endpoint key was generated" in line for line in lines))
         for noise in ("Starting factory", "Stopping factory", "autobahn tuning applied"):
             self.assertNotIn(noise, server.log)
+
+    def test_no_line_lost_at_sigterm(self) -> None:
+        """Lines are buffered per reactor turn, yet every access line of the requests
+        answered before SIGTERM is written, and the lines of the shutdown too: with
+        twistd's default logger, ``text_observer`` and ``json_observer``."""
+        for option in (
+            [],
+            ["--logger=pushtwisted.logs.text_observer"],
+            ["--logger=pushtwisted.logs.json_observer"],
+        ):
+            command = twistd_command("-n", "--pidfile=", *option, "simplepush")
+            server = ServerProcess(self, {"storage": {"backend": "memory"}}, command=command)
+            server.start()
+            connection = http.client.HTTPConnection("127.0.0.1", server.endpoint_port, timeout=10)
+            for _ in range(300):
+                connection.request("PUT", "/update/not-a-token", body=b"version=1")
+                response = connection.getresponse()
+                response.read()
+                self.assertEqual(response.status, 404)
+            connection.close()
+            self.assertEqual(server.stop(signal.SIGTERM), 0, server.log)
+            log = server.log
+            self.assertEqual(log.count("PUT /update/ 404 in "), 300, (option, log[-2000:]))
+            self.assertIn("Server Shut Down.", log.splitlines()[-1], option)
 
     def test_module_logs_json(self) -> None:
         """``python -m pushtwisted --log-format json`` (or ``--logger``) writes JSON lines."""
