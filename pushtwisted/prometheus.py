@@ -75,6 +75,19 @@ The label values of this code base come from small fixed sets (statuses,
 reasons, operations), so the cache stays small; past ``_MAX_CACHED``
 entries new calls are still applied, just not remembered.
 
+**Counters without a lock per increment.**  ``prometheus_client`` takes a
+lock for every ``inc``.  An ``increment`` of a counter made on the thread
+that built the ``PrometheusMetrics`` (the reactor's) only adds to a plain
+tally of its labelled child; the tallies are added to the children when the
+registry is collected (``render``, ``registry.collect()``,
+``get_sample_value``) on that thread, by a collector registered before the
+metrics.  Increments from other threads (the storage pool), gauges and
+histograms go to ``prometheus_client`` at once.  A new counter needs
+nothing for this: one ``_counter(...)`` line in ``_SPECS`` (and its entry
+in the list above) is all there is to it::
+
+    "webpush_messages": _counter("webpush_messages", "WebPush messages, by outcome.", "outcome"),
+
 The registry also carries ``pushtwisted_build_info{version}`` and, unless
 disabled, the standard ``process_*`` (CPU, memory, open files, start time;
 Linux only), ``python_info`` and ``python_gc_*`` collectors.
@@ -83,7 +96,8 @@ Linux only), ``python_info`` and ``python_gc_*`` collectors.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -95,6 +109,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -257,6 +272,39 @@ _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _Metric = Counter | Gauge | Histogram
 
 
+class _Tally:
+    """Increments of one labelled counter not yet added to it."""
+
+    __slots__ = ("inc", "value")
+
+    def __init__(self, inc: Callable[[float], object]) -> None:
+        self.inc = inc
+        self.value: float = 0
+
+    def fold(self) -> None:
+        """Add the tally to the counter."""
+        value, self.value = self.value, 0
+        if value:
+            self.inc(value)
+
+
+class _Folder:
+    """A collector with no metrics of its own: collecting folds the tallies first."""
+
+    def __init__(self, owner: int, tallies: list[_Tally]) -> None:
+        self._owner = owner
+        self._tallies = tallies
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        if threading.get_ident() == self._owner:
+            for tally in self._tallies:
+                tally.fold()
+        return iter(())
+
+
 class PrometheusMetrics:
     """A ``pushtwisted.metrics.Metrics`` backed by ``prometheus_client`` on a private registry.
 
@@ -275,6 +323,12 @@ class PrometheusMetrics:
         process_collectors: bool = True,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        #: The thread whose counter increments are tallied (see the module docstring).
+        self._owner = threading.get_ident()
+        #: (name, label items) of a counter -> its tally.
+        self._tallies: dict[object, _Tally] = {}
+        self._folded: list[_Tally] = []
+        self.registry.register(_Folder(self._owner, self._folded))
         self._metrics: dict[str, _Metric] = {
             name: self._declare(spec) for name, spec in _SPECS.items()
         }
@@ -386,7 +440,25 @@ class PrometheusMetrics:
 
     def increment(self, name: str, value: float = 1, **labels: str) -> None:
         """Add ``value`` to the counter (or gauge) ``name``."""
+        key = (name, *labels.items()) if labels else name
+        tally = self._tallies.get(key)
+        if tally is not None and value >= 0 and threading.get_ident() == self._owner:
+            tally.value += value
+            return
         self._apply("increment", name, value, labels)
+        if tally is None and len(self._tallies) < _MAX_CACHED:
+            self._tally(key, name, labels)
+
+    def _tally(self, key: object, name: str, labels: Mapping[str, object]) -> None:
+        """Start tallying the increments of a counter's labelled child."""
+        spec = _SPECS.get(name)
+        if spec is None or spec.kind is not _Kind.COUNTER:
+            return
+        action = self._actions.get(("increment", name, *labels.items()))
+        if action is not None:
+            tally = _Tally(action)
+            self._tallies[key] = tally
+            self._folded.append(tally)
 
     def gauge(self, name: str, value: float, **labels: str) -> None:
         """Set the gauge ``name`` to ``value``."""

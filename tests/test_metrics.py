@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -163,6 +165,48 @@ class PrometheusMetricsTests(SynchronousTestCase):
         self.assertEqual(_value(self.metrics, errors, reason="r0"), 1.0)
         self.assertEqual(_value(self.metrics, errors, reason="r4999"), 2.0)
         self.assertEqual(self.events, [])
+
+    def test_counter_tallies(self) -> None:
+        """Increments on the building thread are tallied and show at every collection
+        (render, ``get_sample_value``); other threads' go straight to the counter."""
+        metrics = PrometheusMetrics(process_collectors=False)
+        for _ in range(1000):
+            metrics.increment("endpoint_requests", status="202")
+            metrics.increment("hellos")
+        self.assertEqual(len(metrics._tallies), 2)  # noqa: SLF001
+        self.assertEqual(_value(metrics, "pushtwisted_hellos_total"), 1000.0)
+        metrics.increment("hellos", 2.5)
+        self.assertEqual(metrics.registry.get_sample_value("pushtwisted_hellos_total"), 1002.5)
+        thread = threading.Thread(target=metrics.increment, args=("hellos", 10))
+        thread.start()
+        thread.join()
+        self.assertEqual(metrics.registry.get_sample_value("pushtwisted_hellos_total"), 1012.5)
+        self.assertEqual(
+            _value(metrics, "pushtwisted_endpoint_requests_total", status="202"), 1000.0
+        )
+
+    def test_collected_elsewhere_folds_nothing(self) -> None:
+        """A collection on another thread leaves the tallies to the building thread."""
+        metrics = PrometheusMetrics(process_collectors=False)
+        metrics.increment("hellos")
+        metrics.increment("hellos")
+        seen: list[float | None] = []
+        thread = threading.Thread(
+            target=lambda: seen.append(
+                metrics.registry.get_sample_value("pushtwisted_hellos_total")
+            )
+        )
+        thread.start()
+        thread.join()
+        self.assertEqual(seen, [1.0])
+        self.assertEqual(metrics.registry.get_sample_value("pushtwisted_hellos_total"), 2.0)
+
+    def test_gauge_increments_are_not_tallied(self) -> None:
+        """A gauge's increments and sets keep their order (no tally)."""
+        self.metrics.increment("connections", 5)
+        self.metrics.increment("connections", 5)
+        self.metrics.gauge("connections", 1)
+        self.assertEqual(_value(self.metrics, "pushtwisted_connections"), 1.0)
 
     def test_render(self) -> None:
         """``render`` returns the text exposition and its content type."""
