@@ -170,10 +170,15 @@ def error_response(error: BaseException) -> JSONResponse:
     return JSONResponse(code=500, body=error_body(500, 999, "Internal server error"))
 
 
+#: The body of every success answer, and its ``Content-Length``.
+_EMPTY_OBJECT = b"{}"
+_EMPTY_LENGTH = b"2"
+
+
 def json_bytes(body: object) -> bytes:
     """Serialise ``body`` as compact, ASCII-only JSON."""
     if type(body) is dict and not body:
-        return b"{}"  # every success answer
+        return _EMPTY_OBJECT  # every success answer
     return json.dumps(body, separators=(",", ":")).encode("ascii")
 
 
@@ -187,10 +192,13 @@ def json_response(
     """Write ``body`` as JSON with status ``code`` and finish ``request``."""
     payload = json_bytes(body)
     request.setResponseCode(code)
+    set_header = request.setHeader
     for name, value in headers:
-        request.setHeader(name, value)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Content-Length", b"%d" % len(payload))
+        set_header(name, value)
+    set_header(b"Content-Type", b"application/json")
+    set_header(
+        b"Content-Length", _EMPTY_LENGTH if payload is _EMPTY_OBJECT else b"%d" % len(payload)
+    )
     request.write(payload)
     request.finish()
 
