@@ -69,7 +69,6 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import (
-    FilteringLogObserver,
     ILogFilterPredicate,
     ILogObserver,
     LogBeginner,
@@ -78,6 +77,7 @@ from twisted.logger import (
     LoggingFile,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     globalLogBeginner,
     globalLogPublisher,
@@ -170,7 +170,24 @@ def filtered_observer(observer: ILogObserver, level: str) -> ILogObserver:
 
     :raises ValueError: for an unknown level.
     """
-    return FilteringLogObserver(observer, [make_log_filter(level)])
+    return _Filtered(observer, make_log_filter(level))
+
+
+@implementer(ILogObserver)
+class _Filtered:
+    """``FilteringLogObserver(observer, [predicate])``: the same verdicts (an event
+    goes on unless ``predicate`` says ``no``), without its per-event generator."""
+
+    def __init__(self, observer: ILogObserver, predicate: ILogFilterPredicate) -> None:
+        self._observer = observer
+        self._predicate = predicate
+
+    def __call__(self, event: LogEvent) -> None:
+        if self._predicate(event) is PredicateResult.no:
+            return
+        if "log_trace" in event:
+            event["log_trace"].append((self, self._observer))
+        self._observer(event)
 
 
 class _LevelPredicate(LogLevelFilterPredicate):
@@ -220,7 +237,7 @@ _level_changes = 0
 
 #: Every pushtwisted event goes through the process level before it reaches
 #: any observer (twistd's default text observer writes every level).
-_filtered_publisher = FilteringLogObserver(globalLogPublisher, [_process_filter])
+_filtered_publisher = _Filtered(globalLogPublisher, _process_filter)
 
 
 def logger() -> Logger:
@@ -320,7 +337,7 @@ def filter_observers_at_begin(beginner: LogBeginner | None = None) -> None:
         if _twisted_logger.textFileLogObserver is fast_text_file_observer:
             setattr(_twisted_logger, "textFileLogObserver", textFileLogObserver)  # noqa: B010
         begin(
-            [FilteringLogObserver(observer, [_process_filter]) for observer in observers],
+            [_Filtered(observer, _process_filter) for observer in observers],
             discardBuffer=discardBuffer,
             redirectStandardIO=redirectStandardIO,
         )
@@ -339,7 +356,7 @@ def json_observer(stream: IO[str] | None = None, *, level: str | None = None) ->
     :raises ValueError: for an unknown level.
     """
     predicate = _process_filter if level is None else make_log_filter(level)
-    return FilteringLogObserver(_JsonLineObserver(_output(stream)), [predicate])
+    return _Filtered(_JsonLineObserver(_output(stream)), predicate)
 
 
 def text_observer(stream: IO[str] | None = None) -> ILogObserver:
@@ -350,7 +367,7 @@ def text_observer(stream: IO[str] | None = None) -> ILogObserver:
     writes every level, debug included).  The lines are those of
     ``textFileLogObserver``, written by ``fast_text_file_observer``.
     """
-    return FilteringLogObserver(fast_text_file_observer(_output(stream)), [_process_filter])
+    return _Filtered(fast_text_file_observer(_output(stream)), _process_filter)
 
 
 def fast_text_file_observer(

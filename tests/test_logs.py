@@ -19,6 +19,7 @@ from unittest import SkipTest
 
 from twisted.internet.task import Clock
 from twisted.logger import (
+    FilteringLogObserver,
     ILogObserver,
     LogBeginner,
     LogEvent,
@@ -39,6 +40,7 @@ from pushtwisted.logs import (
     BUFFER_LIMIT,
     LOG_LEVELS,
     AccessLog,
+    _Filtered,
     _iso_time,
     _slow_iso_time,
     _TextFormatter,
@@ -720,3 +722,31 @@ class DefaultObserverTests(SynchronousTestCase):
         observer = twisted.logger.textFileLogObserver(stream)
         beginner.beginLoggingTo([observer], redirectStandardIO=False)
         self.assertIs(twisted.logger.textFileLogObserver, original)
+
+
+class FilteredTests(SynchronousTestCase):
+    """``_Filtered`` passes what ``FilteringLogObserver`` with the same predicate passes."""
+
+    def test_same_verdicts(self) -> None:
+        """For every level and namespace setting, the same events get through."""
+        predicate = make_log_filter("warn")
+        predicate.setLogLevelForNamespace("loud", LogLevel.debug)  # type: ignore[attr-defined]
+        events = [
+            {"log_level": level, "log_namespace": namespace, "n": i}
+            for i, (level, namespace) in enumerate(
+                (level, namespace)
+                for level in LogLevel.iterconstants()
+                for namespace in ("loud", "loud.x", "quiet", "")
+            )
+        ]
+        events.append({"log_format": "no level"})
+        ours: list[LogEvent] = []
+        theirs: list[LogEvent] = []
+        lean = _Filtered(ours.append, predicate)
+        reference = FilteringLogObserver(theirs.append, [predicate])
+        for event in events:
+            lean(dict(event))
+            reference(dict(event))
+        self.assertEqual(ours, theirs)
+        self.assertTrue(ours)
+        self.assertLess(len(ours), len(events))
