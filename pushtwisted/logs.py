@@ -616,8 +616,63 @@ class _JsonLineObserver:
         self._buffer.flush()
 
 
+#: ``json.dumps(record, allow_nan=False, ensure_ascii=False)``, without a new encoder per call.
+_encode_json = json.JSONEncoder(allow_nan=False, ensure_ascii=False).encode
+#: What ``_event_to_json`` does with a key: leave it out, write it as it is, or as
+#: ``field_<key>``; None: a secret, the event takes ``_slow_event_to_json``.
+_SKIP, _FIELD, _RENAMED = 0, 1, 2
+_key_kinds: dict[str, int | None] = {}
+
+
+def _key_kind(key: str) -> int | None:
+    if key.lower() in _SECRET_FIELDS:
+        return None
+    if key.startswith("log_") or key in _LEGACY_KEYS:
+        return _SKIP
+    return _RENAMED if key in _RESERVED else _FIELD
+
+
 def _event_to_json(event: LogEvent) -> str:
-    """Return the JSON text of one event, secrets hashed."""
+    """Return the JSON text of one event, secrets hashed.
+
+    An event without secret fields (nearly all) is written here, each key's
+    treatment looked up once per key name; any other goes through
+    ``_slow_event_to_json``, which gives the same text for these.
+    """
+    kinds = _key_kinds
+    fields: dict[str, Any] = {}
+    for key, value in event.items():
+        try:
+            kind = kinds[key]
+        except (KeyError, TypeError):
+            if type(key) is not str:
+                return _slow_event_to_json(event)
+            kind = _key_kind(key)
+            if len(kinds) < _MAX_VERDICTS:
+                kinds[key] = kind
+        if kind is None:
+            return _slow_event_to_json(event)
+        if kind == _SKIP:
+            continue
+        fields[f"field_{key}" if kind == _RENAMED else key] = _json_safe(value, _MAX_DEPTH)
+    text = event.get(_TEXT_KEY)
+    record: dict[str, Any] = {
+        "time": _iso_time(event.get("log_time")),
+        "level": _level_name(event.get("log_level")),
+        "namespace": str(event.get("log_namespace", "")),
+        "message": text if type(text) is str else formatEvent(event),
+    }
+    failure = event.get("log_failure")
+    if isinstance(failure, Failure):
+        if not record["message"]:
+            record["message"] = failure.getErrorMessage()
+        record["traceback"] = failure.getTraceback()
+    record.update(fields)
+    return _encode_json(record)
+
+
+def _slow_event_to_json(event: LogEvent) -> str:
+    """``_event_to_json`` for any event: secrets hashed, odd keys too."""
     hashed: dict[str, Any] = {}
     secrets: dict[str, str] = {}
     for key, value in event.items():

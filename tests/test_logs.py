@@ -40,8 +40,10 @@ from pushtwisted.logs import (
     BUFFER_LIMIT,
     LOG_LEVELS,
     AccessLog,
+    _event_to_json,
     _Filtered,
     _iso_time,
+    _slow_event_to_json,
     _slow_iso_time,
     _TextFormatter,
     _TextLineObserver,
@@ -750,3 +752,31 @@ class FilteredTests(SynchronousTestCase):
         self.assertEqual(ours, theirs)
         self.assertTrue(ours)
         self.assertLess(len(ours), len(events))
+
+
+class JsonFastPathTests(SynchronousTestCase):
+    """``_event_to_json`` writes what ``_slow_event_to_json`` (the reference) writes."""
+
+    def test_same_text(self) -> None:
+        """Plain, pre-formatted, legacy, failing, secret-carrying and odd events."""
+        events = FastTextTests().events()
+        base = {"log_namespace": "n", "log_level": LogLevel.info, "log_time": 1.7e9}
+        events += [
+            {**base, "log_format": "{uaid} x", "uaid": UAID, "other": f"has {UAID}"},
+            {**base, "log_format": "f", "namespace": 1, "traceback": "t", "level": 2},
+            {**base, "log_format": "f", "field_level": 9, "level": 3},
+            {**base, "log_format": "f", "nested": {"a": [1, (2, 3)], "b": float("inf")}},
+            {**base, "log_format": "f", "obj": _Unserialisable(), "none": None},
+            {**base, "log_format": "f", 7: "non-str key"},
+            {**base, "log_format": "f", "time": 5, "message": "legacy", "system": "s"},
+            {**base, "log_format": "caf\u00e9 \u2603"},
+        ]
+        for event in events:
+            if "log_time" not in event:
+                continue  # "now" differs from one call to the next
+            try:
+                expected = _slow_event_to_json(event)
+            except Exception as e:
+                self.assertRaises(type(e), _event_to_json, event)
+                continue
+            self.assertEqual(_event_to_json(event), expected, event)
