@@ -32,6 +32,7 @@ _LEAVES = frozenset(
         "pushtwisted.eager",
         "pushtwisted.errors",
         "pushtwisted.ids",
+        "pushtwisted._logwrite",
         "pushtwisted.logs",
         "pushtwisted.messages",
         "pushtwisted.metrics",

@@ -36,18 +36,20 @@ from twisted.python.reflect import namedAny
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from pushtwisted._logwrite import (
+    TextFormatter,
+    TextLineObserver,
+    TurnBuffer,
+    _event_to_json,
+    _iso_time,
+    _slow_event_to_json,
+    _slow_iso_time,
+)
 from pushtwisted.logs import (
     BUFFER_LIMIT,
     LOG_LEVELS,
     AccessLog,
-    _event_to_json,
     _Filtered,
-    _iso_time,
-    _slow_event_to_json,
-    _slow_iso_time,
-    _TextFormatter,
-    _TextLineObserver,
-    _TurnBuffer,
     fast_text_file_observer,
     filter_observers_at_begin,
     filtered_observer,
@@ -432,9 +434,9 @@ class BeginFilterTests(SynchronousTestCase):
 _DST_SCRIPT = """
 import json, sys
 from twisted.logger import formatTime, timeFormatRFC3339
-from pushtwisted.logs import _TextFormatter
+from pushtwisted._logwrite import TextFormatter
 instants = json.loads(sys.argv[1])
-fast = _TextFormatter(timeFormatRFC3339)
+fast = TextFormatter(timeFormatRFC3339)
 print(json.dumps([[fast.time(t), formatTime(t)] for t in instants]))
 """
 
@@ -533,7 +535,7 @@ class FastTextTests(SynchronousTestCase):
     def test_time_at_many_instants(self) -> None:
         """The cached timestamp is ``formatTime``'s at thousands of instants, in order
         and out of order, fractions next to the second's end included."""
-        formatter = _TextFormatter(timeFormatRFC3339)
+        formatter = TextFormatter(timeFormatRFC3339)
         rng = random.Random(13)
         now = time.time()
         instants = [now + i * 0.137 for i in range(2000)]
@@ -618,7 +620,7 @@ class TurnBufferTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = _FakeReactor()
         self.stream = _CountingStream()
-        self.buffer = _TurnBuffer(
+        self.buffer = TurnBuffer(
             self.stream,
             self.reactor,
             lambda: threading.current_thread() is threading.main_thread(),
@@ -626,7 +628,7 @@ class TurnBufferTests(SynchronousTestCase):
 
     def test_one_write_per_turn(self) -> None:
         """Lines of one turn are written together, once the turn is over."""
-        observer = _TextLineObserver(self.buffer, _TextFormatter(timeFormatRFC3339))
+        observer = TextLineObserver(self.buffer, TextFormatter(timeFormatRFC3339))
         for n in range(50):
             observer({"log_format": f"line {n}", "log_time": 1.5e9, "log_namespace": "x"})
         self.assertEqual(self.stream.getvalue(), "")
