@@ -73,14 +73,17 @@ class FactoryTests(SynchronousTestCase):
         pool.startService()
         service = self.build(config, pool=pool)
         service.startService()
+        self.reactor.advance(0)  # the end of the turn: the open goes to the pool
         self.assertEqual(len(pool.pool.jobs), 1)  # type: ignore[attr-defined]
         pool.pool.run_next()  # type: ignore[attr-defined]  # open
         self.reactor.advance(PURGE_INTERVAL - 1)
         self.assertEqual(pool.pool.jobs, [])  # type: ignore[attr-defined]
         self.reactor.advance(1)
+        self.reactor.advance(0)
         self.assertEqual(len(pool.pool.jobs), 1)  # type: ignore[attr-defined]
         pool.pool.run_next()  # type: ignore[attr-defined]  # purge
         d = service.stopService()
+        self.reactor.advance(0)
         pool.pool.run_next()  # type: ignore[attr-defined]  # close
         self.successResultOf(d)
         self.assertEqual(self.reactor.getDelayedCalls(), [])

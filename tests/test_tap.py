@@ -418,7 +418,8 @@ class GracefulShutdownTests(SynchronousTestCase):
         config = dataclasses.replace(
             Config(), storage=StorageConfig(path=self.mktemp(), backend="sqlite")
         )
-        service = tap.build_service(config, _ThreadedMemoryReactor())
+        reactor = _ThreadedMemoryReactor()
+        service = tap.build_service(config, reactor)
         assert service.pool is not None
         jobs = service.pool.pool = ManualPool()  # type: ignore[assignment]
         storage_service = service.getServiceNamed("storage")
@@ -429,6 +430,7 @@ class GracefulShutdownTests(SynchronousTestCase):
         d = service.stopService()
         self.assertNoResult(d)
         self.assertEqual(storage.calls.count("close"), 0)
+        reactor.advance(0)  # the end of the turn: the open goes to the pool
         jobs.run_next()
         self.successResultOf(d)
         self.assertEqual(storage.calls.count("close"), 1)
