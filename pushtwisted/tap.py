@@ -265,7 +265,7 @@ def build_service(config: Config, reactor: IServerReactor) -> PushService:
         cluster = build_cluster(
             config,
             reactor=reactor,
-            run=pool.run,
+            submit=pool.submit,
             memcache=memcache,
             registry=registry,
             metrics=metrics,

@@ -1,8 +1,9 @@
 """Tests for ``pushtwisted.cluster.directory``: one contract, every backend.
 
 ``DirectoryContract`` runs against ``MemoryDirectory`` and against
-``MemcachedDirectory`` on ``FakeMemcache`` (an in-process memcached model
-with ``gets``/``cas`` and expiry on a ``task.Clock``).
+``MemcachedDirectory`` on ``FakeMemcache`` (``pushtwisted.testing.memcache``,
+an in-process memcached model with ``gets``/``cas`` and expiry on a
+``task.Clock``).
 ``tests/integration/test_cluster_directory.py`` runs it against a real
 memcached.  The memcached-only tests force the compare-and-set races.
 """
@@ -17,8 +18,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushtwisted.cluster.directory import Directory, MemcachedDirectory, NodeEntry
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.storage._memcache import MAX_RELATIVE_EXPIRE
+from pushtwisted.testing import inline_submit
 from pushtwisted.testing.cluster import MemoryDirectory
-from tests.test_storage_contract import EPOCH, FakeMemcache, inline_run, synchronous
+from pushtwisted.testing.memcache import FakeMemcache
+from tests.test_storage_contract import EPOCH, synchronous
 
 NODE_A = "http://10.0.0.1:3000"
 NODE_B = "http://10.0.0.2:3000"
@@ -129,7 +132,7 @@ class FakeMemcachedDirectoryTests(DirectoryContract, SynchronousTestCase):
         self.clock.advance(EPOCH)
         self.client = FakeMemcache(self.clock)
         self.memcached = MemcachedDirectory(
-            self.client, inline_run, self.clock, ttl=3600.0, key_prefix="pt:"
+            self.client, inline_submit, self.clock, ttl=3600.0, key_prefix="pt:"
         )
         return self.memcached
 
@@ -143,7 +146,7 @@ class FakeMemcachedDirectoryTests(DirectoryContract, SynchronousTestCase):
 
     def test_long_ttl_is_absolute(self) -> None:
         """A TTL over 30 days is sent as an absolute time (``memcached_expire``)."""
-        directory = MemcachedDirectory(self.client, inline_run, self.clock, ttl=40 * 86400.0)
+        directory = MemcachedDirectory(self.client, inline_submit, self.clock, ttl=40 * 86400.0)
         uaid = new_id()
         self.successResultOf(directory.set_node(uaid, NODE_A, 5))
         expire = self.client.expiries[f"node:{uaid}"]
@@ -253,4 +256,4 @@ class FakeMemcachedDirectoryTests(DirectoryContract, SynchronousTestCase):
             {"ttl": 1.0, "key_prefix": "x" * 300},
         ):
             with self.assertRaises(ValueError):
-                MemcachedDirectory(self.client, inline_run, self.clock, **kwargs)  # type: ignore[arg-type]
+                MemcachedDirectory(self.client, inline_submit, self.clock, **kwargs)  # type: ignore[arg-type]

@@ -15,11 +15,12 @@ from pushtwisted.cluster.service import ClusterService, build_cluster
 from pushtwisted.config import Config, RouterConfig, StorageConfig
 from pushtwisted.metrics import NullMetrics
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.storage._memcache_steps import MemcacheSteps
 from pushtwisted.storage.factory import build_memcache_client
 from pushtwisted.testing.cluster import SECRET
 
 
-def _no_run(operation: str, func: Any, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
+def _no_submit(operation: str, executor: Any, item: Any, /) -> Deferred[Any]:
     raise AssertionError("no blocking call expected")
 
 
@@ -53,7 +54,7 @@ class BuildClusterTests(SynchronousTestCase):
         cluster = build_cluster(
             config,
             reactor=MemoryReactorClock(),
-            run=_no_run,
+            submit=_no_submit,
             memcache=memcache,
             registry=registry,
             metrics=NullMetrics(),
@@ -61,7 +62,8 @@ class BuildClusterTests(SynchronousTestCase):
         self.assertEqual(cluster.router.node_url, "http://10.0.0.5:3000")
         directory = cluster.router.directory
         assert isinstance(directory, MemcachedDirectory)
-        self.assertIs(directory._client, memcache)
+        # The storage's executor on the same client: their calls share batches.
+        self.assertEqual(directory._steps, MemcacheSteps(memcache))
         self.assertEqual(directory._key("u"), "p:node:u")
         self.assertTrue(cluster.http_pool.persistent)
         self.assertEqual(cluster.http_pool.maxPersistentPerHost, 16)

@@ -6,8 +6,9 @@ synchronously (``@synchronous``) against
 
 - ``MemoryStorage``;
 - ``SqliteStorage`` on a temporary file with an inline runner;
-- ``MemcachedStorage`` on ``FakeMemcache``, an in-process model of
-  memcached's ``gets``/``cas``/expiry semantics driven by a ``task.Clock``.
+- ``MemcachedStorage`` on ``FakeMemcache`` (``pushtwisted.testing.memcache``),
+  an in-process model of memcached's ``gets``/``cas``/expiry semantics
+  driven by a ``task.Clock``.
 
 ``tests/integration/test_storage_backends.py`` runs the same mixin against
 SQLite on the real thread pool and against a real memcached.  A
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import os
 import sqlite3
 import stat
@@ -30,17 +30,19 @@ from typing import Any, TypeVar
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.errors import StorageUnavailable, TooManyChannels
-from pushtwisted.storage._memcache import MAX_RELATIVE_EXPIRE, JsonSerde
+from pushtwisted.storage._memcache_steps import MemcacheSteps, Steps
 from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateOutcome, UpdateResult
 from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.storage.sqlite import SCHEMA_VERSION, SqliteStorage
+from pushtwisted.testing import inline_run, inline_submit
+from pushtwisted.testing.memcache import FakeMemcache
 
 _C = TypeVar("_C", bound=type)
 
@@ -56,15 +58,6 @@ def new_id() -> str:
 def spelling(normal: str) -> str:
     """The client's own spelling of an ID (dashed, upper case)."""
     return str(uuid.UUID(normal)).upper()
-
-
-def inline_run(operation: str, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Deferred:
-    """A runner that calls ``func`` on the spot (no threads)."""
-    try:
-        result = func(*args, **kwargs)
-    except BaseException:
-        return fail()
-    return succeed(result)
 
 
 def synchronous(cls: _C) -> _C:
@@ -435,128 +428,6 @@ class StorageContract:
         self.assertIsNone(await self.storage.check())
 
 
-# -- FakeMemcache -------------------------------------------------------------
-
-
-class FakeMemcache:
-    """An in-process model of a memcached server behind a pymemcache client.
-
-    Values are JSON-copied (like the real serde), every store bumps a cas
-    token, and expiry follows memcached: 0 never, up to 30 days relative,
-    beyond that an absolute Unix time, compared with ``clock.seconds()``.
-    ``interpose(key, fn)`` runs ``fn`` just before the next ``cas``/``add`` on
-    ``key`` (to force a race); ``broken`` makes every call raise.
-    """
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self._serde = JsonSerde()
-        self._items: dict[str, tuple[bytes, int, float | None]] = {}
-        self._next_cas = 1
-        self._interposed: dict[str, list[Callable[[], object]]] = {}
-        self.broken = False
-        self.expiries: dict[str, int] = {}
-
-    def interpose(self, key: str, fn: Callable[[], object]) -> None:
-        self._interposed.setdefault(key, []).append(fn)
-
-    def _check(self) -> None:
-        if self.broken:
-            raise ConnectionRefusedError(111, "Connection refused")
-
-    def _run_interposed(self, key: str) -> None:
-        for fn in self._interposed.pop(key, []):
-            fn()
-
-    def _live(self, key: str) -> tuple[bytes, int, float | None] | None:
-        item = self._items.get(key)
-        if item is not None and item[2] is not None and self._clock.seconds() >= item[2]:
-            del self._items[key]
-            return None
-        return item
-
-    def _deadline(self, expire: int) -> float | None:
-        if expire == 0:
-            return None
-        if expire > MAX_RELATIVE_EXPIRE:
-            return float(expire)
-        return self._clock.seconds() + expire
-
-    def _store(self, key: str, value: Any, expire: int) -> None:
-        raw, _ = self._serde.serialize(key, value)
-        self._items[key] = (raw, self._next_cas, self._deadline(expire))
-        self._next_cas += 1
-        self.expiries[key] = expire
-
-    def get(self, key: str) -> Any:
-        self._check()
-        item = self._live(key)
-        return None if item is None else json.loads(item[0])
-
-    def get_many(self, keys: list[str]) -> dict[str, Any]:
-        self._check()
-        return {k: json.loads(item[0]) for k in keys if (item := self._live(k)) is not None}
-
-    def gets(self, key: str) -> tuple[Any, Any]:
-        self._check()
-        item = self._live(key)
-        return (None, None) if item is None else (json.loads(item[0]), str(item[1]).encode())
-
-    def gets_many(self, keys: list[str]) -> dict[str, tuple[Any, Any]]:
-        self._check()
-        return {
-            k: (json.loads(item[0]), str(item[1]).encode())
-            for k in keys
-            if (item := self._live(k)) is not None
-        }
-
-    def set(self, key: str, value: Any, expire: int = 0, noreply: bool | None = None) -> bool:
-        self._check()
-        self._store(key, value, expire)
-        return True
-
-    def add(self, key: str, value: Any, expire: int = 0, noreply: bool | None = None) -> bool:
-        self._check()
-        self._run_interposed(key)
-        if self._live(key) is not None:
-            return False
-        self._store(key, value, expire)
-        return True
-
-    def cas(
-        self, key: str, value: Any, cas: Any, expire: int = 0, noreply: bool = False
-    ) -> bool | None:
-        self._check()
-        self._run_interposed(key)
-        item = self._live(key)
-        if item is None:
-            return None
-        if str(item[1]).encode() != cas:
-            return False
-        self._store(key, value, expire)
-        return True
-
-    def touch(self, key: str, expire: int = 0, noreply: bool | None = None) -> bool:
-        self._check()
-        item = self._live(key)
-        if item is None:
-            return False
-        self._items[key] = (item[0], item[1], self._deadline(expire))
-        self.expiries[key] = expire
-        return True
-
-    def delete(self, key: str, noreply: bool | None = None) -> bool:
-        self._check()
-        return self._items.pop(key, None) is not None
-
-    def close(self) -> None:
-        pass
-
-    def check_servers(self) -> None:
-        """One server, which fails like every other call when told to."""
-        self._check()
-
-
 # -- the contract, synchronously ----------------------------------------------
 
 
@@ -610,7 +481,7 @@ class FakeMemcachedContractTests(_ClockedContract, SynchronousTestCase):
         self.client = FakeMemcache(self.clock)
         return MemcachedStorage(
             self.client,
-            inline_run,
+            inline_submit,
             self.clock,
             ttl_live=86400 * 60,
             ttl_registered=86400 * 60,
@@ -677,7 +548,7 @@ class ModelTests(SynchronousTestCase):
             "sqlite": sqlite_storage,
             "memcached": MemcachedStorage(
                 FakeMemcache(clock),
-                inline_run,
+                inline_submit,
                 clock,
                 ttl_live=3e6,
                 ttl_registered=3e6,
@@ -865,7 +736,13 @@ class FakeMemcachedTests(SynchronousTestCase):
             "ttl_deleted": 600.0,
         }
         kwargs.update(ttls)
-        return MemcachedStorage(self.client, inline_run, self.clock, key_prefix="p-", **kwargs)
+        return MemcachedStorage(self.client, inline_submit, self.clock, key_prefix="p-", **kwargs)
+
+    def alone(self, steps: Steps[Any]) -> object:
+        """Run one operation to its end on the fake (as a racing writer would)."""
+        ((ok, value),) = MemcacheSteps(self.client)([steps])
+        self.assertTrue(ok, value)
+        return value
 
     def test_layout(self) -> None:
         """The list key holds sorted chids; each record is JSON with its state."""
@@ -964,7 +841,7 @@ class FakeMemcachedTests(SynchronousTestCase):
         self.successResultOf(self.storage.update(uaid, chid, 5, "five"))
         self.client.interpose(
             f"p-{uaid}.{chid}",
-            lambda: self.storage._update_blocking(uaid, chid, 6, "six", False, 0),
+            lambda: self.alone(self.storage.update_steps(uaid, chid, 6, "six", False, 0)),
         )
         self.assertFalse(self.successResultOf(self.storage.ack(uaid, chid, 5)))
         self.assertEqual(
@@ -978,7 +855,7 @@ class FakeMemcachedTests(SynchronousTestCase):
         self.successResultOf(self.storage.register(uaid, chid, "C", 0))
         self.successResultOf(self.storage.update(uaid, chid, 5, "five"))
         self.client.interpose(
-            f"p-{uaid}.{chid}", lambda: self.storage._ack_blocking(uaid, chid, 5, 0)
+            f"p-{uaid}.{chid}", lambda: self.alone(self.storage.ack_steps(uaid, chid, 5, 0))
         )
         self.successResultOf(self.storage.update(uaid, chid, 6, "six"))
         self.assertEqual(
@@ -991,7 +868,8 @@ class FakeMemcachedTests(SynchronousTestCase):
         uaid, chid = new_id(), new_id()
         self.successResultOf(self.storage.register(uaid, chid, "C", 0))
         self.client.interpose(
-            f"p-{uaid}.{chid}", lambda: self.storage._unregister_blocking(uaid, chid, EPOCH)
+            f"p-{uaid}.{chid}",
+            lambda: self.alone(self.storage.unregister_steps(uaid, chid, EPOCH)),
         )
         result = self.successResultOf(self.storage.update(uaid, chid, 1, None))
         self.assertEqual(result.outcome, UpdateOutcome.GONE)
@@ -1002,7 +880,7 @@ class FakeMemcachedTests(SynchronousTestCase):
         uaid, a, b = new_id(), new_id(), new_id()
         self.successResultOf(self.storage.register(uaid, new_id(), "first", 0))
         self.client.interpose(
-            f"p-{uaid}", lambda: self.storage._register_blocking(uaid, b, "B", 0, EPOCH)
+            f"p-{uaid}", lambda: self.alone(self.storage.register_steps(uaid, b, "B", 0, EPOCH))
         )
         self.successResultOf(self.storage.register(uaid, a, "A", 0))
         self.assertLessEqual({a, b}, set(self.client.get(f"p-{uaid}")))
@@ -1011,7 +889,9 @@ class FakeMemcachedTests(SynchronousTestCase):
         """A prune between a register's list write and record write cannot unlist the channel."""
         uaid, chid = new_id(), new_id()
         self.successResultOf(self.storage.register(uaid, new_id(), "first", 0))
-        self.client.interpose(f"p-{uaid}.{chid}", lambda: self.storage._prune(uaid, [chid], EPOCH))
+        self.client.interpose(
+            f"p-{uaid}.{chid}", lambda: self.alone(self.storage._prune(uaid, [chid], EPOCH))
+        )
         self.successResultOf(self.storage.register(uaid, chid, "C", 0))
         self.assertIn(chid, self.client.get(f"p-{uaid}"))
         self.successResultOf(self.storage.update(uaid, chid, 1, None))
@@ -1036,7 +916,7 @@ class FakeMemcachedTests(SynchronousTestCase):
                 ValueError,
                 MemcachedStorage,
                 self.client,
-                inline_run,
+                inline_submit,
                 self.clock,
                 ttl_live=1,
                 ttl_registered=1,

@@ -380,7 +380,8 @@ class ClockUseTests(SynchronousTestCase):
 
     def test_sqlite_tombstone_uses_clock(self) -> None:
         """Tombstones are dated by the injected clock, not the wall clock."""
-        from tests.test_storage_contract import inline_run, new_id
+        from pushtwisted.testing import inline_run
+        from tests.test_storage_contract import new_id
 
         clock = Clock()
         storage = SqliteStorage(

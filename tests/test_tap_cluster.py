@@ -166,7 +166,8 @@ class ClusterBuildTests(SynchronousTestCase):
         self.assertIs(service.node.router, cluster.router)
         storage = service.node.storage
         assert isinstance(storage, MemcachedStorage)
-        self.assertIs(cluster.router.directory._client, storage._client)  # type: ignore[attr-defined]
+        directory = cluster.router.directory
+        self.assertIs(directory._steps.client, storage._client)  # type: ignore[attr-defined]
 
     def test_stop_order(self) -> None:
         """Stopping the node closes the storage (and with it the shared memcached client),

@@ -17,7 +17,10 @@ is compared only with other values of that node's clock (see ``router``).
 ``MemcachedDirectory`` is the shared directory of a cluster, under the
 storage ``key_prefix`` as ``<prefix>node:<uaid>``.  memcached's text
 protocol has no conditional delete, so a cleared entry becomes a short-lived
-tombstone written with ``cas`` (read back as "no entry").  Tests use
+tombstone written with ``cas`` (read back as "no entry").  Its operations
+are steps of ``pushtwisted.storage._memcache_steps`` on the storage's own
+client and executor, so a hello's directory write shares the pool's batches
+and round trips with the storage calls of the same reactor turn.  Tests use
 ``pushtwisted.testing.cluster.MemoryDirectory``.
 
 A miss is a normal result (None); a backend failure errbacks with
@@ -33,15 +36,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import StorageUnavailable
-from pushtwisted.storage._memcache import (
-    MemcacheClient,
-    check_key_prefix,
-    memcached_expire,
-    translate_errors,
-)
+from pushtwisted.storage._memcache import MemcacheClient, check_key_prefix, memcached_expire
+from pushtwisted.storage._memcache_steps import MemcacheSteps, Steps
+from pushtwisted.storage._memcache_wire import Get, Store
 
 if TYPE_CHECKING:
-    from pushtwisted.threadpool import Runner
+    from pushtwisted.threadpool import BatchRunner
 
 __all__ = ["Directory", "MemcachedDirectory", "NodeEntry"]
 
@@ -112,7 +112,8 @@ class MemcachedDirectory:
 
     :param client: a thread-safe pymemcache client with the JSON serde
         (``pushtwisted.storage._memcache.make_memcached_client``).
-    :param run: the runner of blocking calls (``ThreadPoolService.run``).
+    :param submit: runs the operations on the storage pool
+        (``ThreadPoolService.submit``), with ``MemcacheSteps(client)``.
     :param clock: the reactor clock (``now`` for long expiries).
     :param ttl: seconds an entry lives after its hello (clamped for
         memcached like ``memcached_expire``); use the storage
@@ -126,7 +127,7 @@ class MemcachedDirectory:
     def __init__(
         self,
         client: MemcacheClient,
-        run: Runner,
+        submit: BatchRunner,
         clock: IReactorTime,
         *,
         ttl: float,
@@ -135,8 +136,8 @@ class MemcachedDirectory:
         if not ttl > 0:
             raise ValueError("ttl must be > 0")
         check_key_prefix(key_prefix)
-        self._client = client
-        self._run = run
+        self._steps = MemcacheSteps(client)
+        self._submit = submit
         self._clock = clock
         self._ttl = ttl
         self._prefix = key_prefix
@@ -150,44 +151,47 @@ class MemcachedDirectory:
         """Replace the entry with a compare-and-set loop; fire with the replaced entry."""
         entry = NodeEntry(node_url=node_url, connected_at=connected_at)
         expire = memcached_expire(self._ttl, self._clock.seconds())
-        return self._run("directory_set", self._set_blocking, self._key(uaid), entry, expire)
+        steps = self.set_steps(self._key(uaid), entry, expire)
+        return self._submit("directory_set", self._steps, steps)
 
     def get_node(self, uaid: str) -> Deferred[NodeEntry | None]:
         """Fire with the entry or None."""
-        return self._run("directory_get", self._get_blocking, self._key(uaid))
+        return self._submit("directory_get", self._steps, self.get_steps(self._key(uaid)))
 
     def clear_node(self, uaid: str, entry: NodeEntry) -> Deferred[bool]:
         """Replace the entry by a tombstone if, and only if, it still equals ``entry``."""
-        return self._run("directory_clear", self._clear_blocking, self._key(uaid), entry)
+        steps = self.clear_steps(self._key(uaid), entry)
+        return self._submit("directory_clear", self._steps, steps)
 
-    # -- blocking work (storage pool threads) ---------------------------------
+    # -- the operations (steps, run on the storage pool) ------------------------
 
-    @translate_errors
-    def _set_blocking(self, key: str, entry: NodeEntry, expire: int) -> NodeEntry | None:
+    def set_steps(self, key: str, entry: NodeEntry, expire: int) -> Steps[NodeEntry | None]:
+        """``set_node`` as steps."""
         value = entry.encode()
         for _ in range(_CAS_ATTEMPTS):
-            current, cas = self._client.gets(key)
+            current, cas = yield Get(key)
             if current is None:
-                if self._client.add(key, value, expire=expire, noreply=False):
+                if (yield Store(b"add", key, value, expire)):
                     return None
                 continue  # another node added it first: read it and replace it
             try:
                 previous = _decode_entry(current)
             except StorageUnavailable:
                 previous = None  # a corrupt entry is simply replaced
-            if self._client.cas(key, value, cas, expire=expire):
+            if (yield Store(b"cas", key, value, expire, cas)):
                 return previous
         raise StorageUnavailable("memcached: directory entry contended, giving up")
 
-    @translate_errors
-    def _get_blocking(self, key: str) -> NodeEntry | None:
-        return _decode_entry(self._client.get(key))
+    def get_steps(self, key: str) -> Steps[NodeEntry | None]:
+        """``get_node`` as steps."""
+        current, _ = yield Get(key)
+        return _decode_entry(current)
 
-    @translate_errors
-    def _clear_blocking(self, key: str, entry: NodeEntry) -> bool:
-        current, cas = self._client.gets(key)
+    def clear_steps(self, key: str, entry: NodeEntry) -> Steps[bool]:
+        """``clear_node`` as steps."""
+        current, cas = yield Get(key)
         if current is None or _decode_entry(current) != entry:
             return False
         # No conditional delete in the text protocol: overwrite with a
         # tombstone, only if nobody wrote in between.
-        return bool(self._client.cas(key, _TOMBSTONE, cas, expire=_TOMBSTONE_TTL))
+        return bool((yield Store(b"cas", key, _TOMBSTONE, _TOMBSTONE_TTL, cas)))

@@ -30,7 +30,7 @@ from pushtwisted.logs import logger
 from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.storage._memcache import MemcacheClient
-from pushtwisted.threadpool import Runner
+from pushtwisted.threadpool import BatchRunner
 
 __all__ = ["ClusterService", "build_cluster"]
 
@@ -75,7 +75,7 @@ def build_cluster(
     config: Config,
     *,
     reactor: IServerReactor,
-    run: Runner,
+    submit: BatchRunner,
     memcache: MemcacheClient,
     registry: ClientRegistry[Any],
     metrics: Metrics,
@@ -83,13 +83,14 @@ def build_cluster(
     """Build a cluster node's directory, signer, HTTP client and router (no I/O).
 
     :param reactor: the reactor (its clock, and TCP for the HTTP client).
-    :param run: the storage thread pool's runner (directory calls block).
+    :param submit: the storage thread pool's ``submit`` (directory calls block;
+        they share the storage's batches).
     :param memcache: the storage's memcached client.
     :param registry: this node's connected sessions.
     """
     storage = config.storage
     directory = MemcachedDirectory(
-        memcache, run, reactor, ttl=storage.ttl_registered, key_prefix=storage.key_prefix
+        memcache, submit, reactor, ttl=storage.ttl_registered, key_prefix=storage.key_prefix
     )
     http_pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
     http_pool.maxPersistentPerHost = _PERSISTENT_PER_NODE

@@ -1,34 +1,36 @@
 r"""memcached plumbing shared by ``MemcachedStorage`` and ``MemcachedDirectory``.
 
 - ``make_memcached_client``: the thread-safe pymemcache client (a
-  ``HashClient`` of ``PooledClient``\ s) that fails fast and never turns a
-  failure into a miss;
+  ``HashClient`` of ``PooledClient``\ s) that fails fast, never turns a
+  failure into a miss, and sends a round of commands to each server in one
+  write (``pipeline``, on ``pushtwisted.storage._memcache_wire``);
 - ``MemcacheClient``: the part of its API the two users call (a fake in tests);
 - ``JsonSerde``: values as plain JSON;
-- ``translate_errors``: client errors become ``StorageUnavailable``;
+- ``storage_error``: client errors become ``StorageUnavailable``;
 - ``memcached_expire``: a TTL as memcached's ``exptime`` (relative up to 30
   days, absolute beyond);
 - ``check_key_prefix``: refuses a ``key_prefix`` that would break keys.
 
 Everything here but ``make_memcached_client`` runs on the storage pool's
-threads, inside the ``_blocking`` methods of its two users.
+threads, inside the executor of ``pushtwisted.storage._memcache_steps``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, ParamSpec, Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
+from pymemcache.client.base import PooledClient
 from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from pushtwisted.config import key_prefix_problem
 from pushtwisted.errors import StorageUnavailable
+from pushtwisted.storage._memcache_wire import Command, Get, exchange
 
 __all__ = [
     "JsonSerde",
@@ -37,11 +39,8 @@ __all__ = [
     "check_key_prefix",
     "make_memcached_client",
     "memcached_expire",
-    "translate_errors",
+    "storage_error",
 ]
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 #: memcached reads a larger expiry as an absolute Unix time (30 days).
 MAX_RELATIVE_EXPIRE = 30 * 24 * 3600
@@ -142,6 +141,49 @@ class _StoreHashClient(HashClient):  # type: ignore[misc]  # pymemcache is untyp
                     del self._down_until[server]
         return result
 
+    def pipeline(self, commands: Sequence[Command]) -> list[object]:
+        """Send ``commands`` to their servers, one write per server; return the replies.
+
+        One reply per command, in order, as ``_memcache_wire.exchange``
+        gives them; the commands of a server that fails (or is in its
+        fail-fast window) get that error as their reply.  With several
+        servers, every write of the round is answered before any read is
+        sent, as one server's connection guarantees by itself.
+        """
+        clients = self.clients
+        if len(clients) == 1:
+            (client,) = clients.values()
+            return self._exchange(client, commands)
+        by_server: dict[object, tuple[PooledClient, list[int]]] = {}
+        for i, command in enumerate(commands):
+            client = self._get_client(command.key)
+            entry = by_server.get(client.server)
+            if entry is None:
+                by_server[client.server] = (client, [i])
+            else:
+                entry[1].append(i)
+        if len(by_server) == 1:
+            ((client, _),) = by_server.values()
+            return self._exchange(client, commands)
+        replies: list[object] = [None] * len(commands)
+        for reads in (False, True):  # every write, then every read
+            for client, indexes in by_server.values():
+                chosen = [i for i in indexes if isinstance(commands[i], Get) is reads]
+                if chosen:
+                    answers = self._exchange(client, [commands[i] for i in chosen])
+                    for i, answer in zip(chosen, answers, strict=True):
+                        replies[i] = answer
+        return replies
+
+    def _exchange(self, client: PooledClient, commands: Sequence[Command]) -> list[object]:
+        """One server's share of a round; its error is every command's reply."""
+        try:
+            return self._safely_run_func(  # type: ignore[no-any-return]
+                client, _pooled_exchange, None, client, commands
+            )
+        except (MemcacheError, OSError) as e:
+            return [e] * len(commands)
+
     def close(self) -> None:
         """Close every server's connections, whatever its state."""
         for client in self.clients.values():
@@ -155,6 +197,12 @@ class _StoreHashClient(HashClient):  # type: ignore[misc]  # pymemcache is untyp
     def set_many(self, *args: Any, **kwargs: Any) -> Any:
         """Unsupported: stock ``set_many`` reports failures as a key list."""
         raise NotImplementedError("set_many is not used by pushtwisted")
+
+
+def _pooled_exchange(client: PooledClient, commands: Sequence[Command]) -> list[object]:
+    """Run ``exchange`` on a connection of ``client``'s pool (dropped if it fails)."""
+    with client.client_pool.get_and_release(destroy_on_fail=True) as connection:
+        return exchange(connection, commands)
 
 
 def make_memcached_client(
@@ -197,36 +245,15 @@ def make_memcached_client(
 
 
 class MemcacheClient(Protocol):
-    """The part of pymemcache's client API that ``MemcachedStorage`` uses."""
+    """The part of the memcached client that ``MemcachedStorage`` and the directory use."""
 
-    def get(self, key: str) -> Any:
-        """Return the value or None."""
+    def pipeline(self, commands: Sequence[Command]) -> list[object]:
+        """Run a round of commands: the writes in order, then the reads.
 
-    def get_many(self, keys: list[str]) -> dict[str, Any]:
-        """Return the values of the keys that exist."""
-
-    def gets(self, key: str) -> tuple[Any, Any]:
-        """Return ``(value, cas)`` or ``(None, None)``."""
-
-    def gets_many(self, keys: list[str]) -> dict[str, tuple[Any, Any]]:
-        """Return ``{key: (value, cas)}`` for the keys that exist."""
-
-    def set(self, key: str, value: Any, expire: int = 0, noreply: bool | None = None) -> bool:
-        """Store unconditionally."""
-
-    def add(self, key: str, value: Any, expire: int = 0, noreply: bool | None = None) -> bool:
-        """Store if absent; False when the key exists."""
-
-    def cas(
-        self, key: str, value: Any, cas: Any, expire: int = 0, noreply: bool = False
-    ) -> bool | None:
-        """Store if unchanged: True, False (changed) or None (absent)."""
-
-    def touch(self, key: str, expire: int = 0, noreply: bool | None = None) -> bool:
-        """Set a new expiry; False when the key is absent."""
-
-    def delete(self, key: str, noreply: bool | None = None) -> bool:
-        """Delete; False when the key was absent."""
+        One reply per command (see ``_memcache_wire.exchange``); a command
+        whose server failed gets the error (``MemcacheError``, ``OSError``)
+        as its reply.
+        """
 
     def close(self) -> None:
         """Close every connection."""
@@ -235,16 +262,18 @@ class MemcacheClient(Protocol):
         """Reach every server (a ``HashClient`` spreads keys); raise when one fails."""
 
 
-def translate_errors(func: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Turn client errors raised by ``func`` into ``StorageUnavailable``."""
+def storage_error(error: Exception) -> Exception:
+    """Return ``error`` as the error a storage caller sees.
 
-    @functools.wraps(func)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return func(*args, **kwargs)
-        except (MemcacheError, OSError) as e:
-            raise StorageUnavailable(f"memcached: {e!r}") from e
-        except ValueError as e:  # corrupt JSON
-            raise StorageUnavailable(f"memcached: undecodable value: {e}") from e
-
-    return wrapper
+    Client errors (``MemcacheError``, ``OSError``) and undecodable values
+    (``ValueError``) become ``StorageUnavailable``; the rest (already a
+    ``StorageUnavailable``, ``TooManyChannels``) is returned as it is.
+    """
+    if isinstance(error, (MemcacheError, OSError)):
+        translated = StorageUnavailable(f"memcached: {error!r}")
+    elif isinstance(error, ValueError):
+        translated = StorageUnavailable(f"memcached: undecodable value: {error}")
+    else:
+        return error
+    translated.__cause__ = error
+    return translated

@@ -109,7 +109,7 @@ def build_storage_service(
         return StorageService(sqlite, reactor, opener=sqlite.open, purge=sqlite.purge_expired)
     memcached = MemcachedStorage(
         memcache if memcache is not None else build_memcache_client(config),
-        pool.run,
+        pool.submit,
         reactor,
         ttl_live=config.ttl_live,
         ttl_registered=config.ttl_registered,

@@ -14,17 +14,34 @@ key starts with the configured ``key_prefix``:
     ``state`` one of ``live``, ``registered``, ``deleted`` and an expiry by
     state: ``ttl_live``, ``ttl_registered``, ``ttl_deleted`` (the tombstone).
 
-Every read-modify-write is a ``gets``/``cas`` loop with bounded, jittered
-retries (then ``StorageUnavailable``), so concurrent writers lose nothing:
-an ack clears only when acked >= stored, an update never resurrects a
-tombstone nor overwrites a concurrent unregister, and concurrent registers
-never drop each other's chids.  A chid is added to the list *before* its
-record is created and checked again after; whoever prunes the list checks
-the pruned records again after writing it.  Either side therefore sees the
-other's write, and a live record always ends up listed.  ``max_channels``
-is exact for one writer per UAID (one connection at a time); concurrent
-registers of *different* new chids of one UAID may overshoot it by the
-number in flight, since a record being created is not counted yet.
+Every read-modify-write is a ``gets``/``cas`` loop with bounded retries
+(then ``StorageUnavailable``), so concurrent writers lose nothing: an ack
+clears only when acked >= stored, an update never resurrects a tombstone
+nor overwrites a concurrent unregister, and concurrent registers never drop
+each other's chids.  A chid is added to the list *before* its record is
+created and checked again after; whoever prunes the list checks the pruned
+records again after writing it.  Either side therefore sees the other's
+write, and a live record always ends up listed.  ``max_channels`` is exact
+for one writer per UAID (one connection at a time); concurrent registers
+of *different* new chids of one UAID may overshoot it by the number in
+flight, since a record being created is not counted yet.
+
+Each operation is a generator of memcached commands
+(``pushtwisted.storage._memcache_steps``): the operations of one reactor
+turn go to the storage pool together and their commands travel in shared
+pipelined round trips.  What each costs (commands, and rounds in brackets):
+
+- ``update``: ``gets`` the record, ``cas`` it live (2);
+- ``ack``: ``gets`` the record, ``cas`` it registered (2);
+- ``user_exists``: ``touch`` the list (1);
+- ``fetch_pending``: ``get`` the list, then ``touch`` it and ``gets`` every
+  listed record (2), plus one ``cas`` per record due for a refresh (3);
+- ``register`` of a new channel: ``gets`` the record and the list, ``add``
+  or ``cas`` the list, ``add`` (or ``cas`` over a tombstone) the record
+  with a ``gets`` of the list behind it (3); an existing one: the first
+  read only (1);
+- ``unregister``: ``gets`` the record, ``cas`` the tombstone (2);
+- ``expired``: ``get`` the records (1).
 
 Expiry: memcached reads an expiry over 30 days as an absolute Unix time, so
 longer TTLs are sent as ``now + ttl`` (``memcached_expire``).  The client,
@@ -36,49 +53,41 @@ their TTL ago, so idle devices keep their registrations.
 
 A miss is a normal result; any error (refused connection, timeout,
 ``MemcacheError``, a corrupt value) raises ``StorageUnavailable`` and is
-never read as a miss.  The ``_blocking`` methods run on the storage pool and
-touch only their arguments and the client; ``now`` comes from the reactor
-clock, read on the reactor thread.
+never read as a miss.  The operations run on the storage pool and touch
+only their arguments and the client; ``now`` comes from the reactor clock,
+read on the reactor thread.
 """
 
 from __future__ import annotations
 
-import random
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import StorageUnavailable, TooManyChannels
-from pushtwisted.storage._memcache import (
-    MemcacheClient,
-    check_key_prefix,
-    memcached_expire,
-    translate_errors,
-)
+from pushtwisted.storage._memcache import MemcacheClient, check_key_prefix, memcached_expire
+from pushtwisted.storage._memcache_steps import MemcacheSteps, Steps
+from pushtwisted.storage._memcache_wire import Delete, Get, Store, Touch
 from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
 
 if TYPE_CHECKING:
-    from pushtwisted.threadpool import Runner
+    from pushtwisted.threadpool import BatchRunner
 
 __all__ = ["MemcachedStorage"]
 
 #: gets/cas attempts before giving up with StorageUnavailable.
 _CAS_ATTEMPTS = 64
+_ADD = b"add"
+_CAS = b"cas"
 
 _LIVE = "live"
 _REGISTERED = "registered"
 _DELETED = "deleted"
 _STATES = frozenset((_LIVE, _REGISTERED, _DELETED))
-
-
-def _backoff(attempt: int) -> None:
-    """Sleep a little (jittered, growing) after a lost cas race."""
-    time.sleep(random.uniform(0, 0.001) * min(attempt + 1, 10))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +136,10 @@ def _decode_list(value: object) -> list[str]:
 class MemcachedStorage:
     """A ``Storage`` on memcached through a thread-safe pymemcache client.
 
-    :param client: from ``pushtwisted.storage._memcache.make_memcached_client`` (JSON serde, pooled,
-        ``ignore_exc=False``, ``default_noreply=False``).
-    :param run: the runner of blocking calls (``ThreadPoolService.run``).
+    :param client: from ``pushtwisted.storage._memcache.make_memcached_client``
+        (JSON serde, pooled, pipelined, errors raised).
+    :param submit: runs the operations on the storage pool
+        (``ThreadPoolService.submit``), with ``MemcacheSteps(client)``.
     :param clock: the reactor clock (``now`` for expiries and refreshes).
     :param ttl_live: seconds a record with a pending update lives.
     :param ttl_registered: seconds a registered record lives; the user's
@@ -145,7 +155,7 @@ class MemcachedStorage:
     def __init__(
         self,
         client: MemcacheClient,
-        run: Runner,
+        submit: BatchRunner,
         clock: IReactorTime,
         *,
         ttl_live: float,
@@ -162,7 +172,8 @@ class MemcachedStorage:
             if not ttl > 0:
                 raise ValueError(f"{name} must be > 0")
         self._client = client
-        self._run = run
+        self._steps = MemcacheSteps(client)
+        self._submit = submit
         self._clock = clock
         self._ttl = {_LIVE: ttl_live, _REGISTERED: ttl_registered, _DELETED: ttl_deleted}
         self._ttl_list = max(ttl_live, ttl_registered)
@@ -170,23 +181,19 @@ class MemcachedStorage:
 
     # -- the asynchronous API (reactor thread) --------------------------------
 
+    def _run(self, operation: str, steps: Steps[Any]) -> Deferred[Any]:
+        return self._submit(operation, self._steps, steps)
+
     def user_exists(self, uaid: str) -> Deferred[bool]:
         """Fire True when the user's list exists; refreshes its expiry."""
-        return self._run("user_exists", self._user_exists_blocking, uaid, self._clock.seconds())
+        return self._run("user_exists", self.user_exists_steps(uaid, self._clock.seconds()))
 
     def register(self, uaid: str, chid: str, channel_id: str, max_channels: int) -> Deferred[None]:
-        return self._run(
-            "register",
-            self._register_blocking,
-            uaid,
-            chid,
-            channel_id,
-            max_channels,
-            self._clock.seconds(),
-        )
+        steps = self.register_steps(uaid, chid, channel_id, max_channels, self._clock.seconds())
+        return self._run("register", steps)
 
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
-        return self._run("unregister", self._unregister_blocking, uaid, chid, self._clock.seconds())
+        return self._run("unregister", self.unregister_steps(uaid, chid, self._clock.seconds()))
 
     def update(
         self,
@@ -196,32 +203,24 @@ class MemcachedStorage:
         data: str | None,
         only_newer: bool = False,
     ) -> Deferred[UpdateResult]:
-        return self._run(
-            "update",
-            self._update_blocking,
-            uaid,
-            chid,
-            version,
-            data,
-            only_newer,
-            self._clock.seconds(),
-        )
+        steps = self.update_steps(uaid, chid, version, data, only_newer, self._clock.seconds())
+        return self._run("update", steps)
 
     def fetch_pending(self, uaid: str) -> Deferred[list[PendingUpdate]]:
         """Fire with the live updates; refreshes the list's and records' expiry."""
-        return self._run("fetch_pending", self._fetch_pending_blocking, uaid, self._clock.seconds())
+        return self._run("fetch_pending", self.fetch_pending_steps(uaid, self._clock.seconds()))
 
     def ack(self, uaid: str, chid: str, version: int) -> Deferred[bool]:
-        return self._run("ack", self._ack_blocking, uaid, chid, version, self._clock.seconds())
+        return self._run("ack", self.ack_steps(uaid, chid, version, self._clock.seconds()))
 
     def expired(self, uaid: str, chids: Sequence[str]) -> Deferred[list[str]]:
-        return self._run("expired", self._expired_blocking, uaid, list(chids))
+        return self._run("expired", self.expired_steps(uaid, list(chids)))
 
     def check(self) -> Deferred[None]:
-        return self._run("check", self._check_blocking)
+        return self._run("check", self.check_steps())
 
     def close(self) -> Deferred[None]:
-        return self._run("close", self._close_blocking)
+        return self._run("close", self.close_steps())
 
     # -- keys and expiries -----------------------------------------------------
 
@@ -237,131 +236,134 @@ class MemcachedStorage:
     def _list_expire(self, now: float) -> int:
         return memcached_expire(self._ttl_list, now)
 
-    # -- the user's list (pool threads) ---------------------------------------
+    # -- the user's list (steps) ----------------------------------------------
 
-    def _list_add(self, uaid: str, chid: str, max_channels: int, now: float) -> None:
+    def _list_add(
+        self,
+        uaid: str,
+        chid: str,
+        max_channels: int,
+        now: float,
+        listed: tuple[Any, Any] | None = None,
+    ) -> Steps[None]:
         """Make sure ``chid`` is listed, first enforcing ``max_channels`` (if > 0).
 
-        When the other listed chids reach the limit their records are read:
-        tombstones do not count, and chids whose record is gone are pruned
-        from the list (and checked again after the write).
+        ``listed`` is the list's ``(value, cas)`` when the caller has just
+        read it.  When the other listed chids reach the limit their records
+        are read: tombstones do not count, and chids whose record is gone
+        are pruned from the list (and checked again after the write).
         """
         key = self._user_key(uaid)
-        for attempt in range(_CAS_ATTEMPTS):
-            value, cas = self._client.gets(key)
+        for _ in range(_CAS_ATTEMPTS):
+            if listed is None:
+                value, cas = yield Get(key)
+            else:
+                (value, cas), listed = listed, None
             chids = [] if value is None else _decode_list(value)
             others = [c for c in chids if c != chid]
             pruned: list[str] = []
             if max_channels > 0 and len(others) >= max_channels:
-                keys = {c: self._channel_key(uaid, c) for c in others}
-                records = self._client.get_many(list(keys.values()))
-                pruned = [c for c in others if keys[c] not in records]
+                records = yield tuple(Get(self._channel_key(uaid, c)) for c in others)
+                pruned = [c for c, (v, _) in zip(others, records, strict=True) if v is None]
                 active = sum(
-                    1
-                    for c in others
-                    if keys[c] in records and _decode_record(records[keys[c]]).state != _DELETED
+                    1 for v, _ in records if v is not None and _decode_record(v).state != _DELETED
                 )
                 if active >= max_channels:
                     raise TooManyChannels(f"UAID holds {active} channels")
             if chid in chids and not pruned:
                 return
             new = sorted(set(others).difference(pruned) | {chid})
-            stored: bool | None
             if value is None:
-                stored = self._client.add(key, new, expire=self._list_expire(now), noreply=False)
+                stored = yield Store(_ADD, key, new, self._list_expire(now))
             else:
-                stored = self._client.cas(key, new, cas, expire=self._list_expire(now))
+                stored = yield Store(_CAS, key, new, self._list_expire(now), cas)
             if stored:
                 if pruned:
-                    self._recheck_pruned(uaid, pruned, now)
+                    yield from self._recheck_pruned(uaid, pruned, now)
                 return
-            _backoff(attempt)
         raise StorageUnavailable("memcached: channel list contended, giving up")
 
-    def _prune(self, uaid: str, gone: list[str], now: float) -> None:
+    def _prune(self, uaid: str, gone: list[str], now: float) -> Steps[None]:
         """Remove chids whose record vanished from the list, then re-check them."""
         key = self._user_key(uaid)
-        for attempt in range(_CAS_ATTEMPTS):
-            value, cas = self._client.gets(key)
+        for _ in range(_CAS_ATTEMPTS):
+            value, cas = yield Get(key)
             if value is None:
                 return
             chids = _decode_list(value)
             new = [c for c in chids if c not in gone]
             if new == chids:
                 return
-            stored = self._client.cas(key, new, cas, expire=self._list_expire(now))
+            stored = yield Store(_CAS, key, new, self._list_expire(now), cas)
             if stored is None:
                 return
             if stored:
-                self._recheck_pruned(uaid, gone, now)
+                yield from self._recheck_pruned(uaid, gone, now)
                 return
-            _backoff(attempt)
         # Pruning is housekeeping: leave it for the next time.
 
-    def _recheck_pruned(self, uaid: str, pruned: list[str], now: float) -> None:
+    def _recheck_pruned(self, uaid: str, pruned: list[str], now: float) -> Steps[None]:
         """Re-list pruned chids whose record a concurrent register created."""
-        keys = [self._channel_key(uaid, c) for c in pruned]
-        records = self._client.get_many(keys)
-        for chid, key in zip(pruned, keys, strict=True):
-            if key in records:
-                self._list_add(uaid, chid, 0, now)
+        records = yield tuple(Get(self._channel_key(uaid, c)) for c in pruned)
+        for chid, (value, _) in zip(pruned, records, strict=True):
+            if value is not None:
+                yield from self._list_add(uaid, chid, 0, now)
 
-    # -- blocking operations (pool threads) -----------------------------------
+    # -- the operations (steps, run on the storage pool) ------------------------
 
-    @translate_errors
-    def _user_exists_blocking(self, uaid: str, now: float) -> bool:
-        return bool(
-            self._client.touch(self._user_key(uaid), expire=self._list_expire(now), noreply=False)
-        )
+    def user_exists_steps(self, uaid: str, now: float) -> Steps[bool]:
+        """``user_exists`` as steps."""
+        return bool((yield Touch(self._user_key(uaid), self._list_expire(now))))
 
-    @translate_errors
-    def _register_blocking(
+    def register_steps(
         self, uaid: str, chid: str, channel_id: str, max_channels: int, now: float
-    ) -> None:
+    ) -> Steps[None]:
+        """``register`` as steps."""
         key = self._channel_key(uaid, chid)
-        value, _ = self._client.gets(key)
+        list_key = self._user_key(uaid)
+        (value, cas), listed = yield (Get(key), Get(list_key))
         if value is not None and _decode_record(value).state != _DELETED:
-            self._list_add(uaid, chid, 0, now)  # repairs a missing list entry
+            yield from self._list_add(uaid, chid, 0, now, listed)  # repairs a missing entry
             return
-        self._list_add(uaid, chid, max_channels, now)
+        yield from self._list_add(uaid, chid, max_channels, now, listed)
         new = _Record(_REGISTERED, channel_id, 0, None, now).encode()
         expire = self._expire(_REGISTERED, now)
         for attempt in range(_CAS_ATTEMPTS):
-            value, cas = self._client.gets(key)
-            stored: bool | None
-            if value is None:
-                stored = self._client.add(key, new, expire=expire, noreply=False)
-            elif _decode_record(value).state != _DELETED:
+            if attempt:
+                value, cas = yield Get(key)
+            if value is not None and _decode_record(value).state != _DELETED:
                 break  # a concurrent register created it
-            else:
-                stored = self._client.cas(key, new, cas, expire=expire)
+            store = (
+                Store(_ADD, key, new, expire)
+                if value is None
+                else Store(_CAS, key, new, expire, cas)
+            )
+            # The list is read behind the write: a concurrent prune may have
+            # removed the chid before the record existed.
+            stored, listed = yield (store, Get(list_key))
             if stored:
-                break
-            _backoff(attempt)
+                yield from self._list_add(uaid, chid, 0, now, listed)
+                return
         else:
             raise StorageUnavailable("memcached: channel record contended, giving up")
-        # A concurrent prune may have removed the chid before the record
-        # existed; check again now that it does.
-        self._list_add(uaid, chid, 0, now)
+        yield from self._list_add(uaid, chid, 0, now)
 
-    @translate_errors
-    def _unregister_blocking(self, uaid: str, chid: str, now: float) -> None:
+    def unregister_steps(self, uaid: str, chid: str, now: float) -> Steps[None]:
+        """``unregister`` as steps."""
         key = self._channel_key(uaid, chid)
-        for attempt in range(_CAS_ATTEMPTS):
-            value, cas = self._client.gets(key)
+        for _ in range(_CAS_ATTEMPTS):
+            value, cas = yield Get(key)
             if value is None:
                 return
             record = _decode_record(value)
             if record.state == _DELETED:
                 return
             tombstone = replace(record, state=_DELETED, data=None, touched=now)
-            if self._client.cas(key, tombstone.encode(), cas, expire=self._expire(_DELETED, now)):
+            if (yield Store(_CAS, key, tombstone.encode(), self._expire(_DELETED, now), cas)):
                 return
-            _backoff(attempt)
         raise StorageUnavailable("memcached: channel record contended, giving up")
 
-    @translate_errors
-    def _update_blocking(
+    def update_steps(
         self,
         uaid: str,
         chid: str,
@@ -369,10 +371,11 @@ class MemcachedStorage:
         data: str | None,
         only_newer: bool,
         now: float,
-    ) -> UpdateResult:
+    ) -> Steps[UpdateResult]:
+        """``update`` as steps."""
         key = self._channel_key(uaid, chid)
-        for attempt in range(_CAS_ATTEMPTS):
-            value, cas = self._client.gets(key)
+        for _ in range(_CAS_ATTEMPTS):
+            value, cas = yield Get(key)
             if value is None:
                 return UpdateResult(outcome=UpdateOutcome.GONE)
             record = _decode_record(value)
@@ -381,29 +384,27 @@ class MemcachedStorage:
             if only_newer and version <= record.version:
                 return UpdateResult(outcome=UpdateOutcome.STALE, channel_id=record.channel_id)
             live = _Record(_LIVE, record.channel_id, version, data, now)
-            if self._client.cas(key, live.encode(), cas, expire=self._expire(_LIVE, now)):
+            if (yield Store(_CAS, key, live.encode(), self._expire(_LIVE, now), cas)):
                 return UpdateResult(outcome=UpdateOutcome.STORED, channel_id=record.channel_id)
-            _backoff(attempt)
         raise StorageUnavailable("memcached: channel record contended, giving up")
 
-    @translate_errors
-    def _fetch_pending_blocking(self, uaid: str, now: float) -> list[PendingUpdate]:
+    def fetch_pending_steps(self, uaid: str, now: float) -> Steps[list[PendingUpdate]]:
+        """``fetch_pending`` as steps."""
         user_key = self._user_key(uaid)
-        value = self._client.get(user_key)
+        value, _ = yield Get(user_key)
         if value is None:
             return []
         chids = _decode_list(value)
-        self._client.touch(user_key, expire=self._list_expire(now), noreply=False)
-        keys = {c: self._channel_key(uaid, c) for c in chids}
-        found = self._client.gets_many(list(keys.values())) if keys else {}
+        keys = [self._channel_key(uaid, c) for c in chids]
+        _, *found = yield (Touch(user_key, self._list_expire(now)), *map(Get, keys))
         pending: list[PendingUpdate] = []
         gone: list[str] = []
-        for chid in chids:
-            entry = found.get(keys[chid])
+        refresh: list[Store] = []
+        for chid, key, (entry, cas) in zip(chids, keys, found, strict=True):
             if entry is None:
                 gone.append(chid)
                 continue
-            record = _decode_record(entry[0])
+            record = _decode_record(entry)
             if record.state == _LIVE:
                 pending.append(
                     PendingUpdate(
@@ -413,50 +414,55 @@ class MemcachedStorage:
             ttl = self._ttl[record.state]
             if record.state != _DELETED and now - record.touched >= ttl / 2:
                 # Refresh; a lost race means someone else just rewrote it.
-                fresh = replace(record, touched=now)
-                self._client.cas(
-                    keys[chid], fresh.encode(), entry[1], expire=self._expire(record.state, now)
-                )
+                fresh = replace(record, touched=now).encode()
+                refresh.append(Store(_CAS, key, fresh, self._expire(record.state, now), cas))
+        if refresh:
+            yield tuple(refresh)
         if gone:
-            self._prune(uaid, gone, now)
+            yield from self._prune(uaid, gone, now)
         return pending
 
-    @translate_errors
-    def _ack_blocking(self, uaid: str, chid: str, version: int, now: float) -> bool:
+    def ack_steps(self, uaid: str, chid: str, version: int, now: float) -> Steps[bool]:
+        """``ack`` as steps."""
         key = self._channel_key(uaid, chid)
-        for attempt in range(_CAS_ATTEMPTS):
-            value, cas = self._client.gets(key)
+        for _ in range(_CAS_ATTEMPTS):
+            value, cas = yield Get(key)
             if value is None:
                 return False
             record = _decode_record(value)
             if record.state != _LIVE or version < record.version:
                 return False
             cleared = _Record(_REGISTERED, record.channel_id, record.version, None, now)
-            if self._client.cas(key, cleared.encode(), cas, expire=self._expire(_REGISTERED, now)):
+            if (yield Store(_CAS, key, cleared.encode(), self._expire(_REGISTERED, now), cas)):
                 return True
-            _backoff(attempt)
         raise StorageUnavailable("memcached: channel record contended, giving up")
 
-    @translate_errors
-    def _expired_blocking(self, uaid: str, chids: list[str]) -> list[str]:
-        keys = {c: self._channel_key(uaid, c) for c in set(chids)}
-        found = self._client.get_many(list(keys.values())) if keys else {}
+    def expired_steps(self, uaid: str, chids: list[str]) -> Steps[list[str]]:
+        """``expired`` as steps."""
+        wanted = sorted(set(chids))
+        if not wanted:
+            return []
+        found = yield tuple(Get(self._channel_key(uaid, c)) for c in wanted)
         dead = {
-            c for c, k in keys.items() if k in found and _decode_record(found[k]).state == _DELETED
+            c
+            for c, (value, _) in zip(wanted, found, strict=True)
+            if value is not None and _decode_record(value).state == _DELETED
         }
         return [c for c in chids if c in dead]
 
-    @translate_errors
-    def _check_blocking(self) -> None:
+    def check_steps(self) -> Steps[None]:
+        """``check`` as steps: write, read back and delete a probe; reach every server."""
         key = f"{self._prefix}status_{uuid.uuid4().hex}"
-        if not self._client.set(key, "test", expire=6, noreply=False):
+        if not (yield Store(b"set", key, "test", 6)):
             raise StorageUnavailable("memcached: health probe was not stored")
-        if self._client.get(key) != "test":
+        value, _ = yield Get(key)
+        if value != "test":
             raise StorageUnavailable("memcached: health probe read back wrong")
-        self._client.delete(key, noreply=False)
+        yield Delete(key)
         # A HashClient spreads keys: probe every server, not just this key's.
         self._client.check_servers()
 
-    @translate_errors
-    def _close_blocking(self) -> None:
+    def close_steps(self) -> Steps[None]:
+        """``close`` as steps: close the client's connections (no command)."""
         self._client.close()
+        yield from ()

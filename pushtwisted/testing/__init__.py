@@ -15,6 +15,11 @@ nodes behind ``StubTreq``), which need the HTTP stack.
 - ``make_node``: a ``Node`` on memory storage and a ``task.Clock``;
 - ``ListeningReactor``: a ``MemoryReactorClock`` whose TCP ports report the
   interface they were asked for.
+- ``inline_run``, ``inline_submit``: a ``Runner`` and a ``BatchRunner`` that
+  run the call on the spot (no threads, no reactor turn).
+
+``pushtwisted.testing.memcache`` has ``FakeMemcache``, an in-process
+memcached for the memcached backends.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ __all__ = [
     "ListeningReactor",
     "RecordingMetrics",
     "RecordingSender",
+    "inline_run",
+    "inline_submit",
     "make_node",
 ]
 
@@ -399,11 +406,34 @@ def make_node(
     )
 
 
+def inline_run(
+    operation: str, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> Deferred[Any]:
+    """A ``Runner`` that calls ``func`` on the spot: an already fired Deferred."""
+    try:
+        result = func(*args, **kwargs)
+    except Exception:
+        return fail()
+    return succeed(result)
+
+
+def inline_submit(
+    operation: str, executor: Callable[[list[Any]], list[tuple[bool, object]]], item: Any, /
+) -> Deferred[Any]:
+    """A ``BatchRunner`` that runs ``executor([item])`` on the spot: a fired Deferred."""
+    ((ok, value),) = executor([item])
+    if ok:
+        return succeed(value)
+    assert isinstance(value, BaseException)
+    return fail(value)
+
+
 if TYPE_CHECKING:
     # mypy checks each double against the protocol it stands for.
     from pushtwisted.connection import Sender
     from pushtwisted.registry import Replaceable
     from pushtwisted.routing import RoutedSession
+    from pushtwisted.threadpool import BatchRunner, Runner
 
     _metrics: Metrics = RecordingMetrics()
     _sender: Sender = RecordingSender()
@@ -412,3 +442,5 @@ if TYPE_CHECKING:
     _failing: Storage = FailingStorage(MemoryStorage())
     _holding: Storage = HoldingStorage(MemoryStorage())
     _router: Router = FakeRouter()
+    _run: Runner = inline_run
+    _submit: BatchRunner = inline_submit

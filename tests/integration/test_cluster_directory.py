@@ -28,7 +28,7 @@ class RealMemcachedDirectoryTests(_Pooled, DirectoryContract, TestCase):
         client = make_memcached_client([address], pool_size=8, connect_timeout=2.0, timeout=5.0)
         self.addCleanup(client.close)
         prefix = f"pt-test-{uuid.uuid4().hex[:8]}:"
-        return MemcachedDirectory(client, pool.run, _reactor(), ttl=3600.0, key_prefix=prefix)
+        return MemcachedDirectory(client, pool.submit, _reactor(), ttl=3600.0, key_prefix=prefix)
 
     async def test_concurrent_hellos(self) -> None:
         """Of 20 racing hellos on one UAID, each replaced entry is reported exactly once."""

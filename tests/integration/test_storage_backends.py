@@ -22,6 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.storage._memcache import make_memcached_client
+from pushtwisted.storage._memcache_steps import MemcacheSteps, Steps
 from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateOutcome
 from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.sqlite import SqliteStorage
@@ -232,7 +233,7 @@ class MemcachedTests(_Pooled, _Races, StorageContract, TestCase):
         self.client = client
         storage = MemcachedStorage(
             client,
-            self.pool.run,
+            self.pool.submit,
             _reactor(),
             ttl_live=ttls.get("ttl_live", 3600.0),
             ttl_registered=ttls.get("ttl_registered", 3600.0),
@@ -245,14 +246,28 @@ class MemcachedTests(_Pooled, _Races, StorageContract, TestCase):
     async def advance(self, seconds: float) -> None:
         await sleep(seconds)
 
+    def alone(self, steps: Steps[Any]) -> Any:
+        """Run one operation on this (pool) thread, through the client's pipeline."""
+        ((ok, value),) = MemcacheSteps(self.client)([steps])
+        if not ok:
+            raise value
+        return value
+
     def blocking_update(self, uaid: str, chid: str, version: int) -> object:
-        return self.storage._update_blocking(uaid, chid, version, None, False, time.time())  # type: ignore[attr-defined]
+        storage = self.storage
+        assert isinstance(storage, MemcachedStorage)
+        return self.alone(storage.update_steps(uaid, chid, version, None, False, time.time()))
 
     def blocking_ack(self, uaid: str, chid: str, version: int) -> bool:
-        return self.storage._ack_blocking(uaid, chid, version, time.time())  # type: ignore[attr-defined, no-any-return]
+        storage = self.storage
+        assert isinstance(storage, MemcachedStorage)
+        return bool(self.alone(storage.ack_steps(uaid, chid, version, time.time())))
 
     def blocking_fetch(self, uaid: str) -> list[PendingUpdate]:
-        return self.storage._fetch_pending_blocking(uaid, time.time())  # type: ignore[attr-defined, no-any-return]
+        storage = self.storage
+        assert isinstance(storage, MemcachedStorage)
+        pending: list[PendingUpdate] = self.alone(storage.fetch_pending_steps(uaid, time.time()))
+        return pending
 
     async def test_long_ttl(self) -> None:
         """A TTL over 30 days keeps the record (sent raw, memcached would expire it at once)."""
@@ -308,7 +323,7 @@ class MemcachedOutageTests(_Pooled, TestCase):
         )
         storage = MemcachedStorage(
             client,
-            self.start_pool().run,
+            self.start_pool().submit,
             _reactor(),
             ttl_live=3600.0,
             ttl_registered=3600.0,
