@@ -35,9 +35,8 @@ from functools import partial
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from pushtwisted.errors import StorageBusy, StorageUnavailable
@@ -52,7 +51,6 @@ __all__ = [
     "Runner",
     "ThreadPoolService",
     "call_each",
-    "storage_deadline",
 ]
 
 _P = ParamSpec("_P")
@@ -404,19 +402,3 @@ class ThreadPoolService(Service):
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
-
-
-def storage_deadline(d: Deferred[Any], seconds: float, clock: IReactorTime, what: str) -> None:
-    """Fail ``d`` with ``StorageUnavailable`` unless it fires within ``seconds``.
-
-    The message says ``"<what> took more than <seconds> s"``; ``d`` is
-    cancelled at the deadline (``Deferred.addTimeout``).
-    """
-    d.addTimeout(seconds, clock)
-    d.addErrback(_timed_out, what, seconds)
-
-
-def _timed_out(failure: Failure, what: str, seconds: float) -> Failure:
-    if isinstance(failure.value, TimeoutError):
-        raise StorageUnavailable(f"{what} took more than {seconds} s") from failure.value
-    return failure

@@ -108,7 +108,7 @@ class BatchingTests(SynchronousTestCase):
 
     def test_queued_writes_share_one_commit(self) -> None:
         """Writes queued while a batch runs form the next batch: one transaction."""
-        storage = self.make(max_pending=10)
+        storage = self.make(max_pending=10, timeout=5)
         uaid = new_id()
         chids = [new_id() for _ in range(5)]
         first = storage.register(uaid, chids[0], "C0", 0)
@@ -141,6 +141,7 @@ class BatchingTests(SynchronousTestCase):
             )
         self.assertEqual(self.runner.calls, [])
         self.assert_slots_free(storage, 10)
+        self.assertEqual(self.clock.getDelayedCalls(), [], "no write timer left behind")
 
     def test_max_batch(self) -> None:
         """No batch holds more than ``max_batch`` writes."""
@@ -177,6 +178,59 @@ class BatchingTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(after).outcome, UpdateOutcome.STORED)
         self.assertEqual(self.peek("SELECT chid FROM channels WHERE chid = ?", extra), [])
         self.assertEqual(self.peek("SELECT version FROM channels WHERE chid = ?", full), [("2",)])
+
+    def trigger(self, chid: str, action: str) -> None:
+        """Make every UPDATE of ``chid`` fail with ``RAISE(<action>)``."""
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.execute(
+                f"CREATE TRIGGER fail_{chid} BEFORE UPDATE ON channels"
+                f" WHEN NEW.chid = '{chid}' BEGIN SELECT RAISE({action}, 'refused'); END"
+            )
+            conn.commit()
+        finally:
+            conn.close()
+
+    def test_failing_single_write_fails_alone(self) -> None:
+        """A one-statement write (no savepoint) that fails is undone by SQLite alone;
+        the rest of its batch commits."""
+        storage = self.make()
+        uaid, a, bad, c = new_id(), new_id(), new_id(), new_id()
+        for chid in (a, bad, c):
+            self.successResultOf(self.settle(storage.register(uaid, chid, chid, 0)))
+        self.trigger(bad, "ABORT")
+        busy = storage.check()
+        writes = [storage.update(uaid, chid, 3, None) for chid in (a, bad, c)]
+        self.runner.run_all()
+        self.successResultOf(busy)
+        self.assertEqual(self.successResultOf(writes[0]).outcome, UpdateOutcome.STORED)
+        self.failureResultOf(writes[1], StorageUnavailable)
+        self.assertEqual(self.successResultOf(writes[2]).outcome, UpdateOutcome.STORED)
+        self.assertEqual(
+            sorted(self.peek("SELECT chid, version FROM channels WHERE uaid = ?", uaid)),
+            sorted([(a, "3"), (bad, "0"), (c, "3")]),
+        )
+
+    def test_write_that_rolls_back_fails_the_batch(self) -> None:
+        """A write whose error rolled back the whole transaction fails its batch:
+        nothing of it is committed, and later batches work."""
+        storage = self.make()
+        uaid, a, bad = new_id(), new_id(), new_id()
+        for chid in (a, bad):
+            self.successResultOf(self.settle(storage.register(uaid, chid, chid, 0)))
+        self.trigger(bad, "ROLLBACK")
+        busy = storage.check()
+        writes = [storage.update(uaid, a, 3, None), storage.update(uaid, bad, 3, None)]
+        self.runner.run_next()
+        self.successResultOf(busy)
+        later = storage.ack(uaid, a, 3)  # queued behind the batch of the writes
+        self.runner.run_next()
+        for d in writes:
+            self.failureResultOf(d, StorageUnavailable)
+        self.assertNoResult(later)
+        self.runner.run_next()
+        self.assertFalse(self.successResultOf(later), "the update of a was rolled back")
+        self.assertEqual(self.peek("SELECT version FROM channels WHERE chid = ?", a), [("0",)])
 
     def test_results_fire_after_commit(self) -> None:
         """When a caller's Deferred fires, its write is visible to other connections."""
@@ -264,6 +318,30 @@ class BatchingTests(SynchronousTestCase):
         self.assertEqual(
             self.peek("SELECT state, data FROM channels WHERE chid = ?", chid), [(2, None)]
         )
+        self.assert_slots_free(storage, 4)
+
+    def test_timeout_is_per_write(self) -> None:
+        """Writes that wait for one batch share a timer, yet each gets its whole timeout."""
+        storage = self.make(timeout=5, max_pending=4)
+        uaid, chid = new_id(), new_id()
+        busy = storage.register(uaid, chid, "C", 0)
+        self.clock.advance(1)
+        first = storage.update(uaid, chid, 1, "first")
+        self.clock.advance(3)
+        second = storage.update(uaid, chid, 2, "second")  # joins the first's batch
+        self.clock.advance(1)  # 5 s after the register
+        self.failureResultOf(busy, StorageUnavailable)
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        self.clock.advance(1)  # 5 s after the first update
+        self.failureResultOf(first, StorageUnavailable)
+        self.assertNoResult(second)
+        self.clock.advance(2.5)
+        self.assertNoResult(second)
+        self.clock.advance(0.5)  # 5 s after the second update
+        self.failureResultOf(second, StorageUnavailable)
+        self.assertEqual(self.clock.getDelayedCalls(), [], "no write timer left behind")
+        self.runner.run_all()
         self.assert_slots_free(storage, 4)
 
     def test_close_drains(self) -> None:

@@ -8,7 +8,11 @@ once its batch is done; writes queued meanwhile form the next batch.  Past
 ``max_pending`` queued or running writes, new ones fail at once with
 ``StorageBusy``; a write that waits more than ``timeout`` seconds fails with
 ``StorageUnavailable`` (it may still be committed, but a write still queued
-then is dropped).  ``SqliteStorage`` uses it for its one writer connection.
+then is dropped).  The writes that will form one batch share one timer, set
+for the deadline of the earliest of them; when it fires, the writes past
+their own deadline fail and it is set again for the next one, so each write
+gets its whole ``timeout``, no more and no less.
+``SqliteStorage`` uses it for its one writer connection.
 """
 
 from __future__ import annotations
@@ -19,11 +23,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from pushtwisted.errors import StorageBusy, StorageUnavailable
-from pushtwisted.threadpool import storage_deadline
 
 if TYPE_CHECKING:
     from pushtwisted.threadpool import Runner
@@ -36,6 +39,17 @@ _W = TypeVar("_W")
 Outcome = tuple[bool, object]
 
 
+class _Cohort:
+    """Writes queued between two batch starts: one deadline for them all."""
+
+    __slots__ = ("timer", "unresolved", "writes")
+
+    def __init__(self) -> None:
+        self.writes: list[_Queued] = []
+        self.unresolved = 0
+        self.timer: IDelayedCall | None = None
+
+
 @dataclass(slots=True)
 class _Queued:
     """One queued write (reactor thread only)."""
@@ -43,6 +57,9 @@ class _Queued:
     operation: str
     write: Any
     deferred: Deferred[Any]
+    cohort: _Cohort
+    #: When the write fails unless answered (``clock.seconds()``).
+    deadline: float
 
 
 class GroupCommit(Generic[_W]):
@@ -80,6 +97,7 @@ class GroupCommit(Generic[_W]):
         self._max_batch = max_batch
         self._timeout = timeout
         self._queue: deque[_Queued] = deque()
+        self._cohort: _Cohort | None = None
         self._pending = 0
         self._busy = False
         self._kicking = False
@@ -95,10 +113,16 @@ class GroupCommit(Generic[_W]):
                 StorageBusy(f"{self._name} write queue full ({self._pending} writes pending)")
             )
         d: Deferred[Any] = Deferred()
-        self._queue.append(_Queued(operation, write, d))
+        cohort = self._cohort
+        if cohort is None:
+            cohort = self._cohort = _Cohort()
+            if self._timeout > 0:
+                cohort.timer = self._clock.callLater(self._timeout, self._expire, cohort)
+        queued = _Queued(operation, write, d, cohort, self._clock.seconds() + self._timeout)
+        cohort.writes.append(queued)
+        cohort.unresolved += 1
+        self._queue.append(queued)
         self._pending += 1
-        if self._timeout > 0:
-            storage_deadline(d, self._timeout, self._clock, f"{self._name} {operation}")
         self._kick()
         return d
 
@@ -121,11 +145,12 @@ class GroupCommit(Generic[_W]):
         self._kicking = True
         try:
             while self._queue and not self._busy:
+                self._cohort = None  # later writes wait for a later batch
                 batch: list[_Queued] = []
                 while self._queue and len(batch) < self._max_batch:
                     queued = self._queue.popleft()
                     if queued.deferred.called:  # timed out or cancelled while queued
-                        self._pending -= 1
+                        self._settle(queued)
                         continue
                     batch.append(queued)
                 if not batch:
@@ -147,7 +172,7 @@ class GroupCommit(Generic[_W]):
         else:
             outcomes = result
         for queued, (ok, value) in zip(batch, outcomes, strict=True):
-            self._pending -= 1
+            self._settle(queued)
             if queued.deferred.called:
                 continue
             if ok:
@@ -157,3 +182,33 @@ class GroupCommit(Generic[_W]):
                 queued.deferred.errback(value)
         self._busy = False
         self._kick()
+
+    def _settle(self, queued: _Queued) -> None:
+        """Account for a write that left: its slot and its cohort's timer."""
+        self._pending -= 1
+        cohort = queued.cohort
+        cohort.unresolved -= 1
+        if cohort.unresolved == 0 and cohort.timer is not None:
+            if cohort.timer.active():
+                cohort.timer.cancel()
+            cohort.timer = None
+
+    def _expire(self, cohort: _Cohort) -> None:
+        """Fail the writes of ``cohort`` past their deadline; wait for the next one."""
+        cohort.timer = None
+        now = self._clock.seconds()
+        waiting: list[_Queued] = []
+        for queued in cohort.writes:
+            if queued.deferred.called:
+                continue
+            if queued.deadline <= now:
+                queued.deferred.errback(
+                    StorageUnavailable(
+                        f"{self._name} {queued.operation} took more than {self._timeout} s"
+                    )
+                )
+            else:
+                waiting.append(queued)
+        cohort.writes = waiting
+        if waiting:  # in submit order, so the first deadline is the earliest
+            cohort.timer = self._clock.callLater(waiting[0].deadline - now, self._expire, cohort)

@@ -7,9 +7,13 @@ One database file in WAL mode, with a single writer and group commit:
   thread by a ``GroupCommit`` (``pushtwisted.storage._group_commit``).
   While no batch runs, the queue is drained: up to ``max_batch`` operations
   go to the runner as *one* call, which executes them on the one writer
-  connection in *one* ``BEGIN IMMEDIATE`` transaction, each inside its own
-  ``SAVEPOINT`` (an operation's error rolls back only that operation), then
-  commits once, so one fsync covers the whole batch.  Each caller's Deferred
+  connection in *one* ``BEGIN IMMEDIATE`` transaction, then commits once, so
+  one fsync covers the whole batch.  An operation's error rolls back only
+  that operation: one that may write several statements (``register``,
+  ``unregister``) runs inside its own ``SAVEPOINT``; ``update``, ``ack``
+  and the others write one statement at most, which SQLite undoes by itself
+  when it fails (in the usual case ``update`` and ``ack`` are one
+  ``UPDATE ... RETURNING`` each).  Each caller's Deferred
   fires on the reactor thread only after that commit; if the commit fails,
   every operation of the batch fails.  Operations queued while a batch runs
   form the next batch.
@@ -29,7 +33,8 @@ The tables and their migrations are in ``_sqlite_schema``, what expires
 ``now`` is the reactor clock read on the reactor thread.  Both are purged at
 ``open()`` and by ``purge_expired()``, tombstones also at ``unregister``.
 
-The ``_blocking`` and ``_op`` methods run on the storage pool.  They touch
+The ``_blocking`` methods, and the write operations of
+``pushtwisted.storage._sqlite_writes``, run on the storage pool.  They touch
 only their arguments, the connections and the connection registry, never
 Twisted; every ``sqlite3.Error`` (or ``OSError``) becomes
 ``StorageUnavailable``.
@@ -42,26 +47,25 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 
-from pushtwisted.errors import StorageUnavailable, TooManyChannels
+from pushtwisted.errors import StorageUnavailable
+from pushtwisted.storage import _sqlite_writes as _writes
 from pushtwisted.storage._group_commit import GroupCommit, Outcome
 from pushtwisted.storage._sqlite_expiry import purge, purge_all, stale, touch
 from pushtwisted.storage._sqlite_schema import (
     DELETED,
     LIVE,
-    REGISTERED,
     SCHEMA_VERSION,
     as_storage_error,
     decode_data,
-    encode_data,
     migrate,
     translated,
 )
-from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
+from pushtwisted.storage.interface import PendingUpdate, UpdateResult
 
 if TYPE_CHECKING:
     from pushtwisted.threadpool import Runner
@@ -81,6 +85,15 @@ _CHUNK = 500
 _Call = Callable[[sqlite3.Connection], object]
 #: What ``fetch_pending`` answers.
 _Pending = list[PendingUpdate]
+
+
+class _Write(NamedTuple):
+    """A queued write: the call, and whether it needs a savepoint of its own."""
+
+    call: _Call
+    #: True when the call may write more than one statement: an error must
+    #: undo them all.  A single statement that fails is undone by SQLite.
+    guarded: bool
 
 
 class SqliteStorage:
@@ -146,7 +159,7 @@ class SqliteStorage:
         self._closed = False
         # Reactor side: the write queue.
         self._closing = False
-        self._writes: GroupCommit[_Call] = GroupCommit(
+        self._writes: GroupCommit[_Write] = GroupCommit(
             "sqlite",
             run,
             self._batch_blocking,
@@ -179,10 +192,11 @@ class SqliteStorage:
 
     def register(self, uaid: str, chid: str, channel_id: str, max_channels: int) -> Deferred[None]:
         now = self._clock.seconds()
-        return self._write("register", self._register_op, uaid, chid, channel_id, max_channels, now)
+        return self._write("register", _writes.register, uaid, chid, channel_id, max_channels, now)
 
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
-        return self._write("unregister", self._unregister_op, uaid, chid, self._clock.seconds())
+        now = self._clock.seconds()
+        return self._write("unregister", _writes.unregister, uaid, chid, now, self._ttl_deleted)
 
     def update(
         self,
@@ -192,7 +206,7 @@ class SqliteStorage:
         data: str | None,
         only_newer: bool = False,
     ) -> Deferred[UpdateResult]:
-        return self._write("update", self._update_op, uaid, chid, version, data, only_newer)
+        return self._write_one("update", _writes.update, uaid, chid, version, data, only_newer)
 
     def fetch_pending(self, uaid: str) -> Deferred[list[PendingUpdate]]:
         now = self._clock.seconds()
@@ -202,11 +216,11 @@ class SqliteStorage:
     def _seen(self, found: tuple[_Pending, bool], uaid: str, now: float) -> _Pending:
         pending, is_stale = found
         if is_stale:  # a hello saw the user; best effort, not waited for
-            self._write("touch", touch, uaid, now).addErrback(lambda _: None)
+            self._write_one("touch", touch, uaid, now).addErrback(lambda _: None)
         return pending
 
     def ack(self, uaid: str, chid: str, version: int) -> Deferred[bool]:
-        return self._write("ack", self._ack_op, uaid, chid, version)
+        return self._write_one("ack", _writes.ack, uaid, chid, version)
 
     def expired(self, uaid: str, chids: Sequence[str]) -> Deferred[list[str]]:
         return self._read(
@@ -215,7 +229,7 @@ class SqliteStorage:
 
     def check(self) -> Deferred[None]:
         """Probe the writer: fire once a (batched) write transaction committed."""
-        return self._write("check", self._check_op)
+        return self._write_one("check", _writes.check)
 
     def close(self) -> Deferred[None]:
         """Refuse new calls, commit every queued write, then close the connections.
@@ -258,12 +272,30 @@ class SqliteStorage:
         *args: _P.args,
         **kwargs: _P.kwargs,
     ) -> Deferred[_T]:
-        """Queue ``func(writer_connection, *args)``; fire after its batch commits."""
+        """Queue ``func(writer_connection, *args)``; fire after its batch commits.
+
+        ``func`` runs inside a savepoint of its own: an error undoes all it wrote.
+        """
 
         def call(conn: sqlite3.Connection) -> _T:
             return func(conn, *args, **kwargs)
 
-        result: Deferred[_T] = self._writes.submit(operation, call)
+        result: Deferred[_T] = self._writes.submit(operation, _Write(call, True))
+        return result
+
+    def _write_one(
+        self,
+        operation: str,
+        func: Callable[Concatenate[sqlite3.Connection, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> Deferred[_T]:
+        """``_write`` for ``func`` that writes one statement at most: no savepoint."""
+
+        def call(conn: sqlite3.Connection) -> _T:
+            return func(conn, *args, **kwargs)
+
+        result: Deferred[_T] = self._writes.submit(operation, _Write(call, False))
         return result
 
     # -- connections (pool threads) ------------------------------------------
@@ -313,8 +345,8 @@ class SqliteStorage:
 
     # -- the writer (pool threads, one batch at a time) -----------------------
 
-    def _batch_blocking(self, calls: list[_Call]) -> list[Outcome]:
-        """Run ``calls`` in one transaction, one savepoint each; commit once.
+    def _batch_blocking(self, calls: list[_Write]) -> list[Outcome]:
+        """Run ``calls`` in one transaction (the guarded ones in savepoints); commit once.
 
         Returns one outcome per call, in order.  An operation's error
         (``TooManyChannels``, a constraint, ...) rolls back that operation
@@ -334,7 +366,15 @@ class SqliteStorage:
                 return [(False, as_storage_error(e))] * len(calls)
             outcomes: list[Outcome] = []
             try:
-                for call in calls:
+                for call, guarded in calls:
+                    if not guarded:
+                        try:
+                            outcomes.append((True, call(conn)))
+                        except Exception as e:
+                            if not conn.in_transaction:
+                                raise  # the error rolled the whole batch back
+                            outcomes.append((False, as_storage_error(e)))
+                        continue
                     conn.execute("SAVEPOINT op")
                     try:
                         value = call(conn)
@@ -360,94 +400,6 @@ class SqliteStorage:
                     conn.execute("ROLLBACK")
                 raise
             return outcomes
-
-    # -- write operations (inside the writer's transaction) -------------------
-
-    @staticmethod
-    def _register_op(
-        conn: sqlite3.Connection,
-        uaid: str,
-        chid: str,
-        channel_id: str,
-        max_channels: int,
-        now: float,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO users (uaid, seen_at) VALUES (?, ?)"
-            " ON CONFLICT (uaid) DO UPDATE SET seen_at = excluded.seen_at",
-            (uaid, now),
-        )
-        row = conn.execute(
-            "SELECT state FROM channels WHERE uaid = ? AND chid = ?", (uaid, chid)
-        ).fetchone()
-        if row is not None and row[0] != DELETED:
-            return
-        if max_channels > 0:
-            (active,) = conn.execute(
-                "SELECT count(*) FROM channels WHERE uaid = ? AND state != ?",
-                (uaid, DELETED),
-            ).fetchone()
-            if active >= max_channels:
-                raise TooManyChannels(f"UAID holds {active} channels")
-        conn.execute(
-            "INSERT OR REPLACE INTO channels"
-            " (uaid, chid, channel_id, state, version, data, expires_at)"
-            " VALUES (?, ?, ?, ?, '0', NULL, NULL)",
-            (uaid, chid, channel_id, REGISTERED),
-        )
-
-    def _unregister_op(self, conn: sqlite3.Connection, uaid: str, chid: str, now: float) -> None:
-        conn.execute(
-            "DELETE FROM channels WHERE uaid = ? AND state = ? AND expires_at <= ?",
-            (uaid, DELETED, now),
-        )
-        conn.execute(
-            "UPDATE channels SET state = ?, data = NULL, expires_at = ?"
-            " WHERE uaid = ? AND chid = ? AND state != ?",
-            (DELETED, now + self._ttl_deleted, uaid, chid, DELETED),
-        )
-
-    @staticmethod
-    def _update_op(
-        conn: sqlite3.Connection,
-        uaid: str,
-        chid: str,
-        version: int,
-        data: str | None,
-        only_newer: bool,
-    ) -> UpdateResult:
-        row = conn.execute(
-            "SELECT state, channel_id, version FROM channels WHERE uaid = ? AND chid = ?",
-            (uaid, chid),
-        ).fetchone()
-        if row is None or row[0] == DELETED:
-            return UpdateResult(outcome=UpdateOutcome.GONE)
-        _state, channel_id, stored = row
-        if only_newer and version <= int(stored):
-            return UpdateResult(outcome=UpdateOutcome.STALE, channel_id=channel_id)
-        conn.execute(
-            "UPDATE channels SET state = ?, version = ?, data = ? WHERE uaid = ? AND chid = ?",
-            (LIVE, str(version), encode_data(data), uaid, chid),
-        )
-        return UpdateResult(outcome=UpdateOutcome.STORED, channel_id=channel_id)
-
-    @staticmethod
-    def _ack_op(conn: sqlite3.Connection, uaid: str, chid: str, version: int) -> bool:
-        row = conn.execute(
-            "SELECT state, version FROM channels WHERE uaid = ? AND chid = ?", (uaid, chid)
-        ).fetchone()
-        if row is None or row[0] != LIVE or version < int(row[1]):
-            return False
-        conn.execute(
-            "UPDATE channels SET state = ?, data = NULL WHERE uaid = ? AND chid = ?",
-            (REGISTERED, uaid, chid),
-        )
-        return True
-
-    @staticmethod
-    def _check_op(conn: sqlite3.Connection) -> None:
-        # The batch holds the write lock already: writes can proceed.
-        conn.execute("SELECT count(*) FROM users WHERE uaid = ''").fetchone()
 
     # -- blocking entry points (pool threads) ---------------------------------
 

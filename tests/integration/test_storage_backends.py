@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.trial.unittest import TestCase
 
 from pushtwisted.errors import StorageUnavailable
+from pushtwisted.storage import _sqlite_writes
 from pushtwisted.storage._memcache import make_memcached_client
 from pushtwisted.storage._memcache_steps import MemcacheSteps, Steps
 from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateOutcome
@@ -183,14 +184,14 @@ class SqliteThreadedTests(_Pooled, _Races, StorageContract, TestCase):
     def blocking_write(self, op: Any, **kwargs: Any) -> object:
         """Commit one write operation on the writer from this (pool) thread."""
         call = functools.partial(op, **kwargs)
-        ((ok, value),) = self.storage._batch_blocking([call])  # type: ignore[attr-defined]
+        ((ok, value),) = self.storage._batch_blocking([(call, False)])  # type: ignore[attr-defined]
         if not ok:
             raise value
         return value
 
     def blocking_update(self, uaid: str, chid: str, version: int) -> object:
         return self.blocking_write(
-            SqliteStorage._update_op,
+            _sqlite_writes.update,
             uaid=uaid,
             chid=chid,
             version=version,
@@ -199,7 +200,7 @@ class SqliteThreadedTests(_Pooled, _Races, StorageContract, TestCase):
         )
 
     def blocking_ack(self, uaid: str, chid: str, version: int) -> bool:
-        op = SqliteStorage._ack_op
+        op = _sqlite_writes.ack
         return bool(self.blocking_write(op, uaid=uaid, chid=chid, version=version))
 
     def blocking_fetch(self, uaid: str) -> list[PendingUpdate]:
