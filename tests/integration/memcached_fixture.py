@@ -56,6 +56,25 @@ def _listening(host: str, port: int) -> bool:
     return True
 
 
+def _answering_pid(host: str, port: int) -> int | None:
+    """The pid a memcached on ``host:port`` reports in ``stats``, or None."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as conn:
+            conn.sendall(b"stats\r\n")
+            data = b""
+            while not data.endswith(b"END\r\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return None
+                data += chunk
+    except OSError:
+        return None
+    for line in data.split(b"\r\n"):
+        if line.startswith(b"STAT pid "):
+            return int(line.split()[2])
+    return None
+
+
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
@@ -96,7 +115,11 @@ class MemcachedProcess:
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + timeout
-        while not _listening("127.0.0.1", self.port):
+        # Another process on a shared machine may have taken the port after
+        # free_port() saw it free: then something listens there, but not the
+        # memcached we started (it exits, unable to bind).  Wait until the pid
+        # that answers ``stats`` is our child's.
+        while _answering_pid("127.0.0.1", self.port) != self.process.pid:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"memcached did not start on port {self.port}")
