@@ -27,7 +27,11 @@ topic when there is one: two messages on one topic slot (a replacement) get
 different ids, so an ack or a ``DELETE`` of the old one cannot remove the new.
 
 Several keys may be configured for rotation: the first issues tokens and ids,
-every key is tried when parsing.  Keys are 32 random bytes written as URL-safe
+every key is tried when parsing.  An ``EndpointCrypto`` remembers what its
+last ``PARSED_TOKENS`` valid tokens hold (an LRU of its own: its keys never
+change, so a remembered answer is exactly what decrypting again would give;
+another key set is another instance, with an empty memory); a token that
+does not parse is not remembered.  Keys are 32 random bytes written as URL-safe
 base64 (the Fernet key format), as ``generate_key()`` makes them.
 """
 
@@ -35,10 +39,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -50,6 +56,7 @@ from pushtwisted.ids import id_from_bytes, id_to_bytes
 from pushtwisted.webpush.headers import is_valid_topic
 
 __all__ = [
+    "PARSED_TOKENS",
     "EndpointCrypto",
     "WebPushToken",
     "MessageId",
@@ -75,6 +82,9 @@ _ID_MIN = 1 + _SIV + _IDS + _SEQ
 _MAX_CHARS = 200
 _ID_KEY_INFO = b"pushtwisted webpush message id"
 KEY_FILE = "endpoint.key"
+#: Most valid tokens whose contents one ``EndpointCrypto`` remembers (each
+#: costs about 0.5 KB): more than the devices an app server sends to in turn.
+PARSED_TOKENS = 16384
 
 
 def generate_key() -> str:
@@ -193,6 +203,10 @@ class WebPushToken:
     key_hash: bytes | None = None
 
 
+class _ParseWebPush(Protocol):
+    def __call__(self, token: str, *, version: int) -> WebPushToken: ...
+
+
 class EndpointCrypto:
     """Issue and parse endpoint tokens (SimplePush and WebPush).
 
@@ -201,14 +215,19 @@ class EndpointCrypto:
     :raises ConfigError: when no key is given or a key is malformed.
     """
 
-    __slots__ = ("_ciphers", "message_ids")
+    __slots__ = ("_ciphers", "message_ids", "parse", "parse_webpush_token")
 
     def __init__(self, keys: Sequence[str]) -> None:
         if not keys:
             raise ConfigError("crypto.keys: at least one key is needed")
-        self._ciphers = [AESGCM(decode_key(k)) for k in keys]
+        self._ciphers = tuple(AESGCM(decode_key(k)) for k in keys)
         #: The message ids sealed with the same keys.
         self.message_ids = MessageIds(keys)
+        # Per instance, so that a remembered token is one these keys opened.
+        # lru_cache keeps no exception: a token that fails is decrypted again.
+        remember = functools.lru_cache(maxsize=PARSED_TOKENS)
+        self.parse: Callable[[str], tuple[str, str]] = remember(self._parse)
+        self.parse_webpush_token: _ParseWebPush = remember(self._parse_webpush_token)
 
     def _seal(self, version: bytes, plain: bytes) -> str:
         nonce = os.urandom(_NONCE)
@@ -230,8 +249,10 @@ class EndpointCrypto:
         """Return the SimplePush token for ``uaid`` and ``chid`` (both in normal form)."""
         return self._seal(_SIMPLEPUSH, id_to_bytes(uaid) + id_to_bytes(chid))
 
-    def parse(self, token: str) -> tuple[str, str]:
+    def _parse(self, token: str) -> tuple[str, str]:
         """Return the ``(uaid, chid)`` of a SimplePush token, in normal form.
+
+        ``parse`` is this, remembered for the last ``PARSED_TOKENS`` tokens.
 
         :raises InvalidToken: when the token does not decode or authenticate.
         """
@@ -251,8 +272,11 @@ class EndpointCrypto:
             raise ValueError("key_hash must be 32 octets")
         return self._seal(_WEBPUSH_V2, ids + key_hash)
 
-    def parse_webpush_token(self, token: str, *, version: int) -> WebPushToken:
+    def _parse_webpush_token(self, token: str, *, version: int) -> WebPushToken:
         """Return what a WebPush token of the given API version holds.
+
+        ``parse_webpush_token`` is this, remembered for the last ``PARSED_TOKENS``
+        (token, version) pairs.
 
         :param version: 1 for ``/wpush/v1/`` and ``/wpush/``, 2 for ``/wpush/v2/``.
         :raises InvalidToken: when the token does not decode or authenticate, or

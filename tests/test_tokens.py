@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushtwisted.errors import ConfigError, InvalidToken
 from pushtwisted.tokens import (
     KEY_FILE,
+    PARSED_TOKENS,
     EndpointCrypto,
     KeyFile,
     MessageId,
@@ -121,6 +122,70 @@ class EndpointCryptoTests(SynchronousTestCase):
         token = self.crypto.make_token(self.uaid, self.chid)
         padded = token + "=" * (-len(token) % 4)
         self.assertEqual(self.crypto.parse(padded), (self.uaid, self.chid))
+
+
+class RememberedTokenTests(SynchronousTestCase):
+    """``EndpointCrypto`` remembers the valid tokens it parsed, per instance."""
+
+    def setUp(self) -> None:
+        self.key = generate_key()
+        self.crypto = EndpointCrypto([self.key])
+        self.uaid = uuid.uuid4().hex
+        self.chid = uuid.uuid4().hex
+        self.token = self.crypto.make_token(self.uaid, self.chid)
+
+    def test_second_parse_is_remembered(self) -> None:
+        """An equal token text (a new string, as each request decodes its own) gets the
+        very answer of the first parse, which is what decryption gave."""
+        first = self.crypto.parse(self.token)
+        again = self.crypto.parse("".join(list(self.token)))
+        self.assertEqual(first, (self.uaid, self.chid))
+        self.assertIs(again, first)
+
+    def test_removed_key_rejects_a_remembered_token(self) -> None:
+        """After the key that made a token is removed (a new instance without it), the
+        token is refused, however often the old instance parsed it."""
+        for _ in range(3):
+            self.crypto.parse(self.token)
+        rotated = EndpointCrypto([generate_key()])
+        self.assertRaises(InvalidToken, rotated.parse, self.token)
+        kept = EndpointCrypto([generate_key(), self.key])
+        self.assertEqual(kept.parse(self.token), (self.uaid, self.chid))
+
+    def test_invalid_tokens_are_not_remembered(self) -> None:
+        """A token that fails is refused each time, and a flood of them (more than the
+        bound) does not push a valid token out."""
+        raw = bytearray(_decode(self.token))
+        raw[-1] ^= 1
+        forged = _encode(bytes(raw))
+        first = self.crypto.parse(self.token)
+        for _ in range(2):
+            self.assertRaises(InvalidToken, self.crypto.parse, forged)
+        other = EndpointCrypto([generate_key()])
+        for i in range(PARSED_TOKENS + 1):
+            token = other.make_token(self.uaid, f"{i:032x}")
+            self.assertRaises(InvalidToken, self.crypto.parse, token)
+        self.assertIs(self.crypto.parse(self.token), first)
+
+    def test_memory_is_bounded(self) -> None:
+        """Past ``PARSED_TOKENS`` other valid tokens, the oldest is decrypted again."""
+        first = self.crypto.parse(self.token)
+        for i in range(PARSED_TOKENS):
+            self.crypto.parse(self.crypto.make_token(self.uaid, f"{i:032x}"))
+        again = self.crypto.parse(self.token)
+        self.assertEqual(again, first)
+        self.assertIsNot(again, first)
+
+    def test_webpush_versions_stay_apart(self) -> None:
+        """A remembered v1 token is still refused as v2, and a SimplePush token as WebPush."""
+        v1 = self.crypto.make_webpush_token(self.uaid, self.chid)
+        parsed = self.crypto.parse_webpush_token(v1, version=1)
+        self.assertEqual(parsed, WebPushToken(self.uaid, self.chid))
+        self.assertIs(self.crypto.parse_webpush_token("".join(list(v1)), version=1), parsed)
+        self.assertRaises(InvalidToken, self.crypto.parse_webpush_token, v1, version=2)
+        self.assertRaises(InvalidToken, self.crypto.parse, v1)
+        self.crypto.parse(self.token)
+        self.assertRaises(InvalidToken, self.crypto.parse_webpush_token, self.token, version=1)
 
 
 class KeyTests(SynchronousTestCase):
