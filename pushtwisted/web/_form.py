@@ -8,7 +8,9 @@ Bodies are parsed only after the token was checked, and each kind costs
 time linear in its size:
 
 - ``application/x-www-form-urlencoded``, or no ``Content-Type``: UTF-8,
-  ``urllib.parse.parse_qsl``, at most ``MAX_FIELDS`` fields;
+  ``urllib.parse.parse_qsl``, at most ``MAX_FIELDS`` fields; the usual
+  ``version=N`` or ``version=N&data=...`` (ASCII, nothing to unescape)
+  is matched by one regular expression instead, with the same result;
 - ``multipart/form-data``: the ``multipart`` package's push parser (the one
   treq already installs), bounded: at most ``MAX_FIELDS`` parts, each with at
   most ``MAX_PART_HEADERS`` header lines of at most ``MAX_PART_HEADER_LINE``
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import re
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,6 +82,9 @@ _PARAMS = ("version", "data")
 _PARAM_KEYS = tuple((name, name.encode("ascii")) for name in _PARAMS)
 #: Longest media type reported for a body that is not parsed.
 _MAX_TYPE = 64
+#: The common form bodies: ``version=N`` and ``version=N&data=...``, in ASCII
+#: with nothing ``parse_qsl`` would change (no ``%`` escape, no ``+``).
+_PLAIN_FORM = re.compile(rb"version=([0-9]*)(?:&data=([^%+&\x80-\xff]*))?")
 
 
 class _Request(Protocol):
@@ -153,6 +159,24 @@ def _query_fields(args: dict[bytes, list[bytes]]) -> dict[str, str]:
 
 def _form_fields(body: bytes) -> dict[str, str]:
     """Parse an urlencoded body; the first value of each field wins."""
+    fields = _plain_form_fields(body)
+    return fields if fields is not None else _parsed_form_fields(body)
+
+
+def _plain_form_fields(body: bytes) -> dict[str, str] | None:
+    """Return the fields of a ``_PLAIN_FORM`` body, or None for any other body."""
+    match = _PLAIN_FORM.fullmatch(body)
+    if match is None:
+        return None
+    version, data = match.groups()
+    fields = {"version": version.decode("ascii")}
+    if data is not None:
+        fields["data"] = data.decode("ascii")
+    return fields
+
+
+def _parsed_form_fields(body: bytes) -> dict[str, str]:
+    """Parse any urlencoded body with ``parse_qsl``."""
     try:
         pairs = urllib.parse.parse_qsl(
             body.decode("utf-8"),
