@@ -75,14 +75,15 @@ The label values of this code base come from small fixed sets (statuses,
 reasons, operations), so the cache stays small; past ``_MAX_CACHED``
 entries new calls are still applied, just not remembered.
 
-**Counters without a lock per increment.**  ``prometheus_client`` takes a
-lock for every ``inc``.  An ``increment`` of a counter made on the thread
-that built the ``PrometheusMetrics`` (the reactor's) only adds to a plain
-tally of its labelled child; the tallies are added to the children when the
-registry is collected (``render``, ``registry.collect()``,
+**Counters and histograms without a lock per call.**  ``prometheus_client``
+takes a lock for every ``inc`` and ``observe``.  An ``increment`` of a
+counter or an ``observe`` made on the thread that built the
+``PrometheusMetrics`` (the reactor's) only adds to plain numbers kept for
+its labelled child (``pushtwisted._prom_tally``); they are added to the
+children when the registry is collected (``render``, ``registry.collect()``,
 ``get_sample_value``) on that thread, by a collector registered before the
-metrics.  Increments from other threads (the storage pool), gauges and
-histograms go to ``prometheus_client`` at once.  A new counter needs
+metrics.  Calls from other threads (the storage pool) and gauges go to
+``prometheus_client`` at once.  A new counter (or histogram) needs
 nothing for this: one ``_counter(...)`` line in ``_SPECS`` (and its entry
 in the list above) is all there is to it::
 
@@ -97,7 +98,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -109,11 +110,11 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
-from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 import pushtwisted
+from pushtwisted._prom_tally import Folded, Folder, Observations, Tally
 from pushtwisted.logs import logger
 
 __all__ = ["PrometheusMetrics", "METRIC_NAMES"]
@@ -272,39 +273,6 @@ _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _Metric = Counter | Gauge | Histogram
 
 
-class _Tally:
-    """Increments of one labelled counter not yet added to it."""
-
-    __slots__ = ("inc", "value")
-
-    def __init__(self, inc: Callable[[float], object]) -> None:
-        self.inc = inc
-        self.value: float = 0
-
-    def fold(self) -> None:
-        """Add the tally to the counter."""
-        value, self.value = self.value, 0
-        if value:
-            self.inc(value)
-
-
-class _Folder:
-    """A collector with no metrics of its own: collecting folds the tallies first."""
-
-    def __init__(self, owner: int, tallies: list[_Tally]) -> None:
-        self._owner = owner
-        self._tallies = tallies
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        if threading.get_ident() == self._owner:
-            for tally in self._tallies:
-                tally.fold()
-        return iter(())
-
-
 class PrometheusMetrics:
     """A ``pushtwisted.metrics.Metrics`` backed by ``prometheus_client`` on a private registry.
 
@@ -326,9 +294,11 @@ class PrometheusMetrics:
         #: The thread whose counter increments are tallied (see the module docstring).
         self._owner = threading.get_ident()
         #: (name, label items) of a counter -> its tally.
-        self._tallies: dict[object, _Tally] = {}
-        self._folded: list[_Tally] = []
-        self.registry.register(_Folder(self._owner, self._folded))
+        self._tallies: dict[object, Tally] = {}
+        #: (name, label items) of a histogram -> its observations not yet added.
+        self._observations: dict[object, Observations] = {}
+        self._folded: list[Folded] = []
+        self.registry.register(Folder(self._owner, self._folded))
         self._metrics: dict[str, _Metric] = {
             name: self._declare(spec) for name, spec in _SPECS.items()
         }
@@ -456,7 +426,7 @@ class PrometheusMetrics:
             return
         action = self._actions.get(("increment", name, *labels.items()))
         if action is not None:
-            tally = _Tally(action)
+            tally = Tally(action)
             self._tallies[key] = tally
             self._folded.append(tally)
 
@@ -466,7 +436,28 @@ class PrometheusMetrics:
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         """Record one observation in the histogram ``name``."""
+        key = (name, *labels.items()) if labels else name
+        pending = self._observations.get(key)
+        if pending is not None and threading.get_ident() == self._owner:
+            pending.add(value)
+            return
         self._apply("observe", name, value, labels)
+        if pending is None and len(self._observations) < _MAX_CACHED:
+            self._observe_later(key, name, labels)
+
+    def _observe_later(self, key: object, name: str, labels: Mapping[str, object]) -> None:
+        """Start keeping the observations of a histogram's labelled child."""
+        if self._actions.get(("observe", name, *labels.items())) is None:
+            return  # unknown, or not a histogram: warned, never applied
+        child = self._child("observe", name, labels)
+        if not isinstance(child, Histogram):
+            return
+        try:
+            pending = Observations(child)
+        except TypeError:
+            return
+        self._observations[key] = pending
+        self._folded.append(pending)
 
     def render(self) -> tuple[bytes, str]:
         """Return the text exposition of every metric and its content type."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.platform_collector import PlatformCollector
@@ -200,6 +201,65 @@ class PrometheusMetricsTests(SynchronousTestCase):
         thread.join()
         self.assertEqual(seen, [1.0])
         self.assertEqual(metrics.registry.get_sample_value("pushtwisted_hellos_total"), 2.0)
+
+    def test_histogram_observations_are_kept_then_folded(self) -> None:
+        """Observations on the building thread give, at each collection, the buckets,
+        count and sum ``prometheus_client``'s own ``observe`` gives for the same values."""
+        metrics = PrometheusMetrics(process_collectors=False)
+        reference = Histogram(
+            "pushtwisted_endpoint_request_duration_seconds",
+            "reference",
+            ["status"],
+            registry=CollectorRegistry(),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        ).labels(status="202")
+        values = [0.0004, 0.001, 0.0010001, 0.0025, 0.3, 10.0, 11.0, 1e9, -1.0, 0.0]
+        for round_ in range(2):
+            for value in values * 50:
+                metrics.observe("endpoint_latency_seconds", value, status="202")
+                reference.observe(value)
+            self.assertEqual(len(metrics._observations), 1)  # noqa: SLF001
+            expected = {
+                (s.name, frozenset(s.labels.items())): s.value
+                for s in reference.collect()[0].samples
+                if not s.name.endswith("_created")
+            }
+            for key, want in expected.items():
+                name, labels = key
+                got = _value(metrics, name, status="202", **dict(labels))
+                if name.endswith("_sum"):  # added in another order
+                    self.assertTrue(got is not None and math.isclose(got, want, rel_tol=1e-12))
+                else:
+                    self.assertEqual(got, want, (round_, name, dict(labels)))
+
+    def test_histogram_elsewhere_and_nan(self) -> None:
+        """Other threads' observations go straight to the histogram, a collection on
+        another thread folds nothing, infinity is in ``+Inf`` only, and NaN is the
+        library's to count."""
+        metrics = PrometheusMetrics(process_collectors=False)
+        name = "pushtwisted_storage_latency_seconds"
+        for _ in range(3):
+            metrics.observe("storage_latency_seconds", 0.002, operation="update")
+        seen: list[float | None] = []
+
+        def elsewhere() -> None:
+            metrics.observe("storage_latency_seconds", 0.002, operation="update")
+            seen.append(metrics.registry.get_sample_value(f"{name}_count", {"operation": "update"}))
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+        self.assertEqual(seen, [2.0])  # the first call and the other thread's
+        self.assertEqual(_value(metrics, f"{name}_count", operation="update"), 4.0)
+        self.assertEqual(_value(metrics, f"{name}_bucket", operation="update", le="0.001"), 0.0)
+        self.assertEqual(_value(metrics, f"{name}_bucket", operation="update", le="0.0025"), 4.0)
+        metrics.observe("storage_latency_seconds", math.inf, operation="update")
+        self.assertEqual(_value(metrics, f"{name}_bucket", operation="update", le="5.0"), 4.0)
+        self.assertEqual(_value(metrics, f"{name}_bucket", operation="update", le="+Inf"), 5.0)
+        metrics.observe("storage_latency_seconds", math.nan, operation="update")
+        total = _value(metrics, f"{name}_sum", operation="update")
+        self.assertTrue(total is not None and math.isnan(total))
+        self.assertEqual(_value(metrics, f"{name}_count", operation="update"), 5.0)
 
     def test_gauge_increments_are_not_tallied(self) -> None:
         """A gauge's increments and sets keep their order (no tally)."""
