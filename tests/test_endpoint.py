@@ -815,6 +815,19 @@ class ObservabilityTests(EndpointTestCase):
         for secret in [self.uaid, self.token, self.chid]:
             self.assertNotIn(secret, text)
 
+    def test_each_uaid_keeps_its_hash(self) -> None:
+        """Repeated PUTs for two UAIDs, interleaved: every line has its own UAID's hash."""
+        stub, update, events = self.logged_update()
+        update.access_log = AccessLog(UpdateResource.access_log.namespace, events.append)
+        other = uuid.uuid4().hex
+        self.successResultOf(self.storage.register(other, self.chid, self.chid, 0))
+        tokens = [self.token, self.crypto.make_token(other, self.chid)]
+        for version in range(1, 5):
+            path = "/update/" + tokens[version % 2]
+            self.request("PUT", path, stub=stub, data={"version": str(version)})
+        hashes = [e["uaid_hash"] for e in events if e.get("status") == 202]
+        self.assertEqual(hashes, [uaid_hash(other), uaid_hash(self.uaid)] * 2)
+
 
 class DisconnectTests(EndpointTestCase):
     """A client that goes away while storage is running."""

@@ -50,6 +50,7 @@ an empty body.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,6 +64,7 @@ from pushtwisted.logs import AccessLog, logger, uaid_hash
 from pushtwisted.messages import MAX_VERSION
 from pushtwisted.node import Node
 from pushtwisted.storage.interface import UpdateOutcome
+from pushtwisted.tokens import PARSED_TOKENS
 from pushtwisted.web._form import request_fields
 from pushtwisted.web._site import ListenerSite
 from pushtwisted.web._util import (
@@ -203,6 +205,8 @@ class UpdateResource(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
         self._node = node
         self._ignored = _IgnoredBodies()
+        # The access line's hash, once per UAID among as many as tokens are remembered.
+        self._uaid_hash = functools.lru_cache(maxsize=PARSED_TOKENS)(uaid_hash)
 
     def render(self, request: HTTPRequest) -> int:
         """Answer one request; PUT is handled asynchronously.
@@ -257,7 +261,7 @@ class UpdateResource(Resource):
         except InvalidToken as e:
             self.log.debug("invalid token: {detail}", detail=str(e))
             raise _invalid_token() from None
-        exchange.uaid_hash = uaid_hash(uaid)
+        exchange.uaid_hash = self._uaid_hash(uaid)
         fields = request_fields(request)
         if fields.ignored_type is not None:
             node.metrics.increment("notifications_body_ignored")
