@@ -64,6 +64,7 @@ from pushtwisted.logs import uaid_hash
 from pushtwisted.messages import Hello, Incoming, InvalidCommand, MessageType
 from pushtwisted.node import Node
 from pushtwisted.outbox import Outbox
+from pushtwisted.storage.interface import Mode
 
 __all__ = ["FETCH_RETRY_FIRST", "FETCH_RETRY_MAX", "Sender", "CloseCode", "State", "Session"]
 
@@ -203,12 +204,14 @@ class Session(ClientConnection):
         """Return the UAID of this connection, in the client's spelling when it keeps its own.
 
         The client's UAID is kept unless it lists channelIDs that storage
-        cannot back (the user is unknown): then, like a hello without a
-        UAID, it gets a new one.
+        cannot back (the user is unknown), or storage knows it as a WebPush
+        user (one UAID is one mode: WEBPUSH.md 6.1): then, like a hello
+        without a UAID, it gets a new one.
         """
-        if hello.uaid and hello.channel_ids:
+        if hello.uaid:
             uaid = normalize_id(hello.uaid)
-            if not await self._storage("user_exists", self._node.storage.user_exists(uaid)):
+            mode = await self._storage("user_mode", self._node.storage.user_mode(uaid))
+            if mode is Mode.WEBPUSH or (mode is None and hello.channel_ids):
                 return new_uaid()
         return hello.uaid or new_uaid()
 

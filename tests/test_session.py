@@ -17,7 +17,7 @@ from pushtwisted.config import ClientConfig, Config
 from pushtwisted.ids import is_valid_id, normalize_id
 from pushtwisted.node import Node
 from pushtwisted.session import FETCH_RETRY_FIRST, FETCH_RETRY_MAX, CloseCode, Session, State
-from pushtwisted.storage.interface import UpdateOutcome
+from pushtwisted.storage.interface import Mode, UpdateOutcome
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.testing import (
     FailingStorage,
@@ -256,6 +256,21 @@ class HelloTests(SessionCase):
             self.assertIsNone(self.session.uaid)
             self.assertEqual(len(self.node.registry), 0)
 
+    def test_webpush_uaid_refused(self) -> None:
+        """A UAID that storage knows as a WebPush user gets a fresh UAID, even without
+        channelIDs (one UAID is one mode, WEBPUSH.md 6.1)."""
+        self.successResultOf(self.memory.register(UAID, CHID, CHID, 0, Mode.WEBPUSH))
+        for channel_ids in ([], [CHID]):
+            self.build()
+            new = self.hello(UAID, channel_ids)
+            self.assertNotEqual(new, UAID)
+            self.assertTrue(is_valid_id(new))
+
+    def test_known_simplepush_uaid_kept_without_channel_ids(self) -> None:
+        """A SimplePush UAID storage knows is kept when the hello lists no channel."""
+        self.successResultOf(self.memory.register(UAID, CHID, CHID, 0))
+        self.assertEqual(self.hello(UAID, []), UAID)
+
     def test_invalid_uaid(self) -> None:
         """When hello's uaid string is not a valid ID, the session answers 503 and keeps
         waiting."""
@@ -298,7 +313,7 @@ class HelloTests(SessionCase):
 
     def test_storage_unavailable(self) -> None:
         """When storage fails during hello, the session answers 503 and keeps the UAID."""
-        failing = FailingStorage(self.memory, ["user_exists"])
+        failing = FailingStorage(self.memory, ["user_mode"])
         self.build(storage=failing)
         message = {"messageType": "hello", "uaid": UAID, "channelIDs": [CHID]}
         self.send(message)
@@ -314,7 +329,7 @@ class HelloTests(SessionCase):
 
     def test_storage_unexpected_failure(self) -> None:
         """When storage raises an unexpected error in hello, the session logs it and answers 503."""
-        self.build(storage=FailingStorage(self.memory, ["user_exists"], RuntimeError("bug")))
+        self.build(storage=FailingStorage(self.memory, ["user_mode"], RuntimeError("bug")))
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": [CHID]})
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.sender.replies[0]["status"], 503)
@@ -559,7 +574,7 @@ class HelloTimerTests(SessionCase):
 
     def test_timeout_while_hello_pending(self) -> None:
         """When the timeout fires while hello awaits storage, the late answer changes nothing."""
-        holding = HoldingStorage(self.memory, ["user_exists"])
+        holding = HoldingStorage(self.memory, ["user_mode"])
         self.build(storage=holding)
         self.store(UAID, CHID, 1)
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": [CHID]})
@@ -1145,7 +1160,7 @@ class RegistryTests(SessionCase):
 
     def test_lost_during_hello(self) -> None:
         """When the connection is lost while hello awaits storage, the UAID is never registered."""
-        holding = HoldingStorage(self.memory, ["user_exists"])
+        holding = HoldingStorage(self.memory, ["user_mode"])
         self.build(storage=holding)
         self.store(UAID, CHID, 1)
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": [CHID]})
@@ -1184,7 +1199,7 @@ class OrderingTests(SessionCase):
 
     def test_hello_then_register_pipelined(self) -> None:
         """When register is sent right behind a slow hello, it is handled as after the hello."""
-        holding = HoldingStorage(self.memory, ["user_exists"])
+        holding = HoldingStorage(self.memory, ["user_mode"])
         self.build(storage=holding)
         self.store(UAID, CHID, 1)
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": [CHID]})

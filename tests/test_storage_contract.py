@@ -130,14 +130,14 @@ class StorageContract:
     async def test_unknown_user(self) -> None:
         """An unknown UAID does not exist and has nothing pending."""
         uaid = new_id()
-        self.assertFalse(await self.storage.user_exists(uaid))
+        self.assertIsNone(await self.storage.user_mode(uaid))
         self.assertEqual(await self.storage.fetch_pending(uaid), [])
         self.assertEqual(await self.storage.expired(uaid, [new_id()]), [])
 
     async def test_register_creates_user(self) -> None:
         """The first register creates the user; the channel starts with nothing pending."""
         uaid, _, _ = await self.registered()
-        self.assertTrue(await self.storage.user_exists(uaid))
+        self.assertIsNotNone(await self.storage.user_mode(uaid))
         self.assertEqual(await self.storage.fetch_pending(uaid), [])
 
     async def test_users_are_separate(self) -> None:
@@ -219,7 +219,7 @@ class StorageContract:
         self.assertEqual(await self.storage.fetch_pending(uaid), [])
         self.assertFalse(await self.storage.ack(uaid, chid, 4))
         self.assertEqual(await self.storage.expired(uaid, [chid]), [chid])
-        self.assertTrue(await self.storage.user_exists(uaid))
+        self.assertIsNotNone(await self.storage.user_mode(uaid))
         await self.storage.unregister(uaid, chid)  # twice: no-op
         self.assertEqual(await self.storage.expired(uaid, [chid]), [chid])
 
@@ -230,7 +230,7 @@ class StorageContract:
         await self.storage.unregister(uaid, stranger)
         await self.storage.unregister(stranger, chid)
         self.assertEqual(await self.storage.expired(uaid, [stranger]), [])
-        self.assertFalse(await self.storage.user_exists(stranger))
+        self.assertIsNone(await self.storage.user_mode(stranger))
         self.assertEqual(
             (await self.storage.update(uaid, chid, 1, None)).outcome, UpdateOutcome.STORED
         )
@@ -246,7 +246,7 @@ class StorageContract:
         await self.advance(self.expiry_ttl + self.expiry_slack)
         self.assertEqual(await storage.expired(uaid, [chid]), [])
         self.assertEqual((await storage.update(uaid, chid, 1, None)).outcome, UpdateOutcome.GONE)
-        self.assertTrue(await storage.user_exists(uaid))
+        self.assertIsNotNone(await storage.user_mode(uaid))
         await storage.register(uaid, chid, "fresh", 2)
         self.assertEqual(
             await storage.update(uaid, chid, 1, None),
@@ -260,7 +260,7 @@ class StorageContract:
         uaid = new_id()
         result = await self.storage.update(uaid, new_id(), 1, "x")
         self.assertEqual(result, UpdateResult(outcome=UpdateOutcome.GONE))
-        self.assertFalse(await self.storage.user_exists(uaid))
+        self.assertIsNone(await self.storage.user_mode(uaid))
 
     async def test_update_unknown_channel(self) -> None:
         """An update for an unknown channel of a known UAID is GONE and creates nothing."""
@@ -508,7 +508,7 @@ _KINDS = [
     *["register"] * 3,
     *["unregister"] * 2,
     "expired",
-    "user_exists",
+    "user_mode",
     "advance",
 ]
 
@@ -594,7 +594,7 @@ class ModelTests(SynchronousTestCase):
         elif name == "expired":
             d = storage.expired(u, [chids[i] for i in op[2]])
         else:
-            d = storage.user_exists(u)
+            d = storage.user_mode(u)
         results: list[object] = []
         d.addBoth(results.append)
         (result,) = results
@@ -631,7 +631,7 @@ class SqliteTests(SynchronousTestCase):
 
         again = self.open()
         self.successResultOf(again.open())
-        self.assertTrue(self.successResultOf(again.user_exists(uaid)))
+        self.assertIsNotNone(self.successResultOf(again.user_mode(uaid)))
         self.assertEqual(
             self.successResultOf(again.fetch_pending(uaid)),
             [PendingUpdate(channel_id="Live", version=42, data="kept")],
@@ -680,7 +680,7 @@ class SqliteTests(SynchronousTestCase):
         storage = SqliteStorage(
             os.path.join(blocker, "db.sqlite3"), inline_run, self.clock, ttl_deleted=1
         )
-        self.failureResultOf(storage.user_exists(new_id()), StorageUnavailable)
+        self.failureResultOf(storage.user_mode(new_id()), StorageUnavailable)
         self.failureResultOf(storage.check(), StorageUnavailable)
 
     def test_corrupt_file(self) -> None:
@@ -688,14 +688,14 @@ class SqliteTests(SynchronousTestCase):
         os.makedirs(os.path.dirname(self.path))
         with open(self.path, "wb") as f:
             f.write(b"this is not sqlite" * 100)
-        self.failureResultOf(self.open().user_exists(new_id()), StorageUnavailable)
+        self.failureResultOf(self.open().user_mode(new_id()), StorageUnavailable)
 
     def test_closed(self) -> None:
         """After ``close`` every call fails with ``StorageUnavailable``."""
         storage = self.open()
         self.successResultOf(storage.check())
         self.successResultOf(storage.close())
-        self.failureResultOf(storage.user_exists(new_id()), StorageUnavailable)
+        self.failureResultOf(storage.user_mode(new_id()), StorageUnavailable)
 
     def test_purge_expired(self) -> None:
         """``purge_expired`` deletes only tombstones past their TTL."""
@@ -777,7 +777,7 @@ class FakeMemcachedTests(SynchronousTestCase):
         uaid, chid = new_id(), new_id()
         self.successResultOf(storage.register(uaid, chid, chid, 0))
         self.clock.advance(301)
-        self.assertFalse(self.successResultOf(storage.user_exists(uaid)))
+        self.assertIsNone(self.successResultOf(storage.user_mode(uaid)))
         result = self.successResultOf(storage.update(uaid, chid, 1, None))
         self.assertEqual(result.outcome, UpdateOutcome.GONE)
 
@@ -795,13 +795,13 @@ class FakeMemcachedTests(SynchronousTestCase):
         self.assertIsNone(self.client.get(f"p-{uaid}.{chid}"))
 
     def test_hello_refreshes(self) -> None:
-        """``user_exists`` and ``fetch_pending`` keep an idle device's registrations alive."""
+        """``user_mode`` and ``fetch_pending`` keep an idle device's registrations alive."""
         storage = self.make(ttl_registered=100.0, ttl_live=100.0)
         uaid, chid = new_id(), new_id()
         self.successResultOf(storage.register(uaid, chid, chid, 0))
         for _ in range(5):
             self.clock.advance(60)
-            self.assertTrue(self.successResultOf(storage.user_exists(uaid)))
+            self.assertIsNotNone(self.successResultOf(storage.user_mode(uaid)))
             self.successResultOf(storage.fetch_pending(uaid))
         self.assertEqual(
             self.successResultOf(storage.update(uaid, chid, 1, None)).outcome, UpdateOutcome.STORED
@@ -813,7 +813,7 @@ class FakeMemcachedTests(SynchronousTestCase):
         self.successResultOf(self.storage.register(uaid, chid, chid, 0))
         self.client.broken = True
         for d in (
-            self.storage.user_exists(uaid),
+            self.storage.user_mode(uaid),
             self.storage.register(uaid, new_id(), "x", 0),
             self.storage.unregister(uaid, chid),
             self.storage.update(uaid, chid, 1, None),
@@ -824,7 +824,7 @@ class FakeMemcachedTests(SynchronousTestCase):
         ):
             self.failureResultOf(d, StorageUnavailable)
         self.client.broken = False
-        self.assertTrue(self.successResultOf(self.storage.user_exists(uaid)))
+        self.assertIsNotNone(self.successResultOf(self.storage.user_mode(uaid)))
 
     def test_corrupt_values(self) -> None:
         """A value of the wrong shape is an error, not a miss."""

@@ -15,7 +15,16 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import TooManyChannels
-from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
+from pushtwisted.storage.interface import (
+    Mode,
+    NewMessage,
+    PendingUpdate,
+    StoredMessage,
+    StoreOutcome,
+    StoreResult,
+    UpdateOutcome,
+    UpdateResult,
+)
 
 __all__ = ["MemoryStorage"]
 
@@ -46,6 +55,13 @@ class MemoryStorage:
         self._clock = clock
         self._tombstone_ttl = tombstone_ttl
         self._users: dict[str, dict[str, _Channel]] = {}
+        self._modes: dict[str, Mode] = {}
+        #: WebPush messages by UAID, then by sequence number.
+        self._messages: dict[str, dict[int, StoredMessage]] = {}
+        self._next_seq: dict[str, int] = {}
+
+    def _now(self) -> float:
+        return self._clock.seconds() if self._clock is not None else 0.0
 
     def _channel(self, uaid: str, chid: str) -> _Channel | None:
         channel = self._users.get(uaid, {}).get(chid)
@@ -59,10 +75,21 @@ class MemoryStorage:
             return None
         return channel
 
-    def user_exists(self, uaid: str) -> Deferred[bool]:
-        return succeed(uaid in self._users)
+    def user_mode(self, uaid: str) -> Deferred[Mode | None]:
+        return succeed(self._modes.get(uaid))
 
-    def register(self, uaid: str, chid: str, channel_id: str, max_channels: int) -> Deferred[None]:
+    def register(
+        self,
+        uaid: str,
+        chid: str,
+        channel_id: str,
+        max_channels: int,
+        mode: Mode = Mode.SIMPLEPUSH,
+    ) -> Deferred[None]:
+        if uaid not in self._users:
+            self._modes[uaid] = mode
+            if mode is Mode.WEBPUSH:
+                self._next_seq[uaid] = int(self._now() * 1_000_000)
         channels = self._users.setdefault(uaid, {})
         channel = self._channel(uaid, chid)
         if channel is not None and channel.state is not _State.DELETED:
@@ -82,6 +109,10 @@ class MemoryStorage:
             self._users[uaid][chid] = _Channel(
                 _State.DELETED, channel.channel_id, channel.version, None, expires
             )
+            messages = self._messages.get(uaid)
+            if messages:
+                for seq in [s for s, m in messages.items() if m.chid == chid]:
+                    del messages[seq]
         return succeed(None)
 
     def update(
@@ -93,7 +124,11 @@ class MemoryStorage:
         only_newer: bool = False,
     ) -> Deferred[UpdateResult]:
         channel = self._channel(uaid, chid)
-        if channel is None or channel.state is _State.DELETED:
+        if (
+            channel is None
+            or channel.state is _State.DELETED
+            or self._modes.get(uaid) is not Mode.SIMPLEPUSH
+        ):
             return succeed(UpdateResult(outcome=UpdateOutcome.GONE))
         if only_newer and version <= channel.version:
             return succeed(UpdateResult(outcome=UpdateOutcome.STALE, channel_id=channel.channel_id))
@@ -125,6 +160,72 @@ class MemoryStorage:
             if channel is not None and channel.state is _State.DELETED:
                 found.append(chid)
         return succeed(found)
+
+    # -- WebPush messages -------------------------------------------------------
+
+    def _live_messages(self, uaid: str) -> dict[int, StoredMessage]:
+        """Return the UAID's messages after dropping the expired ones."""
+        messages = self._messages.get(uaid)
+        if not messages:
+            return {}
+        now = self._now()
+        for seq in [s for s, m in messages.items() if now >= m.expires_at]:
+            del messages[seq]
+        return messages
+
+    def store_message(
+        self, uaid: str, message: NewMessage, max_pending: int
+    ) -> Deferred[StoreResult]:
+        channel = self._channel(uaid, message.chid)
+        if (
+            channel is None
+            or channel.state is _State.DELETED
+            or self._modes.get(uaid) is not Mode.WEBPUSH
+        ):
+            return succeed(StoreResult(outcome=StoreOutcome.GONE))
+        if message.ttl <= 0:
+            return succeed(
+                StoreResult(outcome=StoreOutcome.NOT_STORED, channel_id=channel.channel_id)
+            )
+        messages = self._live_messages(uaid)
+        replaced = None
+        if message.topic is not None:
+            replaced = next(
+                (
+                    seq
+                    for seq, m in messages.items()
+                    if m.chid == message.chid and m.topic == message.topic
+                ),
+                None,
+            )
+        if replaced is None and max_pending > 0 and len(messages) >= max_pending:
+            return succeed(StoreResult(outcome=StoreOutcome.FULL, channel_id=channel.channel_id))
+        seq = self._next_seq[uaid]
+        self._next_seq[uaid] = seq + 1
+        stored = StoredMessage(
+            chid=message.chid,
+            channel_id=channel.channel_id,
+            seq=seq,
+            ttl=message.ttl,
+            stored_at=self._now(),
+            topic=message.topic,
+            data=message.data,
+            headers=dict(message.headers),
+        )
+        if replaced is not None:
+            del messages[replaced]
+        self._messages.setdefault(uaid, {})[seq] = stored
+        return succeed(
+            StoreResult(outcome=StoreOutcome.STORED, channel_id=channel.channel_id, message=stored)
+        )
+
+    def fetch_messages(self, uaid: str) -> Deferred[list[StoredMessage]]:
+        messages = self._live_messages(uaid)
+        return succeed(sorted(messages.values(), key=lambda m: (m.topic is None, m.seq)))
+
+    def delete_message(self, uaid: str, seq: int) -> Deferred[bool]:
+        messages = self._live_messages(uaid)
+        return succeed(messages.pop(seq, None) is not None)
 
     def check(self) -> Deferred[None]:
         return succeed(None)

@@ -42,7 +42,15 @@ from pushtwisted.metrics import Metrics
 from pushtwisted.node import Node
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.routing import LocalRouter, Router
-from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateResult
+from pushtwisted.storage.interface import (
+    Mode,
+    NewMessage,
+    PendingUpdate,
+    Storage,
+    StoredMessage,
+    StoreResult,
+    UpdateResult,
+)
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.tokens import EndpointCrypto, generate_key
 
@@ -195,12 +203,19 @@ class _WrappedStorage:
         self.calls.append(name)
         return run()
 
-    def user_exists(self, uaid: str) -> Deferred[bool]:
-        return self._call("user_exists", lambda: self.inner.user_exists(uaid))
+    def user_mode(self, uaid: str) -> Deferred[Mode | None]:
+        return self._call("user_mode", lambda: self.inner.user_mode(uaid))
 
-    def register(self, uaid: str, chid: str, channel_id: str, max_channels: int) -> Deferred[None]:
+    def register(
+        self,
+        uaid: str,
+        chid: str,
+        channel_id: str,
+        max_channels: int,
+        mode: Mode = Mode.SIMPLEPUSH,
+    ) -> Deferred[None]:
         return self._call(
-            "register", lambda: self.inner.register(uaid, chid, channel_id, max_channels)
+            "register", lambda: self.inner.register(uaid, chid, channel_id, max_channels, mode)
         )
 
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
@@ -221,6 +236,19 @@ class _WrappedStorage:
 
     def expired(self, uaid: str, chids: Sequence[str]) -> Deferred[list[str]]:
         return self._call("expired", lambda: self.inner.expired(uaid, chids))
+
+    def store_message(
+        self, uaid: str, message: NewMessage, max_pending: int
+    ) -> Deferred[StoreResult]:
+        return self._call(
+            "store_message", lambda: self.inner.store_message(uaid, message, max_pending)
+        )
+
+    def fetch_messages(self, uaid: str) -> Deferred[list[StoredMessage]]:
+        return self._call("fetch_messages", lambda: self.inner.fetch_messages(uaid))
+
+    def delete_message(self, uaid: str, seq: int) -> Deferred[bool]:
+        return self._call("delete_message", lambda: self.inner.delete_message(uaid, seq))
 
     def check(self) -> Deferred[None]:
         return self._call("check", self.inner.check)

@@ -209,9 +209,9 @@ class SqliteThreadedTests(_Pooled, _Races, StorageContract, TestCase):
 
     async def test_metrics(self) -> None:
         """Calls through the pool report their latency by operation and the queue depth."""
-        await self.storage.user_exists(new_id())
+        await self.storage.user_mode(new_id())
         observed = self.metrics.observations("storage_latency_seconds")
-        self.assertIn("user_exists", {labels["operation"] for _, labels in observed})
+        self.assertIn("user_mode", {labels["operation"] for _, labels in observed})
         self.assertEqual(self.metrics.gauges("storage_queue_depth")[-1], 0)
 
 
@@ -291,21 +291,21 @@ class MemcachedTests(_Pooled, _Races, StorageContract, TestCase):
         storage = self.make_storage(ttl_deleted=1.0, ttl_live=1.0, ttl_registered=1.0)
         uaid, chid = new_id(), new_id()
         await storage.register(uaid, chid, chid, 0)
-        self.assertTrue(await storage.user_exists(uaid))
+        self.assertIsNotNone(await storage.user_mode(uaid))
         await sleep(2.5)
-        self.assertFalse(await storage.user_exists(uaid))
+        self.assertIsNone(await storage.user_mode(uaid))
         self.assertEqual((await storage.update(uaid, chid, 1, None)).outcome, UpdateOutcome.GONE)
 
     async def test_hello_refreshes(self) -> None:
-        """A hello (``user_exists`` + ``fetch_pending``) past half the TTL extends it."""
+        """A hello (``user_mode`` + ``fetch_pending``) past half the TTL extends it."""
         storage = self.make_storage(ttl_deleted=1.0, ttl_live=6.0, ttl_registered=6.0)
         uaid, chid = new_id(), new_id()
         await storage.register(uaid, chid, chid, 0)
         await sleep(3.3)
-        self.assertTrue(await storage.user_exists(uaid))
+        self.assertIsNotNone(await storage.user_mode(uaid))
         await storage.fetch_pending(uaid)
         await sleep(3.3)  # 6.6 s after register: gone without the refresh
-        self.assertTrue(await storage.user_exists(uaid))
+        self.assertIsNotNone(await storage.user_mode(uaid))
         self.assertEqual((await storage.update(uaid, chid, 1, None)).outcome, UpdateOutcome.STORED)
 
 
@@ -335,7 +335,7 @@ class MemcachedOutageTests(_Pooled, TestCase):
 
     async def assert_all_fail_fast(self, storage: Storage, uaid: str, chid: str) -> None:
         calls: list[tuple[str, Any]] = [
-            ("user_exists", lambda: storage.user_exists(uaid)),
+            ("user_mode", lambda: storage.user_mode(uaid)),
             ("register", lambda: storage.register(uaid, new_id(), "x", 0)),
             ("unregister", lambda: storage.unregister(uaid, chid)),
             ("update", lambda: storage.update(uaid, chid, 9, None)),
@@ -366,7 +366,7 @@ class MemcachedOutageTests(_Pooled, TestCase):
                 await sleep(0.1)
 
     async def test_kill_and_restart(self) -> None:
-        """memcached killed: every call errbacks fast (``user_exists`` too); a restart heals."""
+        """memcached killed: every call errbacks fast (``user_mode`` too); a restart heals."""
         server = self.start_memcached(warm_restart=False)
         storage = self.make(server)
         uaid, chid = new_id(), new_id()
@@ -382,7 +382,7 @@ class MemcachedOutageTests(_Pooled, TestCase):
         # A killed memcached lost its items; the store works again for new ones.
         other, channel = new_id(), new_id()
         await storage.register(other, channel, channel, 0)
-        self.assertTrue(await storage.user_exists(other))
+        self.assertIsNotNone(await storage.user_mode(other))
 
     async def test_warm_restart_keeps_uaids(self) -> None:
         """memcached restarted with its items: after the outage the UAID and updates are intact."""
@@ -399,7 +399,7 @@ class MemcachedOutageTests(_Pooled, TestCase):
         server.start()
         recovered = await self.wait_recovered(storage)
         self.assertLess(recovered, 5.0)
-        self.assertTrue(await storage.user_exists(uaid))
+        self.assertIsNotNone(await storage.user_mode(uaid))
         self.assertEqual(
             await storage.fetch_pending(uaid),
             [PendingUpdate(channel_id=chid, version=7, data="kept")],
