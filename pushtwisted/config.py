@@ -35,6 +35,7 @@ __all__ = [
     "WebSocketConfig",
     "EndpointConfig",
     "ClientConfig",
+    "WebPushConfig",
     "StorageConfig",
     "CryptoConfig",
     "MIN_ROUTER_SECRET",
@@ -164,6 +165,20 @@ class ClientConfig:
     #: it at least ``2 * max_channels + 1``: a hello, then a register and an
     #: ack per channel, each sent as soon as the reply came, must pass.
     max_messages_burst: int = field(default=500, metadata=_check(_positive))
+    #: WebPush: most messages sent and not yet acknowledged on one connection.
+    webpush_batch: int = field(default=10, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebPushConfig:
+    """``[webpush]``: the limits of WebPush messages (POST /wpush/...)."""
+
+    #: Longest time to live in seconds; a larger ``TTL`` is lowered to it.
+    max_ttl: int = field(default=2592000, metadata=_check(_positive))
+    #: Largest message body in bytes (raw, encrypted); larger is answered 413.
+    max_message_bytes: int = field(default=5630, metadata=_check(_positive))
+    #: Most messages stored per UAID; past it a POST is answered 429.
+    max_pending_messages: int = field(default=100, metadata=_check(_positive))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -326,6 +341,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     crypto: CryptoConfig = field(default_factory=CryptoConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
+    webpush: WebPushConfig = field(default_factory=WebPushConfig)
 
 
 def _sections() -> dict[str, type]:
