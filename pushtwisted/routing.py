@@ -3,22 +3,30 @@
 Every node has exactly one router (``Node.router``): a ``LocalRouter`` when
 it runs alone, the cluster's ``pushtwisted.cluster.router.Router`` when
 ``[router] listen`` is set.  The endpoint stores an update and then asks
-``router.deliver``; a session calls ``router.on_hello`` after choosing its
-UAID and before reading storage, and ``router.on_disconnect`` when it closes.
-Delivery is decided here and in the cluster router only; the cluster
-router's first step is ``LocalRouter.deliver_here``.
+``router.deliver`` (a WebPush message: ``router.deliver_message``); a
+session calls ``router.on_hello`` after choosing its UAID and before reading
+storage, and ``router.on_disconnect`` when it closes.  Delivery is decided
+here and in the cluster router only; the cluster router's first step is
+``LocalRouter.deliver_here`` (``deliver_message_here``).
 
-Decision table of ``LocalRouter.deliver`` (the update is stored already):
+Decision table of ``LocalRouter.deliver`` and ``deliver_message`` (the
+update or message is stored already, unless it is a WebPush message with
+TTL 0, which is never stored: then "not delivered" means dropped):
 
 ====  =============================================  ==========================
 step  condition                                      outcome
 ====  =============================================  ==========================
 1     a session on this node holds the UAID and      delivered: the endpoint
-      takes the update (it is ready, its socket is   answers 200
-      open)
+      takes the update (it is ready, its socket is   answers 200 (WebPush:
+      open)                                          201)
 2     no session holds it, or it refused the         not delivered: 202, the
       update, or its ``deliver`` raised (logged)     update waits in storage
+                                                     (WebPush: 201)
 ====  =============================================  ==========================
+
+A WebPush session refuses a message (False) when it is not a ready WebPush
+session or its window of unacknowledged messages is full; the message is in
+storage then, and the session fetches it when its window frees.
 
 Why no update is lost: the endpoint stores *before* it looks the session up,
 and a hello adds the session to the registry *before* it reads storage, so
@@ -38,6 +46,7 @@ from twisted.internet.defer import Deferred
 
 from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.storage.interface import StoredMessage
 
 __all__ = ["LocalRouter", "RoutedSession", "Router"]
 
@@ -51,6 +60,11 @@ class RoutedSession(Protocol):
 
     def deliver(self, channel_id: str, version: int, data: str | None) -> bool:
         """Send a live update; True when it reached an open, ready connection."""
+
+    def deliver_message(self, message: StoredMessage) -> bool:
+        """Send a WebPush message; True when it was sent now or is already unacknowledged
+        on this connection, False when this is not a ready WebPush session or its
+        window of unacknowledged messages is full."""
 
     def check_storage(self) -> Deferred[None]:
         """Read storage again and send what is pending and not yet sent."""
@@ -68,6 +82,13 @@ class Router(Protocol):
         """Hand a stored update to a live socket; True when one took it (200).
 
         Never fails: an update that no socket took waits in storage (202).
+        """
+
+    def deliver_message(self, uaid: str, message: StoredMessage) -> Awaitable[bool]:
+        """Hand a WebPush message to the live socket holding ``uaid``, on any node.
+
+        True when a session took it.  Never fails: a message that no session
+        took waits in storage, or is dropped when its TTL is 0.
         """
 
     def on_hello(self, uaid: str, connected_at: int) -> Awaitable[None]:
@@ -114,6 +135,24 @@ class LocalRouter:
     async def deliver(self, uaid: str, channel_id: str, version: int, data: str | None) -> bool:
         """Deliver on this node only (``deliver_here``); never fails."""
         return self.deliver_here(uaid, channel_id, version, data)
+
+    def deliver_message_here(self, uaid: str, message: StoredMessage) -> bool:
+        """Give the WebPush message to the session on this node holding ``uaid``, if any.
+
+        :returns: True when it took the message (see the module's table).
+        """
+        session: RoutedSession | None = self._registry.get(uaid)
+        if session is None:
+            return False
+        try:
+            return bool(session.deliver_message(message))
+        except Exception:
+            self.log.failure("local delivery failed {uaid_hash}", uaid_hash=uaid_hash(uaid))
+            return False
+
+    async def deliver_message(self, uaid: str, message: StoredMessage) -> bool:
+        """Deliver a WebPush message on this node only (``deliver_message_here``); never fails."""
+        return self.deliver_message_here(uaid, message)
 
     async def on_hello(self, uaid: str, connected_at: int) -> None:
         """Do nothing: the registry is this node's only record of its clients."""

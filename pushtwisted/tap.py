@@ -217,10 +217,18 @@ def _check_cluster(config: Config) -> None:
         )
 
 
+#: Most bytes of request headers twisted.web reads (``HTTPChannel.totalHeadersSize``).
+_MAX_HEADERS = 16384
+
+
 def _router_max_body(config: Config) -> int:
     """Largest ``PUT /push`` body another node may send: the data, JSON-escaped."""
     # Each character of ``data`` is at most 6 bytes once JSON-escaped (\uXXXX).
-    return max(config.endpoint.max_body, 6 * config.endpoint.max_data + 1024)
+    simplepush = 6 * config.endpoint.max_data + 1024
+    # A WebPush message: its body in base64, and the crypto headers forwarded
+    # (printable ASCII from the request's headers: at most 2 bytes each escaped).
+    webpush = 4 * -(-config.webpush.max_message_bytes // 3) + 2 * _MAX_HEADERS + 1024
+    return max(config.endpoint.max_body, simplepush, webpush)
 
 
 def build_service(config: Config, reactor: IServerReactor) -> PushService:

@@ -20,9 +20,11 @@ from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from pushtwisted.cluster.pushes import message_body
 from pushtwisted.cluster.signing import REFUSAL_LOG_INTERVAL, RequestSigner
 from pushtwisted.errors import StorageUnavailable
 from pushtwisted.registry import ClientRegistry
+from pushtwisted.storage.interface import StoredMessage
 from pushtwisted.testing import FakeSession, RecordingMetrics
 from pushtwisted.testing.cluster import SECRET
 from pushtwisted.web._site import ListenerSite
@@ -245,6 +247,68 @@ class PushTests(InternalTestCase):
         status, body, headers = self.request("POST", f"/push/{self.uaid}", self.push_body())
         self.assertEqual((status, body["errno"]), (405, 304))
         self.assertEqual(headers.getRawHeaders(b"Allow"), [b"PUT"])
+
+
+MESSAGE = StoredMessage(
+    chid="fedcba9876543210fedcba9876543210",
+    channel_id="fedcba98-7654-3210-fedc-ba9876543210",
+    seq=2**64 - 1,
+    ttl=0,
+    stored_at=NOW + 0.5,
+    topic="news",
+    data="ZGF0YQ",
+    headers={"encoding": "aes128gcm"},
+)
+
+
+class WebPushPushTests(InternalTestCase):
+    """``PUT /push/<uaid>`` with a WebPush message (``kind: webpush``)."""
+
+    def message_body(self, **fields: Any) -> bytes:
+        body = json.loads(message_body(MESSAGE))
+        body.update(fields)
+        return json.dumps(body).encode()
+
+    def test_delivered(self) -> None:
+        """A connected session gets the message as sent, field for field: 200."""
+        session = self.connect(FakeSession())
+        status, body, _ = self.request("PUT", f"/push/{self.uaid}", message_body(MESSAGE))
+        self.assertEqual((status, body), (200, {}))
+        self.assertEqual((session.messages, session.delivered), ([MESSAGE], []))
+
+    def test_refused_or_absent(self) -> None:
+        """A session that refuses (window full), or none: 404."""
+        status, _, _ = self.request("PUT", f"/push/{self.uaid}", message_body(MESSAGE))
+        self.assertEqual(status, 404)
+        session = self.connect(FakeSession(accept=False))
+        status, _, _ = self.request("PUT", f"/push/{self.uaid}", message_body(MESSAGE))
+        self.assertEqual((status, len(session.messages)), (404, 1))
+
+    def test_bad_bodies(self) -> None:
+        """A WebPush body with a missing or ill-typed field, or another kind, is 400."""
+        session = self.connect(FakeSession())
+        bad = [
+            self.message_body(kind="other"),
+            self.message_body(chid="FEDCBA9876543210FEDCBA9876543210"),
+            self.message_body(chid="fedcba98-7654-3210-fedc-ba9876543210"),
+            self.message_body(channel_id=""),
+            self.message_body(seq=-1),
+            self.message_body(seq=2**64),
+            self.message_body(seq=True),
+            self.message_body(ttl=-1),
+            self.message_body(ttl=1.5),
+            self.message_body(stored_at="now"),
+            self.message_body(stored_at=None),
+            self.message_body(topic="not a topic"),
+            self.message_body(topic=5),
+            self.message_body(data=5),
+            self.message_body(headers=[]),
+            self.message_body(headers={"encoding": 5}),
+        ]
+        for raw in bad:
+            status, body, _ = self.request("PUT", f"/push/{self.uaid}", raw)
+            self.assertEqual((status, body["errno"]), (400, 303), raw)
+        self.assertEqual(session.messages, [])
 
 
 class NotifTests(InternalTestCase):

@@ -21,6 +21,7 @@ from pushtwisted.cluster.directory import NodeEntry
 from pushtwisted.cluster.router import RouteOutcome, Router
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.errors import StorageUnavailable
+from pushtwisted.storage.interface import StoredMessage
 from pushtwisted.testing import FakeSession
 from pushtwisted.testing.cluster import FakeNode, HungResource, MemoryDirectory, Network
 from pushtwisted.web.internal import InternalResource
@@ -434,3 +435,116 @@ class DisconnectTests(RouterTestCase):
         self.directory.fail_clear = True
         self.assertFalse(self.successResultOf(self.a.router.on_disconnect(self.uaid, 5000)))
         self.assertEqual(self.a.metrics.count("directory_errors", operation="clear"), 1)
+
+
+def _message(ttl: int = 60, **changes: Any) -> StoredMessage:
+    fields: dict[str, Any] = {
+        "chid": "fedcba9876543210fedcba9876543210",
+        "channel_id": "FEDCBA98-7654-3210-FEDC-BA9876543210",
+        "seq": (1 << 63) | 5 if ttl == 0 else 1_700_000_000_000_001,
+        "ttl": ttl,
+        "stored_at": NOW,
+        "topic": "t1",
+        "data": "c2VjcmV0",
+        "headers": {"encoding": "aesgcm", "encryption": "salt=abc", "crypto_key": "dh=xyz"},
+    }
+    fields.update(changes)
+    return StoredMessage(**fields)
+
+
+class MessageRouteTests(RouterTestCase):
+    """``Router.route_message``: WebPush messages follow the same decision table."""
+
+    def route_message(self, message: StoredMessage) -> RouteOutcome:
+        d = Deferred.fromCoroutine(self.a.router.route_message(self.uaid, message))
+        self.network.flush()
+        outcome: RouteOutcome = self.successResultOf(d)
+        return outcome
+
+    def test_local(self) -> None:
+        """Step 1: a session here takes the message: LOCAL, no directory read."""
+        session = self.hold(self.a)
+        message = _message()
+        self.assertIs(self.route_message(message), RouteOutcome.LOCAL)
+        self.assertEqual(session.messages, [message])
+        self.assertEqual(self.directory.gets, 0)
+
+    def test_remote(self) -> None:
+        """Step 3a: B holds the UAID; the message crosses in a signed PUT, field for field."""
+        session = self.hold(self.b)
+        for message in (_message(), _message(ttl=0), _message(topic=None, data=None, headers={})):
+            session.messages.clear()
+            self.assertIs(self.route_message(message), RouteOutcome.REMOTE)
+            self.assertEqual(session.messages, [message])
+            self.assertEqual(session.delivered, [])
+        self.assertEqual(self.b.metrics.count("router_received", kind="push", status="200"), 3)
+
+    def test_deliver_message_is_bool(self) -> None:
+        """``deliver_message`` fires True exactly when a live socket took it."""
+        self.hold(self.b)
+        d = Deferred.fromCoroutine(self.a.router.deliver_message(self.uaid, _message()))
+        self.network.flush()
+        self.assertTrue(self.successResultOf(d))
+        d = Deferred.fromCoroutine(self.a.router.deliver_message(uuid.uuid4().hex, _message()))
+        self.assertFalse(self.successResultOf(d))
+
+    def test_remote_window_full(self) -> None:
+        """B's session refuses (window full): NODE_FAILED; the stored message waits."""
+        self.hold(self.b, accept=False)
+        self.assertIs(self.route_message(_message()), RouteOutcome.NODE_FAILED)
+
+    def test_not_connected(self) -> None:
+        """No node holds the UAID: NOT_CONNECTED, nothing sent."""
+        self.assertIs(self.route_message(_message(ttl=0)), RouteOutcome.NOT_CONNECTED)
+        self.assertEqual(self.network.sent, [])
+
+    def test_stored_message_appeared_elsewhere(self) -> None:
+        """Step 4a, TTL > 0: the node that appeared is told to check storage."""
+        session = FakeSession(2000)
+        self.c.connect(self.uaid, session)
+        self.directory.before_get = [
+            lambda: None,
+            lambda: self.directory.set_node(self.uaid, C, 2000),
+        ]
+        self.assertIs(self.route_message(_message()), RouteOutcome.NOTIFIED)
+        self.assertEqual((session.checks, session.messages), (1, []))
+
+    def test_ttl0_appeared_elsewhere(self) -> None:
+        """Step 4a, TTL 0 (not in storage): the message itself goes to the node that appeared."""
+        session = FakeSession(2000)
+        self.c.connect(self.uaid, session)
+        self.directory.before_get = [
+            lambda: None,
+            lambda: self.directory.set_node(self.uaid, C, 2000),
+        ]
+        message = _message(ttl=0)
+        self.assertIs(self.route_message(message), RouteOutcome.REMOTE)
+        self.assertEqual((session.checks, session.messages), (0, [message]))
+        self.assertEqual(self.network.sent, [("PUT", f"{C}/push/{self.uaid}")])
+
+    def test_ttl0_moved_and_refused(self) -> None:
+        """Step 4a, TTL 0: the node that appeared does not take it: NODE_FAILED (dropped)."""
+        self.directory.before_get = [
+            lambda: None,
+            lambda: self.directory.set_node(self.uaid, C, 2000),
+        ]
+        self.assertIs(self.route_message(_message(ttl=0)), RouteOutcome.NODE_FAILED)
+
+    def test_ttl0_appeared_here(self) -> None:
+        """Step 4a, TTL 0, this node: its session gets the message (LOCAL)."""
+        session = FakeSession(2000)
+
+        def hello_here() -> None:
+            self.a.connect(self.uaid, session)
+            self.directory.set_node(self.uaid, A, 2000)
+
+        self.directory.before_get = [lambda: None, hello_here]
+        message = _message(ttl=0)
+        self.assertIs(self.route_message(message), RouteOutcome.LOCAL)
+        self.assertEqual((session.checks, session.messages), (0, [message]))
+
+    def test_ttl0_own_entry_without_session(self) -> None:
+        """Step 4a, TTL 0, this node but no session yet: NOT_CONNECTED (dropped)."""
+        self.directory.before_get = [lambda: None, lambda: self.directory.set_node(self.uaid, A, 5)]
+        self.assertIs(self.route_message(_message(ttl=0)), RouteOutcome.NOT_CONNECTED)
+        self.assertEqual(self.network.sent, [])

@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.routing import LocalRouter, Router
+from pushtwisted.storage.interface import StoredMessage
 from pushtwisted.testing import FakeSession
 
 UAID = "0123456789abcdef0123456789abcdef"
@@ -79,3 +80,52 @@ class LocalRouterTests(SynchronousTestCase):
         self.assertIsNone(done.exception.value)
         self.assertIsNone(self.router.on_disconnect(UAID, 1000))
         self.assertEqual(len(self.registry), 0)
+
+
+MESSAGE = StoredMessage(
+    chid="fedcba9876543210fedcba9876543210",
+    channel_id="fedcba98-7654-3210-fedc-ba9876543210",
+    seq=42,
+    ttl=60,
+    stored_at=1000.0,
+    data="ZGF0YQ",
+    headers={"encoding": "aes128gcm"},
+)
+
+
+class LocalRouterMessageTests(SynchronousTestCase):
+    """``LocalRouter.deliver_message``: the same table for WebPush messages."""
+
+    def setUp(self) -> None:
+        self.registry: ClientRegistry[Any] = ClientRegistry()
+        self.router = LocalRouter(self.registry)
+
+    def deliver(self, uaid: str = UAID) -> bool:
+        d = Deferred.fromCoroutine(self.router.deliver_message(uaid, MESSAGE))
+        return self.successResultOf(d)
+
+    def test_session_takes_it(self) -> None:
+        """Step 1: the session holding the UAID takes the message (not as an update)."""
+        session = FakeSession()
+        self.registry.add(UAID, session)
+        self.assertTrue(self.deliver())
+        self.assertEqual((session.messages, session.delivered), ([MESSAGE], []))
+
+    def test_not_taken(self) -> None:
+        """Step 2: no session, a refusing one, or one that raises (logged): False."""
+        self.assertFalse(self.deliver())
+        refusing = FakeSession(accept=False)
+        self.registry.add(UAID, refusing)
+        self.assertFalse(self.deliver())
+        self.assertEqual(refusing.messages, [MESSAGE])
+        exploding = FakeSession()
+        exploding.explode = True
+        self.registry.add(UAID, exploding)
+        self.assertFalse(self.deliver())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_here_is_synchronous(self) -> None:
+        """``deliver_message_here`` answers at once, as the cluster router's first step."""
+        self.registry.add(UAID, FakeSession())
+        self.assertTrue(self.router.deliver_message_here(UAID, MESSAGE))
+        self.assertFalse(self.router.deliver_message_here("f" * 32, MESSAGE))

@@ -6,6 +6,13 @@ every failure below ends in "stored" (202): the device gets the update at
 its next hello, or at once if a node is told to check storage.  Only a
 confirmed hand-over to a live socket is "delivered" (200).
 
+A WebPush message (``deliver_message``, ``route_message``) follows the same
+table, with ``LocalRouter.deliver_message_here`` in step 1 and the message
+(``pushtwisted.cluster.pushes``) as the body of step 3; the endpoint answers
+201 whatever the outcome.  A message with TTL 0 is not in storage, so at
+step 4a it is handed to the node that appeared (itself, not a "check
+storage"); when nobody takes it, it is dropped.
+
 Decision table of ``route(uaid, channel_id, version, data)``:
 
 ====  ==============================================  ==========================================
@@ -26,7 +33,10 @@ step  condition                                       action and outcome
 4a      a different entry appeared                    tell its node to check storage (this
                                                       node: ``session.check_storage()``;
                                                       another: signed ``PUT {node}/notif/{uaid}``)
-                                                      -> ``NOTIFIED`` (202)
+                                                      -> ``NOTIFIED`` (202); a TTL-0 message is
+                                                      handed to that node instead: ``LOCAL`` or
+                                                      ``REMOTE`` when taken, else
+                                                      ``NOT_CONNECTED`` / ``NODE_FAILED``
 4b      nothing new                                   ``NOT_CONNECTED`` (no node was tried) or
                                                       ``NODE_FAILED`` (202)
 ====  ==============================================  ==========================================
@@ -55,7 +65,8 @@ requests cannot interfere.
 from __future__ import annotations
 
 import enum
-import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
@@ -66,11 +77,13 @@ from twisted.python.failure import Failure
 from twisted.web.client import readBody
 
 from pushtwisted.cluster.directory import Directory, NodeEntry
+from pushtwisted.cluster.pushes import message_body, update_body
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.routing import LocalRouter, RoutedSession
+from pushtwisted.storage.interface import StoredMessage
 
 __all__ = ["HTTPClient", "RouteOutcome", "Router"]
 
@@ -116,6 +129,18 @@ class _Result(enum.Enum):
 
 #: Errors meaning "nothing listens there": the entry's node is gone.
 _UNREACHABLE = (ConnectError, DNSLookupError, ConnectionRefusedError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """What ``Router._route`` needs of an update or message, whichever it is."""
+
+    #: Hand it to the session on this node holding the UAID; True when taken.
+    here: Callable[[], bool]
+    #: The body of ``PUT /push`` that hands it to another node.
+    body: Callable[[], bytes]
+    #: It waits in storage (a node told to check storage finds it).
+    stored: bool
 
 
 def _timed_out(result: object, timeout: float) -> object:
@@ -176,8 +201,36 @@ class Router:
         self, uaid: str, channel_id: str, version: int, data: str | None
     ) -> RouteOutcome:
         """Route a stored update following the module's decision table; never fails."""
+        local = self._local
+        return await self._route(
+            uaid,
+            _Delivery(
+                here=lambda: local.deliver_here(uaid, channel_id, version, data),
+                body=lambda: update_body(channel_id, version, data),
+                stored=True,
+            ),
+        )
+
+    async def deliver_message(self, uaid: str, message: StoredMessage) -> bool:
+        """Route a WebPush message; True when a live socket took it (see ``route_message``)."""
+        outcome = await self.route_message(uaid, message)
+        return outcome.delivered
+
+    async def route_message(self, uaid: str, message: StoredMessage) -> RouteOutcome:
+        """Route a WebPush message following the module's decision table; never fails."""
+        local = self._local
+        return await self._route(
+            uaid,
+            _Delivery(
+                here=lambda: local.deliver_message_here(uaid, message),
+                body=lambda: message_body(message),
+                stored=message.ttl > 0,
+            ),
+        )
+
+    async def _route(self, uaid: str, delivery: _Delivery) -> RouteOutcome:
         # 1. A session here.
-        if self._local.deliver_here(uaid, channel_id, version, data):
+        if delivery.here():
             return self._outcome(RouteOutcome.LOCAL)
         # 2. The directory.
         try:
@@ -189,11 +242,7 @@ class Router:
         if entry is not None and entry.node_url != self.node_url:
             # 3. Forward to the node that holds it.
             tried = True
-            body = json.dumps(
-                {"channelID": channel_id, "version": version, "data": data},
-                separators=(",", ":"),
-            ).encode("utf-8")
-            result = await self._call("push", b"PUT", entry.node_url, f"/push/{uaid}", body)
+            result = await self._push(uaid, entry, delivery)
             if result is _Result.OK:
                 return self._outcome(RouteOutcome.REMOTE)
             if result is _Result.UNREACHABLE:
@@ -205,9 +254,22 @@ class Router:
             self._directory_failed("get", uaid, e)
             return self._outcome(RouteOutcome.DIRECTORY_FAILED)
         if fresh is not None and fresh != entry:
-            await self._check_storage(uaid, fresh)
-            return self._outcome(RouteOutcome.NOTIFIED)
+            if delivery.stored:
+                await self._check_storage(uaid, fresh)
+                return self._outcome(RouteOutcome.NOTIFIED)
+            return self._outcome(await self._hand_over(uaid, fresh, delivery))
         return self._outcome(RouteOutcome.NODE_FAILED if tried else RouteOutcome.NOT_CONNECTED)
+
+    async def _push(self, uaid: str, entry: NodeEntry, delivery: _Delivery) -> _Result:
+        """Send ``PUT /push/{uaid}`` with the delivery to the node of ``entry``."""
+        return await self._call("push", b"PUT", entry.node_url, f"/push/{uaid}", delivery.body())
+
+    async def _hand_over(self, uaid: str, entry: NodeEntry, delivery: _Delivery) -> RouteOutcome:
+        """Step 4a of a delivery not in storage: hand it to the node of ``entry``."""
+        if entry.node_url == self.node_url:
+            return RouteOutcome.LOCAL if delivery.here() else RouteOutcome.NOT_CONNECTED
+        result = await self._push(uaid, entry, delivery)
+        return RouteOutcome.REMOTE if result is _Result.OK else RouteOutcome.NODE_FAILED
 
     async def _clear_dead(self, uaid: str, entry: NodeEntry) -> None:
         """Clear the entry of a node that refused the connection, if still unchanged."""

@@ -153,9 +153,10 @@ class FakeSession:
     """A connected session as the registry, the routers and the router listener see it.
 
     :param connected_at: its ``connected_at`` (ms), or None before its hello.
-    :param accept: what ``deliver`` answers.
-    :ivar explode: make ``deliver`` and ``check_storage`` raise.
+    :param accept: what ``deliver`` and ``deliver_message`` answer.
+    :ivar explode: make ``deliver``, ``deliver_message`` and ``check_storage`` raise.
     :ivar delivered: every ``deliver`` call's arguments, accepted or not.
+    :ivar messages: every message given to ``deliver_message``, accepted or not.
     """
 
     def __init__(self, connected_at: int | None = 1000, *, accept: bool = True) -> None:
@@ -163,6 +164,7 @@ class FakeSession:
         self.accept = accept
         self.explode = False
         self.delivered: list[tuple[str, int, str | None]] = []
+        self.messages: list[StoredMessage] = []
         self.checks = 0
         self.check_result: Deferred[None] = succeed(None)
         self.replaced_count = 0
@@ -173,6 +175,13 @@ class FakeSession:
         if self.explode:
             raise RuntimeError("boom")
         self.delivered.append((channel_id, version, data))
+        return self.accept
+
+    def deliver_message(self, message: StoredMessage) -> bool:
+        """Record the WebPush message; answer ``accept``."""
+        if self.explode:
+            raise RuntimeError("boom")
+        self.messages.append(message)
         return self.accept
 
     def check_storage(self) -> Deferred[None]:
@@ -333,10 +342,12 @@ class HoldingStorage(_WrappedStorage):
 class FakeRouter:
     """A ``Router`` that records every call and answers as told.
 
-    :ivar answer: what ``deliver`` answers: a bool, a Deferred (returned as
-        is) or an exception (raised at once).
+    :ivar answer: what ``deliver`` and ``deliver_message`` answer: a bool, a
+        Deferred (returned as is) or an exception (raised at once).
     :ivar hello_answer: what ``on_hello`` returns; None: done at once.
-    :ivar on_deliver: called at each ``deliver``, before it answers.
+    :ivar on_deliver: called at each ``deliver`` and ``deliver_message``,
+        before it answers.
+    :ivar messages: every ``deliver_message`` call as ``(uaid, message)``.
     """
 
     def __init__(self) -> None:
@@ -344,12 +355,21 @@ class FakeRouter:
         self.hello_answer: Deferred[None] | None = None
         self.on_deliver: Callable[[], object] | None = None
         self.delivered: list[tuple[str, str, int, str | None]] = []
+        self.messages: list[tuple[str, StoredMessage]] = []
         self.hellos: list[tuple[str, int]] = []
         self.disconnects: list[tuple[str, int]] = []
 
     def deliver(self, uaid: str, channel_id: str, version: int, data: str | None) -> Deferred[bool]:
         """Record the call; answer ``answer``."""
         self.delivered.append((uaid, channel_id, version, data))
+        return self._answer()
+
+    def deliver_message(self, uaid: str, message: StoredMessage) -> Deferred[bool]:
+        """Record the call; answer ``answer``."""
+        self.messages.append((uaid, message))
+        return self._answer()
+
+    def _answer(self) -> Deferred[bool]:
         if self.on_deliver is not None:
             self.on_deliver()
         if isinstance(self.answer, Exception):

@@ -10,9 +10,10 @@ UAIDs are in normal form (32 lower-case hex).
 =======================================  =====================================================
 request                                  answer
 =======================================  =====================================================
-``PUT /push/<uaid>``                     200 the local session took the update; 404 no
-JSON ``{"channelID", "version",          session here (or it is closing); 400 the body is
-"data"}``                                not that JSON object
+``PUT /push/<uaid>``                     200 the local session took the update (or
+JSON: a SimplePush update or a           WebPush message); 404 no session here (or it is
+WebPush message (``cluster.pushes``)     closing, or refused it); 400 the body is not
+                                         one of those JSON objects
 ``PUT /notif/<uaid>``                    200 the local session was told to read storage again
                                          and send what is pending; 404 no session here
 ``DELETE /notif/<uaid>/<connected_at>``  200 the local session, connected at or before
@@ -31,15 +32,14 @@ Every answer is JSON: ``{}`` on success, the one error shape of
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from pushtwisted.cluster.pushes import Update, parse_push
 from pushtwisted.cluster.signing import (
     NONCE_HEADER,
     SIGNATURE_HEADER,
@@ -50,7 +50,6 @@ from pushtwisted.cluster.signing import (
 )
 from pushtwisted.ids import is_valid_id
 from pushtwisted.logs import logger, uaid_hash
-from pushtwisted.messages import MAX_VERSION
 from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
 from pushtwisted.routing import RoutedSession
@@ -76,37 +75,6 @@ _OK = JSONResponse(code=200)
 
 def _not_allowed(allow: bytes) -> JSONResponse:
     return _error(405, 304, "Method Not Allowed", Allow=allow)
-
-
-@dataclass(frozen=True, slots=True)
-class _Push:
-    """A parsed ``PUT /push`` body."""
-
-    channel_id: str
-    version: int
-    data: str | None
-
-
-def _parse_push(body: bytes) -> _Push | None:
-    """Return the update in a ``PUT /push`` body, or None when it is malformed."""
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
-        return None
-    if not isinstance(value, dict):
-        return None
-    channel_id = value.get("channelID")
-    version = value.get("version")
-    data = value.get("data")
-    if not isinstance(channel_id, str) or not channel_id:
-        return None
-    if not isinstance(version, int) or isinstance(version, bool):
-        return None
-    if not 0 <= version <= MAX_VERSION:
-        return None
-    if data is not None and not isinstance(data, str):
-        return None
-    return _Push(channel_id, version, data or None)
 
 
 class InternalResource(Resource):
@@ -197,15 +165,20 @@ class InternalResource(Resource):
         return session
 
     def _push(self, uaid: str, body: bytes) -> JSONResponse:
-        push = _parse_push(body)
+        push = parse_push(body)
         if push is None:
             return _BAD_BODY
         session = self._session(uaid)
         if session is None:
             return _NOT_FOUND
-        delivered = self._safely(
-            lambda: session.deliver(push.channel_id, push.version, push.data), uaid
-        )
+        if isinstance(push, Update):
+            update = push
+            delivered = self._safely(
+                lambda: session.deliver(update.channel_id, update.version, update.data), uaid
+            )
+        else:
+            message = push
+            delivered = self._safely(lambda: session.deliver_message(message), uaid)
         return _OK if delivered else _NOT_FOUND
 
     def _notif(self, uaid: str) -> JSONResponse:
