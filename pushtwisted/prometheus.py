@@ -47,6 +47,22 @@ histograms in seconds):
   ``pushtwisted_storage_latency_seconds{operation}`` histogram
 - ``storage_queue_depth`` (``gauge``) -> ``pushtwisted_storage_queue_depth`` gauge
 
+WebPush (the ``/wpush/`` and ``/m/`` routes, ``pushtwisted.web.webpush``, and
+WebPush sessions):
+
+- ``webpush_messages`` (label ``outcome`` = received: a POST that passed
+  every check; stored; delivered: written to a socket, once per message per
+  connection; dropped: TTL 0 and no session took it; resent: sent again by
+  the retry timer or a re-fetch) -> ``pushtwisted_webpush_messages_total{outcome}``
+- ``webpush_rejected`` (label ``errno``; ``none`` for a 405) ->
+  ``pushtwisted_webpush_rejected_total{errno}``: every 4xx and 5xx answer of
+  the WebPush routes
+- ``vapid_failures`` (label ``reason``, ``pushtwisted.webpush.vapid.REASONS``)
+  -> ``pushtwisted_vapid_failures_total{reason}``
+- ``webpush_acks`` (label ``code`` = 100, 101, 102 or other) ->
+  ``pushtwisted_webpush_acks_total{code}``
+- ``webpush_nacks`` (label ``code``) -> ``pushtwisted_webpush_nacks_total{code}``
+
 Cluster (``pushtwisted.cluster.router`` and the router listener,
 ``pushtwisted.web.internal``; only with ``[router] listen`` set):
 
@@ -238,6 +254,23 @@ _SPECS: Mapping[str, _Spec] = {
         "pushtwisted_storage_queue_depth",
         "Storage calls waiting for a thread of the storage pool.",
     ),
+    "webpush_messages": _counter(
+        "webpush_messages",
+        "WebPush messages by outcome: received, stored, delivered, dropped, resent.",
+        "outcome",
+    ),
+    "webpush_rejected": _counter(
+        "webpush_rejected",
+        "Error answers of the WebPush routes, by errno (none for 405).",
+        "errno",
+    ),
+    "vapid_failures": _counter(
+        "vapid_failures",
+        "WebPush requests refused for their VAPID authorization, by reason.",
+        "reason",
+    ),
+    "webpush_acks": _counter("webpush_acks", "WebPush acks, by code.", "code"),
+    "webpush_nacks": _counter("webpush_nacks", "WebPush nacks, by code.", "code"),
     "router_requests": _counter(
         "router_requests", "Requests sent to other nodes, by kind and result.", "kind", "result"
     ),

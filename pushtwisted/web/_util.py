@@ -22,14 +22,15 @@ has a request to render: the early 413 of ``pushtwisted.web._site``.
 from __future__ import annotations
 
 import json
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
+from twisted.web.http_headers import Headers as HTTPHeaders
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -50,6 +51,7 @@ __all__ = [
     "raw_json_response",
     "reason_phrase",
     "render_async",
+    "render_eagerly",
 ]
 
 #: Seconds a client is told to wait (``Retry-After``) when storage is unavailable.
@@ -58,6 +60,7 @@ RETRY_AFTER_SECONDS = 5
 _log = Logger(namespace="pushtwisted.web")
 
 Headers = tuple[tuple[bytes, bytes], ...]
+_R = TypeVar("_R")
 
 
 class HTTPRequest(Protocol):
@@ -74,6 +77,7 @@ class HTTPRequest(Protocol):
     postpath: list[bytes]
     content: IO[bytes] | None
     finished: int
+    requestHeaders: HTTPHeaders
 
     def getHeader(self, key: bytes) -> bytes | None:
         """Return the last value of request header ``key``, or None."""
@@ -274,13 +278,29 @@ def render_async(request: HTTPRequest, coro: Coroutine[Any, Any, JSONResponse]) 
 
     :returns: ``NOT_DONE_YET``, for ``Resource.render`` to return.
     """
+    return render_eagerly(request, coro, _write, _error_answer)
+
+
+def render_eagerly(
+    request: HTTPRequest,
+    coro: Coroutine[Any, Any, _R],
+    write: Callable[[HTTPRequest, _R], None],
+    on_error: Callable[[HTTPRequest, BaseException | None, Failure | None], _R],
+) -> int:
+    """Run ``coro`` for ``request`` as ``render_async`` does, with any answer type.
+
+    :param write: writes the answer ``coro`` returned (never raises).
+    :param on_error: the answer to an exception ``coro`` raised (its
+        ``Failure``, or None inside the ``except`` that caught it).
+    :returns: ``NOT_DONE_YET``, for ``Resource.render`` to return.
+    """
     try:
         awaited = coro.send(None)
     except StopIteration as done:
-        _write(request, done.value)
+        write(request, done.value)
         return NOT_DONE_YET
     except Exception as e:
-        _write(request, _error_answer(request, e, None))  # logs the exception being handled
+        write(request, on_error(request, e, None))  # logs the exception being handled
         return NOT_DONE_YET
 
     gone = False
@@ -291,16 +311,16 @@ def render_async(request: HTTPRequest, coro: Coroutine[Any, Any, JSONResponse]) 
 
     request.notifyFinish().addErrback(peer_gone)
 
-    def to_response(failure: Failure) -> JSONResponse:
-        return _error_answer(request, failure.value, failure)
+    def to_answer(failure: Failure) -> _R:
+        return on_error(request, failure.value, failure)
 
-    def write(response: JSONResponse) -> None:
+    def finish(answer: _R) -> None:
         if gone or request.finished:
-            _log.debug("peer gone; {code} response dropped", code=response.code)
+            _log.debug("peer gone; response dropped")
             return
-        _write(request, response)
+        write(request, answer)
 
-    resume(coro, awaited).addErrback(to_response).addCallback(write)
+    resume(coro, awaited).addErrback(to_answer).addCallback(finish)
     return NOT_DONE_YET
 
 

@@ -1,5 +1,8 @@
 """The app-server endpoint: ``PUT /update/<token>`` (PROTOCOL.md sections 3 and 16).
 
+The same listener serves the WebPush routes (``pushtwisted.web.webpush``):
+``build_endpoint_root`` puts both under one root.
+
 Parameters ``version`` and ``data`` come from a form body
 (``application/x-www-form-urlencoded``, a body without ``Content-Type``, or
 ``multipart/form-data``) or from the query string; a body field wins over
@@ -76,6 +79,7 @@ from pushtwisted.web._util import (
     json_response,
     render_async,
 )
+from pushtwisted.web.webpush import MessageResource, WebPushResource
 
 __all__ = [
     "IGNORED_BODY_LOG_INTERVAL",
@@ -333,24 +337,29 @@ class UpdateResource(Resource):
 
 
 def build_endpoint_root(node: Node) -> Resource:
-    """Return the endpoint listener's root: ``update`` -> ``UpdateResource``.
+    """Return the endpoint listener's root: ``update`` -> ``UpdateResource``, and the
+    WebPush routes ``wpush`` -> ``WebPushResource``, ``m`` -> ``MessageResource``.
 
     Other children (status, metrics) are added later with ``putChild``; any
     other path is a JSON 404.
     """
     root = JSONRoot(_CORS_HEADERS if node.config.endpoint.cors else ())
     root.putChild(b"update", UpdateResource(node))
+    root.putChild(b"wpush", WebPushResource(node))
+    root.putChild(b"m", MessageResource(node))
     return root
 
 
 def _access_filter(health: bool) -> Callable[[HTTPRequest], bool]:
     """The endpoint listener's access-log filter.
 
-    ``/update/`` requests are left out (``UpdateResource`` writes their one
-    line, without the token); so are ``/status`` and ``/health`` unless
-    ``health``.  The filter sees the path as routed (percent-decoded).
+    ``/update/``, ``/wpush/`` and ``/m/`` requests are left out (their
+    resources write their one line, without the token or message id); so are
+    ``/status`` and ``/health`` unless ``health``.  The filter sees the path
+    as routed (percent-decoded).
     """
-    skipped = {b"update"} if health else {b"update", b"status", b"health"}
+    routes = {b"update", b"wpush", b"m"}
+    skipped = routes if health else routes | {b"status", b"health"}
 
     def access_logged(request: HTTPRequest) -> bool:
         routed = request.prepath
