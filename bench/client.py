@@ -1,4 +1,7 @@
-"""Lean asyncio clients: a SimplePush device over WebSocket, and a keep-alive HTTP PUT pool.
+"""Lean asyncio clients: a push device over WebSocket, and a keep-alive HTTP request pool.
+
+A device speaks SimplePush, or WebPush when its worker's ``webpush`` is set
+(hello with ``use_webpush``, one ``notification`` per message, acked by its id).
 
 Both are plain ``asyncio.Protocol`` subclasses with ``__slots__``: no stream
 objects, no per-message tasks, so one generator core can drive tens of
@@ -264,6 +267,9 @@ class Device:
             self.worker.count("bad_message")
             return
         mt = msg.get("messageType")
+        if mt == "notification" and "updates" not in msg:
+            self._on_message(msg)
+            return
         if mt == "notification":
             updates = msg.get("updates")
             if type(updates) is not list:
@@ -285,6 +291,16 @@ class Device:
             w.set_result(msg)
         else:
             self.worker.count(f"unexpected_{mt}")
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        """A WebPush notification: count it, then ack it by its id (``version``)."""
+        self.worker.on_message(self, msg)
+        if self.proto is not None and self.proto.transport is not None:
+            chid, version = _dumps(msg.get("channelID")), _dumps(msg.get("version"))
+            self.proto.send_text(
+                f'{{"messageType":"ack","updates":[{{"channelID":{chid},'
+                f'"version":{version},"code":100}}]}}'
+            )
 
     def on_lost(self, proto: WSProto) -> None:
         if proto is not self.proto:
@@ -364,7 +380,11 @@ class Device:
         return t1 - t0, perf_counter() - t1
 
     async def hello(self, timeout: float | None) -> None:
-        if self.uaid:
+        webpush = self.worker.webpush
+        if webpush:
+            uaid = f',"uaid":"{self.uaid}"' if self.uaid else ""
+            text = f'{{"messageType":"hello","use_webpush":true{uaid}}}'
+        elif self.uaid:
             text = f'{{"messageType":"hello","uaid":"{self.uaid}","channelIDs":["{self.chid}"]}}'
         else:
             text = '{"messageType":"hello","uaid":"","channelIDs":[]}'
@@ -374,6 +394,8 @@ class Device:
         status = msg.get("status")
         if status != 200:
             raise BenchFailure(f"hello_status_{status}")
+        if webpush and msg.get("use_webpush") is not True:
+            raise BenchFailure("hello_not_webpush")
         uaid = msg.get("uaid")
         if not isinstance(uaid, str) or len(uaid) != 32:
             raise BenchFailure("hello_bad_uaid")
@@ -502,13 +524,19 @@ class HttpConn(asyncio.Protocol):
         self, path: str, body: bytes, timeout: float, on_sent: Callable[[], None] | None = None
     ) -> int:
         """PUT ``body`` to ``path``; returns the status."""
+        return await self.send(put_request(self.host_header, path, body), timeout, on_sent)
+
+    async def send(
+        self, request: bytes, timeout: float, on_sent: Callable[[], None] | None = None
+    ) -> int:
+        """Write one whole request (``put_request``, ``post_request``); returns the status."""
         if self.closed or self.transport is None:
             raise BenchFailure("http_conn_lost")
         fut: asyncio.Future[tuple[int, bytes, bool]] = asyncio.get_running_loop().create_future()
         self.waiter = fut
         if on_sent is not None:
             on_sent()
-        self.transport.write(put_request(self.host_header, path, body))
+        self.transport.write(request)
         try:
             async with asyncio.timeout(timeout):
                 status, _body, _keep = await fut

@@ -7,8 +7,9 @@ runs apart from the kind's other scenarios, the coroutine that runs it
 (``bench.scenarios``), its sizes per preset, and which command-line options
 override which of its parameters.
 
-To add a scenario (e.g. a WebPush notify), write its runner next to the others
-and append one ``ScenarioSpec`` here; a new *kind* also needs its columns in
+To add a scenario, write its runner next to the others (or reuse one with
+other parameters, as ``webpush-notify`` reuses ``run_notify``) and append one
+``ScenarioSpec`` here; a new *kind* also needs its columns in
 ``bench.results.HEADLINES`` and ``SCENARIO_METRICS``.
 """
 
@@ -107,6 +108,25 @@ SCENARIOS: dict[str, ScenarioSpec] = {
             },
             fixed={"mode": "rate"},
             help="PUTs at a fixed rate",
+        ),
+        ScenarioSpec(
+            name="webpush-notify",
+            kind="notify",
+            run=run_notify,
+            sizes={
+                "tiny": {"devices": 50, "puts": 200, "inflight": 8},
+                "moderate": {"devices": 2000, "puts": 20000, "inflight": 64},
+                "full": {"devices": 10000, "puts": 50000, "inflight": 128},
+            },
+            options={
+                "devices": "notify_devices",
+                "puts": "puts",
+                "inflight": "inflight",
+                "drain": "drain",
+            },
+            fixed={"rate": 0.0, "mode": "webpush", "webpush": True, "body_bytes": 3072},
+            help="WebPush: M POSTs of a 3 KB body with K in flight (saturated); devices "
+            "say hello with use_webpush and ack each message by its id",
         ),
         ScenarioSpec(
             name="churn",

@@ -32,8 +32,14 @@ __all__ = ["Target", "GenOptions", "split", "run_connect", "run_notify", "run_ch
 # Kept importable from here (tests, older callers).
 _ServerMeter = ServerMeter
 
+#: The statuses of an accepted PUT (200, 202) or WebPush POST (201), as result keys.
+_ACCEPTED = frozenset({"200", "201", "202"})
 
-async def _start_group(target: Target, gen: GenOptions) -> tuple[WorkerGroup, list[dict[str, Any]]]:
+
+async def _start_group(
+    target: Target, gen: GenOptions, webpush: bool = False
+) -> tuple[WorkerGroup, list[dict[str, Any]]]:
+    """Start the workers; with ``webpush`` their devices speak WebPush."""
     group = WorkerGroup(gen.procs, gen.loop)
     await group.start()
     # Each worker gets its own slice of source addresses when there are enough.
@@ -47,6 +53,7 @@ async def _start_group(target: Target, gen: GenOptions) -> tuple[WorkerGroup, li
                 "ws_port": target.ws_port,
                 "ws_ports": target.ws_ports or [target.ws_port],
                 "subprotocol": target.subprotocol,
+                "webpush": webpush,
                 "ips": mine,
                 "cpus": gen.cpus,
             }
@@ -208,6 +215,7 @@ async def _put_phase(
             "http_host": host,
             "http_port": port,
             "http_ports": target.http_ports or [port],
+            "body_bytes": int(p.get("body_bytes", 3072)),
             "start_at": start_at,
         }
         for i in range(procs)
@@ -226,15 +234,13 @@ async def _put_phase(
     received = sum(r["received"] for r in res)
     statuses = merge_counts(*(r["statuses"] for r in res))
     failures = merge_counts(*(r["failures"] for r in res))
-    http_errors = sum(v for k, v in statuses.items() if k not in ("200", "202")) + sum(
-        failures.values()
-    )
+    http_errors = sum(v for k, v in statuses.items() if k not in _ACCEPTED) + sum(failures.values())
     lat = [v for r in res for v in r["latencies"]]
     m = {
         "machine": meter.machine(sum(r["cpu_s"] for r in res)),
         "mode": "rate" if rate else "saturated",
         "sent": sent,
-        "accepted": statuses.get("200", 0) + statuses.get("202", 0),
+        "accepted": sum(statuses.get(k, 0) for k in _ACCEPTED),
         "received": received,
         "lost": sum(r["lost"] for r in res),
         "duplicates": sum(r["duplicates"] for r in res),
@@ -256,7 +262,7 @@ async def _put_phase(
         "worker_counters": merge_counts(*(r["counters"] for r in res)),
     }
     fails = merge_counts(
-        failures, {f"http_{k}": v for k, v in statuses.items() if k not in ("200", "202")}
+        failures, {f"http_{k}": v for k, v in statuses.items() if k not in _ACCEPTED}
     )
     return m, fails, lat
 
@@ -360,11 +366,12 @@ async def run_notify(target: Target, gen: GenOptions, p: dict[str, Any]) -> dict
     """notify: C devices; M PUTs saturated (K in flight) or at a fixed rate.
 
     Latency is PUT written -> notification received, measured in the worker that
-    owns the device (it also sends that device's PUTs).
+    owns the device (it also sends that device's PUTs).  With ``p["webpush"]``
+    the devices speak WebPush and each PUT is a POST of ``p["body_bytes"]``.
     """
     c = int(p["devices"])
     rate = float(p.get("rate") or 0.0)
-    group, info = await _start_group(target, gen)
+    group, info = await _start_group(target, gen, bool(p.get("webpush")))
     try:
         conn, host, port, have, total_have = await _connect_all(
             group, gen, c, "notify:connect", target

@@ -29,6 +29,7 @@ __all__ = [
     "upgrade_request",
     "parse_upgrade_response",
     "put_request",
+    "post_request",
     "HttpError",
     "HttpResponseParser",
 ]
@@ -223,6 +224,17 @@ def put_request(host: str, path: str, body: bytes) -> bytes:
     return (
         f"PUT {path} HTTP/1.1\r\nHost: {host}\r\n"
         "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def post_request(
+    host: str, path: str, body: bytes, *, ttl: int = 60, encoding: str = "aes128gcm"
+) -> bytes:
+    """A keep-alive HTTP/1.1 POST of a WebPush message (``TTL``, ``Content-Encoding``)."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: {ttl}\r\n"
+        f"Content-Encoding: {encoding}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 

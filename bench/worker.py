@@ -8,7 +8,8 @@ one JSON command per line on stdin and answers one JSON line on stdout
 - ``setup``: target addresses, source IPs, CPU pinning.
 - ``connect``: open N devices (TCP + upgrade + hello + register), ramped.
 - ``ping``: every connected device pings once.
-- ``notify``: M PUTs to this worker's devices, at a fixed rate or with K in flight.
+- ``notify``: M PUTs to this worker's devices, at a fixed rate or with K in flight
+  (with ``webpush``: POSTs of ``body_bytes`` each; see ``message_body``).
 - ``churn``: disconnect / PUT while offline / reconnect cycles.
 - ``stats``: counters; ``close``: drop all and exit.
 
@@ -19,6 +20,7 @@ microseconds), so the parent computes exact percentiles over all workers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import json
 import os
@@ -30,8 +32,25 @@ from time import perf_counter
 from typing import Any
 
 from bench.client import BenchFailure, Device, HttpConn
+from bench.wire import post_request, put_request
 
-__all__ = ["Worker", "main"]
+__all__ = ["ACCEPTED", "Worker", "main", "message_body", "message_seq"]
+
+#: The statuses of an accepted PUT (SimplePush: 200, 202) or POST (WebPush: 201).
+ACCEPTED = frozenset({200, 201, 202})
+#: Octets at the start of a WebPush body that carry its sequence number (12
+#: base64url characters, so the device reads it without decoding the rest).
+_SEQ_OCTETS = 9
+
+
+def message_body(seq: int, filler: bytes) -> bytes:
+    """A WebPush body: ``seq`` in its first 9 octets, then ``filler`` (opaque to the server)."""
+    return seq.to_bytes(_SEQ_OCTETS, "big") + filler
+
+
+def message_seq(data: str) -> int:
+    """The sequence number at the start of a notification's ``data`` (base64url)."""
+    return int.from_bytes(base64.urlsafe_b64decode(data[:12]), "big")
 
 
 def _r(xs: list[float]) -> list[float]:
@@ -56,6 +75,8 @@ class Worker:
         self.ws_ports: list[int] = []
         self.rng = random.Random()
         self.subprotocol: str | None = None
+        #: Devices speak WebPush (``use_webpush``) instead of SimplePush.
+        self.webpush = False
         self.ips = ["127.0.0.1"]
         self.devices: list[Device] = []
         self.next_idx = 0
@@ -125,6 +146,20 @@ class Worker:
                 if not dev.want_fut.done():
                     dev.want_fut.set_result(None)
 
+    def on_message(self, dev: Device, msg: dict[str, Any]) -> None:
+        """A WebPush notification: tracked by the sequence number at the start of its data."""
+        chid = msg.get("channelID")
+        data = msg.get("data")
+        if not isinstance(chid, str) or not isinstance(data, str) or len(data) < 12:
+            self.count("bad_notification")
+            return
+        try:
+            seq = message_seq(data)
+        except ValueError:
+            self.count("bad_notification")
+            return
+        self.on_updates(dev, [{"channelID": chid, "version": seq}])
+
     def reset_tracking(self) -> None:
         self.pending.clear()
         self.got.clear()
@@ -144,6 +179,7 @@ class Worker:
         self.ws_ports = [int(p) for p in (a.get("ws_ports") or [self.ws_port])]
         self.rng = random.Random(a.get("seed"))
         self.subprotocol = a.get("subprotocol")
+        self.webpush = bool(a.get("webpush"))
         self.ips = list(a.get("ips") or ["127.0.0.1"])
         cpus = a.get("cpus")
         if cpus:
@@ -298,6 +334,8 @@ class Worker:
         # in-flight slot keeps one keep-alive connection per node and picks a node per PUT).
         ports = [int(p) for p in (a.get("http_ports") or [port])]
         start_at = float(a.get("start_at", time.monotonic()))
+        webpush = self.webpush
+        filler = os.urandom(max(0, int(a.get("body_bytes", 3072)) - _SEQ_OCTETS))
         devs = [d for d in self.devices if d.proto is not None and d.path]
         self.reset_tracking()
         statuses: dict[str, int] = {}
@@ -338,8 +376,12 @@ class Worker:
                 t0 = perf_counter()
                 self.pending.setdefault(chid, {})[version] = t0
 
+            if webpush:
+                request = post_request(conn.host_header, dev.path, message_body(version, filler))
+            else:
+                request = put_request(conn.host_header, dev.path, b"version=%d" % version)
             try:
-                status = await conn.put(dev.path, b"version=%d" % version, timeout, sent)
+                status = await conn.send(request, timeout, sent)
             except BenchFailure as e:
                 failures[e.kind] = failures.get(e.kind, 0) + 1
                 self.progress["failed"] += 1
@@ -354,7 +396,7 @@ class Worker:
             put_lat.append(perf_counter() - t0)
             key = str(status)
             statuses[key] = statuses.get(key, 0) + 1
-            if status not in (200, 202):
+            if status not in ACCEPTED:
                 self._forget(chid, version)
                 self.progress["failed"] += 1
             else:

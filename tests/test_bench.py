@@ -7,6 +7,7 @@ separate CI step).
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import json
 import random
@@ -42,11 +43,12 @@ from bench.wire import (
     make_ws_key,
     mask_payload,
     parse_upgrade_response,
+    post_request,
     put_request,
     upgrade_request,
     ws_accept,
 )
-from bench.worker import Worker
+from bench.worker import Worker, message_body, message_seq
 
 
 def _unmask_client_frame(frame: bytes) -> tuple[int, bool, bytes]:
@@ -164,6 +166,16 @@ class HttpTests(unittest.TestCase):
         self.assertTrue(head.startswith(b"PUT /update/abc HTTP/1.1\r\n"))
         self.assertIn(b"Content-Length: 9", head)
         self.assertEqual(body, b"version=7")
+
+    def test_post_request(self) -> None:
+        """A WebPush POST: TTL, Content-Encoding and the exact body length."""
+        req = post_request("127.0.0.1:8081", "/wpush/v1/tok", b"\x00" * 3072)
+        head, _, body = req.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"POST /wpush/v1/tok HTTP/1.1\r\n"))
+        self.assertIn(b"\r\nTTL: 60", head)
+        self.assertIn(b"\r\nContent-Encoding: aes128gcm", head)
+        self.assertIn(b"\r\nContent-Length: 3072", head)
+        self.assertEqual(body, b"\x00" * 3072)
 
     def test_keep_alive_stream_any_split(self) -> None:
         stream = (
@@ -371,6 +383,40 @@ class AccountingTests(unittest.TestCase):
         self.assertEqual(len(w.latencies), 2)
         w.on_updates(dev, [{"channelID": "c1"}, "junk"])
         self.assertEqual(w.counters["bad_update"], 2)
+
+    def test_webpush_message(self) -> None:
+        """A WebPush notification is tracked by the sequence number at the start of its
+        data, and acked by its id with code 100."""
+        w, dev = self._worker()
+        sent: list[str] = []
+
+        class _Proto:
+            transport = object()
+
+            def send_text(self, text: str) -> None:
+                sent.append(text)
+
+        dev.proto = _Proto()  # type: ignore[assignment]
+        w.pending = {"c1": {7: 0.0}}
+        body = message_body(7, b"\xff" * 3063)
+        self.assertEqual(len(body), 3072)
+        data = base64.urlsafe_b64encode(body).rstrip(b"=").decode()
+        self.assertEqual(message_seq(data), 7)
+        msg = {"messageType": "notification", "channelID": "c1", "version": "id-7", "data": data}
+        dev.on_text(json.dumps(msg).encode())
+        self.assertEqual((w.received, w.lost_count()), (1, 0))
+        self.assertEqual(
+            [json.loads(t) for t in sent],
+            [
+                {
+                    "messageType": "ack",
+                    "updates": [{"channelID": "c1", "version": "id-7", "code": 100}],
+                }
+            ],
+        )
+        dev.on_text(b'{"messageType":"notification","channelID":"c1","version":"x"}')
+        dev.on_text(b'{"messageType":"notification","channelID":"c1","data":"abc"}')
+        self.assertEqual(w.counters["bad_notification"], 2)
 
     def test_text_dispatch(self) -> None:
         w, dev = self._worker()

@@ -198,7 +198,9 @@ class RegistryTests(unittest.TestCase):
         return build_parser().parse_args(["run", *extra])
 
     def test_all_leaves_out_the_cluster_scenario(self) -> None:
-        self.assertEqual(scenario_names("all"), ["connect", "notify", "notify-rate", "churn"])
+        self.assertEqual(
+            scenario_names("all"), ["connect", "notify", "notify-rate", "webpush-notify", "churn"]
+        )
         self.assertEqual(scenario_names("churn,connect-verify,churn"), ["churn", "connect-verify"])
         with self.assertRaises(SystemExit):
             scenario_names("webpush")
