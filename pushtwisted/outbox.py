@@ -1,5 +1,7 @@
 """``Outbox``: the updates sent on one connection and not yet acknowledged.
 
+``RetryingOutbox`` is the retry timer described below on its own, for any outbox to share.
+
 A session creates its outbox at its first notification.  Each channel's
 last sent update stays in it until the client acks that version (or a newer
 one) or unregisters the channel; while any stays, all of them are sent
@@ -30,7 +32,7 @@ from pushtwisted.messages import Update
 from pushtwisted.metrics import Metrics
 from pushtwisted.storage.interface import PendingUpdate
 
-__all__ = ["Outbox", "TextSender"]
+__all__ = ["Outbox", "RetryingOutbox", "TextSender"]
 
 #: Seconds a retry may come before its due time (clock rounding), rather
 #: than wait for so little.
@@ -44,7 +46,63 @@ class TextSender(Protocol):
         """Send one text message; return False when the connection is closed or closing."""
 
 
-class Outbox:
+class RetryingOutbox:
+    """The retry timer of what a connection sent and the client has not acknowledged.
+
+    A subclass keeps what it sent, calls ``_arm`` when it sends something
+    while nothing was kept or the timer is not running, and implements
+    ``_kept`` and ``_resend``.
+
+    :param clock: runs the retry timer.
+    :param interval: seconds between re-sends; 0 never re-sends.
+    """
+
+    __slots__ = ("_clock", "_interval", "_retry_call", "_due")
+
+    def __init__(self, clock: IReactorTime, interval: float) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._retry_call: IDelayedCall | None = None
+        #: When what is kept is to be re-sent (clock seconds).
+        self._due = 0.0
+
+    def _kept(self) -> bool:
+        """Return True while anything sent is not acknowledged."""
+        raise NotImplementedError
+
+    def _resend(self) -> bool:
+        """Send again everything kept; return False when the connection refused it."""
+        raise NotImplementedError
+
+    def _arm(self) -> None:
+        """Make what is kept due one interval from now; start the timer if it is not running."""
+        interval = self._interval
+        if interval > 0:
+            self._due = self._clock.seconds() + interval
+            if self._retry_call is None:
+                self._retry_call = self._clock.callLater(interval, self._on_retry)
+
+    def _stop(self) -> None:
+        """Cancel the timer (the connection is gone)."""
+        call, self._retry_call = self._retry_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _on_retry(self) -> None:
+        self._retry_call = None
+        if not self._kept():
+            return  # everything was acked: the timer stops until the next notification
+        clock = self._clock
+        wait = self._due - clock.seconds()
+        if wait > _EARLY:
+            # What is kept was sent after this timer was set.
+            self._retry_call = clock.callLater(wait, self._on_retry)
+            return
+        if self._resend():
+            self._arm()
+
+
+class Outbox(RetryingOutbox):
     """Unacknowledged updates of one connection, and their retry timer.
 
     :param sender: writes the notifications.
@@ -53,20 +111,16 @@ class Outbox:
     :param interval: seconds between re-sends; 0 never re-sends.
     """
 
-    __slots__ = ("_sender", "_metrics", "_clock", "_interval", "_sent", "_retry_call", "_due")
+    __slots__ = ("_sender", "_metrics", "_sent")
 
     def __init__(
         self, sender: TextSender, metrics: Metrics, clock: IReactorTime, interval: float
     ) -> None:
+        super().__init__(clock, interval)
         self._sender = sender
         self._metrics = metrics
-        self._clock = clock
-        self._interval = interval
         #: The last update sent per channel, by channel ID in normal form.
         self._sent: dict[str, Update] = {}
-        self._retry_call: IDelayedCall | None = None
-        #: When what ``_sent`` holds is to be re-sent (clock seconds).
-        self._due = 0.0
 
     def deliver(self, channel_id: str, version: int, data: str | None) -> bool:
         """Send one live update unless that version was sent already.
@@ -121,34 +175,17 @@ class Outbox:
     def close(self) -> None:
         """Stop the retry timer and forget everything (the connection is gone)."""
         self._sent.clear()
-        call, self._retry_call = self._retry_call, None
-        if call is not None and call.active():
-            call.cancel()
+        self._stop()
 
-    def _arm(self) -> None:
-        """Make what is kept due one interval from now; start the timer if it is not running."""
-        interval = self._interval
-        if interval > 0:
-            self._due = self._clock.seconds() + interval
-            if self._retry_call is None:
-                self._retry_call = self._clock.callLater(interval, self._on_retry)
+    def _kept(self) -> bool:
+        return bool(self._sent)
 
-    def _on_retry(self) -> None:
-        self._retry_call = None
-        sent = self._sent
-        if not sent:
-            return  # everything was acked: the timer stops until the next notification
-        clock = self._clock
-        wait = self._due - clock.seconds()
-        if wait > _EARLY:
-            # The updates kept were sent after this timer was set.
-            self._retry_call = clock.callLater(wait, self._on_retry)
-            return
-        updates = list(sent.values())
+    def _resend(self) -> bool:
+        updates = list(self._sent.values())
         if not self._sender.send_text(messages.notification(updates)):
-            return
+            return False
         self._metrics.increment("notifications_resent", len(updates))
-        self._arm()
+        return True
 
 
 def _channel_key(channel_id: str) -> str:
