@@ -3,9 +3,10 @@
 What a session needs whatever its push protocol: messages handled strictly
 one at a time in arrival order (while one awaits storage the next ones are
 queued, at most ``_MAX_QUEUED``), a per-connection message rate limit, the
-storage-call helper, error replies, and closing with a WebSocket close code.
+storage-call helper, the fetch of stored messages retried while storage
+fails, error replies, and closing with a WebSocket close code.
 ``pushtwisted.session.Session`` adds SimplePush on top by implementing
-``_dispatch`` (and ``_on_closed``).
+``_dispatch``, ``_fetch_again`` and ``_on_closed``.
 
 Each message is run by ``_pump``: its handler's first step directly
 (``run_eagerly``: a handler that never waits needs no Deferred), the rest,
@@ -13,6 +14,13 @@ if it waits on storage, under ``Deferred.fromCoroutine``.  Every storage or
 directory call goes through ``_storage``: if the connection closed while the
 call ran, the handler stops there (``Closed``); a failure is logged once and
 becomes ``StorageFailed``, which the protocol answers (503).
+
+Fetching the stored updates or messages comes after the hello reply, so a
+storage error there cannot change the answer: the session fetches again on
+the clock instead (``_retry_fetch_later``), 1 s later, then after twice the
+last delay (at most ``FETCH_RETRY_MAX``), until a fetch succeeds or the
+connection closes, so that what was stored during a storage outage reaches
+the client once storage answers again, without a reconnect.
 """
 
 from __future__ import annotations
@@ -22,17 +30,34 @@ from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import Protocol, TypeVar
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from pushtwisted import messages
 from pushtwisted.config import ClientConfig
 from pushtwisted.eager import run_eagerly
 from pushtwisted.errors import StorageError, TooManyChannels
+from pushtwisted.ids import normalize_id
 from pushtwisted.logs import logger, uaid_hash
-from pushtwisted.messages import InvalidCommand
+from pushtwisted.messages import Incoming, InvalidCommand
 from pushtwisted.node import Node
 
-__all__ = ["ClientConnection", "CloseCode", "Closed", "Sender", "State", "StorageFailed"]
+__all__ = [
+    "FETCH_RETRY_FIRST",
+    "FETCH_RETRY_MAX",
+    "ClientConnection",
+    "CloseCode",
+    "Closed",
+    "Sender",
+    "State",
+    "StorageFailed",
+]
+
+#: Seconds before the first new fetch of stored updates after a failed one.
+FETCH_RETRY_FIRST = 1.0
+#: Longest wait between two fetches of stored updates while they fail.
+FETCH_RETRY_MAX = 30.0
 
 #: Most messages queued behind one that awaits storage before the client is
 #: cut off (a well-behaved client waits for its replies).
@@ -100,6 +125,8 @@ class ClientConnection:
         "_queue",
         "_tokens",
         "_tokens_at",
+        "_fetch_retry",
+        "_fetch_retry_delay",
     )
 
     log = logger()
@@ -115,6 +142,9 @@ class ClientConnection:
         #: The message rate limit's token bucket: tokens left, and when counted.
         self._tokens = float(self._config.max_messages_burst)
         self._tokens_at = node.clock.seconds()
+        #: The next fetch of stored updates after a failed one, and its delay.
+        self._fetch_retry: IDelayedCall | None = None
+        self._fetch_retry_delay = FETCH_RETRY_FIRST
 
     # -- connection events ------------------------------------------------
 
@@ -259,6 +289,64 @@ class ClientConnection:
         if self.state is State.CLOSED:
             raise Closed()
         return result
+
+    # -- channels -------------------------------------------------------------
+
+    async def _registered(self, incoming: Incoming, registering: Deferred[None]) -> None:
+        """Await a storage register made for ``incoming`` and count it.
+
+        :raises InvalidCommand: 413 when the UAID holds ``max_channels`` already.
+        """
+        try:
+            await self._storage("register", registering)
+        except TooManyChannels:
+            raise InvalidCommand("too many channels", status=413, echo=incoming.echo) from None
+        self._node.metrics.increment("registers")
+
+    async def _unregister_channel(self, incoming: Incoming) -> str | None:
+        """Unregister the channel ``incoming`` names and reply 200.
+
+        :returns: the channel ID in normal form, or None when it is not a
+            valid ID (nothing to unregister; the reply is 200 all the same).
+        :raises InvalidCommand: 401 when channelID is missing or not a string.
+        """
+        unregister = messages.parse_unregister(incoming)
+        assert self.uaid is not None
+        chid = None
+        if unregister.valid:
+            chid = normalize_id(unregister.channel_id)
+            await self._storage("unregister", self._node.storage.unregister(self.uaid, chid))
+        self._node.metrics.increment("unregisters")
+        self._sender.send_text(messages.unregister_reply(unregister.channel_id))
+        return chid
+
+    # -- fetching what storage holds ------------------------------------------
+
+    def _fetched(self) -> None:
+        """A fetch of stored updates succeeded: the next failed one waits the first delay."""
+        self._fetch_retry_delay = FETCH_RETRY_FIRST
+
+    def _retry_fetch_later(self) -> None:
+        """Fetch the stored updates again after the current delay, then double it."""
+        if self._fetch_retry is not None or self.state is not State.READY:
+            return
+        delay = self._fetch_retry_delay
+        self._fetch_retry_delay = min(delay * 2, FETCH_RETRY_MAX)
+        self._fetch_retry = self._node.clock.callLater(delay, self._retry_fetch)
+
+    def _retry_fetch(self) -> None:
+        self._fetch_retry = None
+        if self.state is State.READY:
+            Deferred.fromCoroutine(self._fetch_again()).addErrback(self._crashed)
+
+    def _cancel_fetch_retry(self) -> None:
+        if self._fetch_retry is not None:
+            self._fetch_retry.cancel()
+            self._fetch_retry = None
+
+    async def _fetch_again(self) -> None:
+        """Fetch and send what storage holds (the protocol's flush)."""
+        raise NotImplementedError
 
     # -- errors and closing ---------------------------------------------------
 

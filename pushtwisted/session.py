@@ -20,14 +20,9 @@ Every storage and directory call goes through ``_storage``: if the session
 closed while the call ran, the handler stops there; a failure is logged once
 and the command is answered 503 (a hello also returns to AWAIT_HELLO).
 Notifications sent and not yet acknowledged are kept, and re-sent on a
-timer, by the session's ``pushtwisted.outbox.Outbox``.
-
-Fetching the stored updates comes after the hello reply, so a storage error
-there cannot change the answer: the session fetches again on the clock
-instead, 1 s later, then after twice the last delay (at most
-``FETCH_RETRY_MAX``), until a fetch succeeds or the connection closes, so
-that updates stored during a storage outage reach the client once storage
-answers again, without a reconnect.
+timer, by the session's ``pushtwisted.outbox.Outbox``.  The stored updates
+are fetched after the hello reply, and fetched again on the clock while that
+fails (``ClientConnection._retry_fetch_later``).
 
 Handlers per (state, message):
 
@@ -51,6 +46,8 @@ from twisted.internet.interfaces import IDelayedCall
 
 from pushtwisted import messages
 from pushtwisted.connection import (
+    FETCH_RETRY_FIRST,
+    FETCH_RETRY_MAX,
     ClientConnection,
     CloseCode,
     Closed,
@@ -58,7 +55,7 @@ from pushtwisted.connection import (
     State,
     StorageFailed,
 )
-from pushtwisted.errors import ProtocolViolation, TooManyChannels
+from pushtwisted.errors import ProtocolViolation
 from pushtwisted.ids import connected_at_ms, is_valid_id, new_uaid, normalize_id
 from pushtwisted.logs import uaid_hash
 from pushtwisted.messages import Hello, Incoming, InvalidCommand, MessageType
@@ -67,11 +64,6 @@ from pushtwisted.outbox import Outbox
 from pushtwisted.storage.interface import Mode
 
 __all__ = ["FETCH_RETRY_FIRST", "FETCH_RETRY_MAX", "Sender", "CloseCode", "State", "Session"]
-
-#: Seconds before the first new fetch of stored updates after a failed one.
-FETCH_RETRY_FIRST = 1.0
-#: Longest wait between two fetches of stored updates while they fail.
-FETCH_RETRY_MAX = 30.0
 
 _Handler = Callable[["Session", Incoming], Awaitable[None]]
 
@@ -90,8 +82,6 @@ class Session(ClientConnection):
 
     __slots__ = (
         "_echo_uaid",
-        "_fetch_retry",
-        "_fetch_retry_delay",
         "_hello_call",
         "_last_ping",
         "_outbox",
@@ -107,9 +97,6 @@ class Session(ClientConnection):
         #: Updates sent and not yet acked, from the first one on.
         self._outbox: Outbox | None = None
         self.connected_at: int | None = None
-        #: The next fetch of stored updates after a failed one, and its delay.
-        self._fetch_retry: IDelayedCall | None = None
-        self._fetch_retry_delay = FETCH_RETRY_FIRST
 
     # -- connection events ------------------------------------------------
 
@@ -258,28 +245,18 @@ class Session(ClientConnection):
         assert self.uaid is not None and self._echo_uaid is not None
         uaid = self.uaid
         chid = normalize_id(register.channel_id)
-        registering = self._node.storage.register(
-            uaid, chid, register.channel_id, self._config.max_channels
+        await self._registered(
+            incoming,
+            self._node.storage.register(uaid, chid, register.channel_id, self._config.max_channels),
         )
-        try:
-            await self._storage("register", registering)
-        except TooManyChannels:
-            raise InvalidCommand("too many channels", status=413, echo=incoming.echo) from None
-        self._node.metrics.increment("registers")
         endpoint = self._node.endpoint_url(uaid, chid)
         reply = messages.register_reply(self._echo_uaid, register.channel_id, endpoint)
         self._sender.send_text(reply)
 
     async def _on_unregister_in_ready(self, incoming: Incoming) -> None:
-        unregister = messages.parse_unregister(incoming)
-        assert self.uaid is not None
-        if unregister.valid:
-            chid = normalize_id(unregister.channel_id)
-            await self._storage("unregister", self._node.storage.unregister(self.uaid, chid))
-            if self._outbox is not None:
-                self._outbox.forget(chid)
-        self._node.metrics.increment("unregisters")
-        self._sender.send_text(messages.unregister_reply(unregister.channel_id))
+        chid = await self._unregister_channel(incoming)
+        if chid is not None and self._outbox is not None:
+            self._outbox.forget(chid)
 
     async def _on_ack_in_ready(self, incoming: Incoming) -> None:
         ack = messages.parse_ack(incoming)
@@ -342,22 +319,13 @@ class Session(ClientConnection):
         except StorageFailed:
             self._retry_fetch_later()
             return
-        self._fetch_retry_delay = FETCH_RETRY_FIRST
+        self._fetched()
         if pending:
             self._open_outbox().send_pending(pending, resend=resend)
 
-    def _retry_fetch_later(self) -> None:
-        """Fetch the stored updates again after the current delay, then double it."""
-        if self._fetch_retry is not None or self.state is not State.READY:
-            return
-        delay = self._fetch_retry_delay
-        self._fetch_retry_delay = min(delay * 2, FETCH_RETRY_MAX)
-        self._fetch_retry = self._node.clock.callLater(delay, self._retry_fetch)
-
-    def _retry_fetch(self) -> None:
-        self._fetch_retry = None
-        if self.state is State.READY:
-            Deferred.fromCoroutine(self._flush()).addErrback(self._crashed)
+    async def _fetch_again(self) -> None:
+        """Fetch what storage holds and send what this connection did not send yet."""
+        await self._flush()
 
     async def _report_expired(self, channel_ids: tuple[object, ...]) -> None:
         assert self.uaid is not None
@@ -392,9 +360,7 @@ class Session(ClientConnection):
     def _on_closed(self) -> None:
         """Cancel the timers, leave the registry and the router's record."""
         self._cancel_hello_timer()
-        if self._fetch_retry is not None:
-            self._fetch_retry.cancel()
-            self._fetch_retry = None
+        self._cancel_fetch_retry()
         if self._outbox is not None:
             self._outbox.close()
             self._outbox = None
