@@ -1,5 +1,9 @@
 """SimplePush client messages: parse incoming text, build outgoing JSON.
 
+The WebPush messages a ``use_webpush`` connection adds (its hello reply,
+register reply, notification, ack and nack) are in
+``pushtwisted.webpush.messages``.
+
 Parsing is two-step, because the session decides what a message means in its
 current state before it looks at the message's fields:
 
@@ -81,7 +85,11 @@ MAX_VERSION = 2**63 - 1
 
 
 class MessageType(enum.Enum):
-    """The commands a client may send (the lower-case ``messageType``)."""
+    """The commands a client may send (the lower-case ``messageType``).
+
+    ``nack`` and ``broadcast_subscribe`` are WebPush commands: a session that
+    does not speak WebPush treats them as unknown.
+    """
 
     HELLO = "hello"
     REGISTER = "register"
@@ -89,6 +97,8 @@ class MessageType(enum.Enum):
     ACK = "ack"
     PING = "ping"
     PURGE = "purge"
+    NACK = "nack"
+    BROADCAST_SUBSCRIBE = "broadcast_subscribe"
 
 
 _KINDS = {kind.value: kind for kind in MessageType}

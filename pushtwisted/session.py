@@ -26,13 +26,17 @@ fails (``ClientConnection._retry_fetch_later``).
 
 Handlers per (state, message):
 
-============ ============ ============ =========== ========= ==============
-state        hello        register     unregister  ack       ping / purge
-============ ============ ============ =========== ========= ==============
-AWAIT_HELLO  handshake    401 + close  401 + close 401+close ``{}``
-READY        re-hello     register     unregister  ack       ``{}``
-============ ============ ============ =========== ========= ==============
+============ ========== ========== =========== ========= ========= ==============
+state        hello      register   unregister  ack       nack,     ping / purge
+                                                         broadcast
+                                                         _subscribe
+============ ========== ========== =========== ========= ========= ==============
+AWAIT_HELLO  handshake  401+close  401+close   401+close unknown   ``{}``
+READY        re-hello   register   unregister  ack       unknown   ``{}``
+============ ========== ========== =========== ========= ========= ==============
 
+"unknown" is what an unknown ``messageType`` gets (401 and close 1002): nack
+and broadcast_subscribe are WebPush commands.
 HELLO_PENDING never sees a message (they are queued behind the hello).
 CLOSED ignores everything.
 """
@@ -292,6 +296,13 @@ class Session(ClientConnection):
     async def _on_purge(self, incoming: Incoming) -> None:
         self._sender.send_text(messages.PONG)
 
+    async def _on_unknown_type(self, incoming: Incoming) -> None:
+        """A WebPush-only command where WebPush is not spoken: an unknown messageType."""
+        unknown = InvalidCommand(
+            "unknown messageType", status=401, echo=incoming.echo, close_code=1002
+        )
+        self._reject(unknown, "invalid_message_type")
+
     # -- delivery -------------------------------------------------------------
 
     def _open_outbox(self) -> Outbox:
@@ -379,12 +390,16 @@ _HANDLERS: dict[tuple[State, MessageType], _Handler] = {
     (State.AWAIT_HELLO, MessageType.REGISTER): Session._on_command_before_hello,
     (State.AWAIT_HELLO, MessageType.UNREGISTER): Session._on_command_before_hello,
     (State.AWAIT_HELLO, MessageType.ACK): Session._on_command_before_hello,
+    (State.AWAIT_HELLO, MessageType.NACK): Session._on_unknown_type,
+    (State.AWAIT_HELLO, MessageType.BROADCAST_SUBSCRIBE): Session._on_unknown_type,
     (State.AWAIT_HELLO, MessageType.PING): Session._on_ping,
     (State.AWAIT_HELLO, MessageType.PURGE): Session._on_purge,
     (State.READY, MessageType.HELLO): Session._on_hello_in_ready,
     (State.READY, MessageType.REGISTER): Session._on_register_in_ready,
     (State.READY, MessageType.UNREGISTER): Session._on_unregister_in_ready,
     (State.READY, MessageType.ACK): Session._on_ack_in_ready,
+    (State.READY, MessageType.NACK): Session._on_unknown_type,
+    (State.READY, MessageType.BROADCAST_SUBSCRIBE): Session._on_unknown_type,
     (State.READY, MessageType.PING): Session._on_ping,
     (State.READY, MessageType.PURGE): Session._on_purge,
 }

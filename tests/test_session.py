@@ -162,6 +162,30 @@ class DispatchTests(SessionCase):
         )
         self.assertClosed(CloseCode.PROTOCOL_ERROR)
 
+    def test_webpush_commands_unknown(self) -> None:
+        """nack and broadcast_subscribe, before or after a SimplePush hello, are unknown
+        commands: the reply carries the type lower-cased and the session closes."""
+        for ready in (False, True):
+            for kind in ("NACK", "broadcast_subscribe"):
+                self.build()
+                if ready:
+                    self.hello()
+                self.send({"messageType": kind, "version": "v", "code": 301})
+                self.assertEqual(
+                    self.sender.replies,
+                    [
+                        {
+                            "messageType": kind.lower(),
+                            "version": "v",
+                            "code": 301,
+                            "status": 401,
+                            "error": ERROR,
+                        }
+                    ],
+                )
+                self.assertClosed(CloseCode.PROTOCOL_ERROR, "Invalid command")
+        self.assertEqual(self.metrics.count("protocol_errors", reason="invalid_message_type"), 4)
+
     def test_message_type_padded(self) -> None:
         """When messageType is padded with spaces, it is unknown: 401 and close."""
         self.send({"messageType": " hello ", "uaid": "", "channelIDs": []})
