@@ -5,8 +5,9 @@ one at a time in arrival order (while one awaits storage the next ones are
 queued, at most ``_MAX_QUEUED``), a per-connection message rate limit, the
 storage-call helper, the fetch of stored messages retried while storage
 fails, error replies, and closing with a WebSocket close code.
-``pushtwisted.session.Session`` adds SimplePush on top by implementing
-``_dispatch``, ``_fetch_again`` and ``_on_closed``.
+``pushtwisted.session.Session`` adds the protocols on top by implementing
+``_dispatch``, ``_fetch_again`` and ``_on_closed`` (SimplePush in
+``pushtwisted.session``, WebPush in ``pushtwisted.wpsession``).
 
 Each message is run by ``_pump``: its handler's first step directly
 (``run_eagerly``: a handler that never waits needs no Deferred), the rest,
@@ -46,6 +47,7 @@ from pushtwisted.node import Node
 __all__ = [
     "FETCH_RETRY_FIRST",
     "FETCH_RETRY_MAX",
+    "READY_STATES",
     "ClientConnection",
     "CloseCode",
     "Closed",
@@ -89,12 +91,19 @@ class CloseCode(enum.IntEnum):
 
 
 class State(enum.Enum):
-    """Where a session is in the SimplePush handshake."""
+    """Where a session is in its handshake, and which protocol it speaks once ready."""
 
     AWAIT_HELLO = "await_hello"
     HELLO_PENDING = "hello_pending"
+    #: Ready, speaking SimplePush.
     READY = "ready"
+    #: Ready, speaking WebPush (the hello had ``"use_webpush": true``).
+    WEBPUSH_READY = "webpush_ready"
     CLOSED = "closed"
+
+
+#: The states of a session past its hello, whatever its protocol.
+READY_STATES = frozenset({State.READY, State.WEBPUSH_READY})
 
 
 class Closed(Exception):
@@ -328,7 +337,7 @@ class ClientConnection:
 
     def _retry_fetch_later(self) -> None:
         """Fetch the stored updates again after the current delay, then double it."""
-        if self._fetch_retry is not None or self.state is not State.READY:
+        if self._fetch_retry is not None or self.state not in READY_STATES:
             return
         delay = self._fetch_retry_delay
         self._fetch_retry_delay = min(delay * 2, FETCH_RETRY_MAX)
@@ -336,7 +345,7 @@ class ClientConnection:
 
     def _retry_fetch(self) -> None:
         self._fetch_retry = None
-        if self.state is State.READY:
+        if self.state in READY_STATES:
             Deferred.fromCoroutine(self._fetch_again()).addErrback(self._crashed)
 
     def _cancel_fetch_retry(self) -> None:

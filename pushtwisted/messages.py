@@ -2,7 +2,8 @@
 
 The WebPush messages a ``use_webpush`` connection adds (its hello reply,
 register reply, notification, ack and nack) are in
-``pushtwisted.webpush.messages``.
+``pushtwisted.webpush.messages``; ``decode`` and ``parse_hello`` here serve
+both protocols.
 
 Parsing is two-step, because the session decides what a message means in its
 current state before it looks at the message's fields:
@@ -150,11 +151,15 @@ class Hello:
 
     :ivar uaid: the client's UAID exactly as sent, or ``""`` for "none"; when
         not empty it is a valid ID.
-    :ivar channel_ids: the listed channelIDs, unchecked (any JSON values).
+    :ivar channel_ids: the listed channelIDs, unchecked (any JSON values);
+        empty for a WebPush hello.
+    :ivar webpush: True when ``use_webpush`` was ``true``: the connection
+        speaks WebPush.
     """
 
     uaid: str
     channel_ids: tuple[object, ...]
+    webpush: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -309,15 +314,20 @@ def hello_uaid(incoming: Incoming) -> str:
 def parse_hello(incoming: Incoming, max_channels: int) -> Hello:
     """Check a ``hello``'s fields.
 
+    With ``"use_webpush": true`` (the JSON value true) the hello is a WebPush
+    one, whose ``channelIDs`` (and ``broadcasts``) are optional and ignored.
+
     :param max_channels: most channelIDs allowed; 0 means no limit.
     :raises InvalidCommand: 401 and close 1002 for a uaid that is not a
         string (a malformed command); 503 for a uaid string that is neither
         empty nor a valid ID, or for too many channelIDs; 401 when channelIDs
-        is missing or not a list.
+        is missing or not a list (SimplePush).
     """
     uaid = hello_uaid(incoming)
     if uaid and not is_valid_id(uaid):
         raise _invalid(incoming, "hello uaid is not a valid ID", 503)
+    if incoming.fields.get("use_webpush") is True:
+        return Hello(uaid=uaid, channel_ids=(), webpush=True)
     channel_ids = incoming.fields.get("channelids")
     if not isinstance(channel_ids, list):
         raise _invalid(incoming, "hello channelIDs missing or not a list")

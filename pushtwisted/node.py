@@ -48,3 +48,15 @@ class Node:
         """Return the pushEndpoint URL for a channel (IDs in normal form)."""
         base = self.config.endpoint.public_url.rstrip("/")
         return f"{base}/update/{self.crypto.make_token(uaid, chid)}"
+
+    def webpush_endpoint_url(self, uaid: str, chid: str, key_hash: bytes | None = None) -> str:
+        """Return the WebPush pushEndpoint URL for a channel (IDs in normal form).
+
+        ``/wpush/v2/{token}`` when ``key_hash`` (the SHA-256 of the register's
+        ``key``) is given, restricting the endpoint to that VAPID key; else
+        ``/wpush/v1/{token}``.
+        """
+        base = self.config.endpoint.public_url.rstrip("/")
+        version = "v1" if key_hash is None else "v2"
+        token = self.crypto.make_webpush_token(uaid, chid, key_hash)
+        return f"{base}/wpush/{version}/{token}"

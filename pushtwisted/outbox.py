@@ -1,6 +1,7 @@
 """``Outbox``: the updates sent on one connection and not yet acknowledged.
 
-``RetryingOutbox`` is the retry timer described below on its own, for any outbox to share.
+``RetryingOutbox`` is the retry timer every outbox shares: SimplePush's
+``Outbox`` here, WebPush's ``MessageWindow`` (``pushtwisted.wpsession``).
 
 A session creates its outbox at its first notification.  Each channel's
 last sent update stays in it until the client acks that version (or a newer

@@ -1,15 +1,17 @@
-"""The SimplePush state machine of one client connection, free of I/O.
+"""The state machine of one client connection, free of I/O.
 
 A ``Session`` receives the text of each client message, talks to storage,
 the registry, the router and metrics through the shared ``Node``, reads its
 settings from ``[client]`` (``ClientConfig``), and answers through a
 ``Sender`` (the WebSocket protocol in production, a recorder in tests).
-PROTOCOL.md sections 2 and 16 define the behaviour.
+PROTOCOL.md sections 2 and 16 define SimplePush; a hello with
+``"use_webpush": true`` makes the connection a WebPush one instead
+(WEBPUSH.md sections 1 and 6), whose rules are in ``pushtwisted.wpsession``.
 
 States::
 
-    AWAIT_HELLO --hello--> HELLO_PENDING --ok--> READY
-         ^                      |
+    AWAIT_HELLO --hello--> HELLO_PENDING --ok--> READY          (SimplePush)
+         ^                      |        --ok--> WEBPUSH_READY  (use_webpush)
          +---storage error/503--+
     any state --close/replaced/connection lost--> CLOSED
 
@@ -19,24 +21,32 @@ limited, by the message loop ``Session`` inherits from
 Every storage and directory call goes through ``_storage``: if the session
 closed while the call ran, the handler stops there; a failure is logged once
 and the command is answered 503 (a hello also returns to AWAIT_HELLO).
-Notifications sent and not yet acknowledged are kept, and re-sent on a
-timer, by the session's ``pushtwisted.outbox.Outbox``.  The stored updates
-are fetched after the hello reply, and fetched again on the clock while that
+SimplePush notifications sent and not yet acknowledged are kept, and re-sent
+on a timer, by the session's ``pushtwisted.outbox.Outbox``; WebPush messages
+by its ``pushtwisted.wpsession.MessageWindow``.  What storage holds is
+fetched after the hello reply, and fetched again on the clock while that
 fails (``ClientConnection._retry_fetch_later``).
 
-Handlers per (state, message):
+The hello chooses the UAID by PROTOCOL.md 16.3 in both protocols, with one
+UAID one protocol: a UAID storage knows as a WebPush user gets a fresh one
+in a SimplePush hello, and a WebPush hello keeps its UAID only when storage
+knows it as a WebPush user (WEBPUSH.md 6.1).  A second hello keeps the
+protocol of the first.
 
-============ ========== ========== =========== ========= ========= ==============
-state        hello      register   unregister  ack       nack,     ping / purge
-                                                         broadcast
-                                                         _subscribe
-============ ========== ========== =========== ========= ========= ==============
-AWAIT_HELLO  handshake  401+close  401+close   401+close unknown   ``{}``
-READY        re-hello   register   unregister  ack       unknown   ``{}``
-============ ========== ========== =========== ========= ========= ==============
+Handlers per (state, message) (``_HANDLERS``):
 
-"unknown" is what an unknown ``messageType`` gets (401 and close 1002): nack
-and broadcast_subscribe are WebPush commands.
+============= ========== ========== =========== ========= ========= ==============
+state         hello      register   unregister  ack       nack,     ping / purge
+                                                          broadcast
+                                                          _subscribe
+============= ========== ========== =========== ========= ========= ==============
+AWAIT_HELLO   handshake  401+close  401+close   401+close unknown   ``{}``
+READY         re-hello   register   unregister  ack       unknown   ``{}``
+WEBPUSH_READY re-hello   WebPush    WebPush     WebPush   WebPush   ``{}``
+============= ========== ========== =========== ========= ========= ==============
+
+"unknown" is what an unknown ``messageType`` gets (401 and close 1002), as
+before these commands existed; "WebPush" cells are ``wpsession.HANDLERS``.
 HELLO_PENDING never sees a message (they are queued behind the hello).
 CLOSED ignores everything.
 """
@@ -52,7 +62,7 @@ from pushtwisted import messages
 from pushtwisted.connection import (
     FETCH_RETRY_FIRST,
     FETCH_RETRY_MAX,
-    ClientConnection,
+    READY_STATES,
     CloseCode,
     Closed,
     Sender,
@@ -66,14 +76,17 @@ from pushtwisted.messages import Hello, Incoming, InvalidCommand, MessageType
 from pushtwisted.node import Node
 from pushtwisted.outbox import Outbox
 from pushtwisted.storage.interface import Mode
+from pushtwisted.webpush import messages as wpmessages
+from pushtwisted.wpsession import HANDLERS as WEBPUSH_HANDLERS
+from pushtwisted.wpsession import WebPushHandlers
 
 __all__ = ["FETCH_RETRY_FIRST", "FETCH_RETRY_MAX", "Sender", "CloseCode", "State", "Session"]
 
 _Handler = Callable[["Session", Incoming], Awaitable[None]]
 
 
-class Session(ClientConnection):
-    """One client connection's SimplePush state.
+class Session(WebPushHandlers):
+    """One client connection's state, SimplePush or WebPush.
 
     :param sender: writes replies and closes the connection.
     :param node: the node's shared collaborators (storage, registry, router,
@@ -111,7 +124,7 @@ class Session(ClientConnection):
             self._hello_call = self._node.clock.callLater(timeout, self._on_hello_timeout)
 
     def deliver(self, channel_id: str, version: int, data: str | None) -> bool:
-        """Send a live update; return True when it reached an open, READY connection.
+        """Send a live update; return True when it reached an open, READY SimplePush connection.
 
         A version equal to the one already sent and not acked for that
         channel is not sent again (True is returned); any other version is
@@ -122,14 +135,15 @@ class Session(ClientConnection):
         return self._open_outbox().deliver(channel_id, version, data)
 
     def check_storage(self) -> Deferred[None]:
-        """Read storage again and send pending updates not yet sent on this connection.
+        """Read storage again and send what is pending and not yet sent on this connection.
 
         Another node calls this (through the router listener) after it stored
-        an update while this connection's directory entry was being written.
+        an update or message while this connection's directory entry was
+        being written.
         """
-        if self.state is not State.READY:
+        if self.state not in READY_STATES:
             return succeed(None)
-        return Deferred.fromCoroutine(self._flush())
+        return Deferred.fromCoroutine(self._fetch_again())
 
     # -- handlers -------------------------------------------------------------
 
@@ -171,7 +185,11 @@ class Session(ClientConnection):
         self.connected_at = await self._claim(normal)
         self.uaid = normal
         self._echo_uaid = echo
-        self.state = State.READY
+        if hello.webpush:
+            self.state = State.WEBPUSH_READY
+            self._open_window(normal)
+        else:
+            self.state = State.READY
         self._cancel_hello_timer()
         registry = self._node.registry
         registry.add(normal, self)
@@ -185,7 +203,12 @@ class Session(ClientConnection):
             uaid_hash=uaid_hash(normal),
             reset=echo != hello.uaid,
             channels=len(hello.channel_ids),
+            webpush=hello.webpush,
         )
+        if hello.webpush:
+            self._sender.send_text(wpmessages.hello_reply(echo))
+            await self._fill()
+            return
         self._sender.send_text(messages.hello_reply(echo))
         await self._flush()
         if self.state is State.READY and self._config.report_expired:
@@ -194,15 +217,19 @@ class Session(ClientConnection):
     async def _choose_uaid(self, hello: Hello) -> str:
         """Return the UAID of this connection, in the client's spelling when it keeps its own.
 
-        The client's UAID is kept unless it lists channelIDs that storage
-        cannot back (the user is unknown), or storage knows it as a WebPush
-        user (one UAID is one mode: WEBPUSH.md 6.1): then, like a hello
-        without a UAID, it gets a new one.
+        SimplePush: the client's UAID is kept unless it lists channelIDs that
+        storage cannot back (the user is unknown), or storage knows it as a
+        WebPush user (one UAID is one mode: WEBPUSH.md 6.1).  WebPush: it is
+        kept only when storage knows it as a WebPush user.  Otherwise, like a
+        hello without a UAID, it gets a new one.
         """
         if hello.uaid:
             uaid = normalize_id(hello.uaid)
             mode = await self._storage("user_mode", self._node.storage.user_mode(uaid))
-            if mode is Mode.WEBPUSH or (mode is None and hello.channel_ids):
+            if hello.webpush:
+                if mode is not Mode.WEBPUSH:
+                    return new_uaid()
+            elif mode is Mode.WEBPUSH or (mode is None and hello.channel_ids):
                 return new_uaid()
         return hello.uaid or new_uaid()
 
@@ -224,6 +251,23 @@ class Session(ClientConnection):
         return connected_at
 
     async def _on_hello_in_ready(self, incoming: Incoming) -> None:
+        if self._hello_again(incoming):
+            assert self._echo_uaid is not None
+            self._sender.send_text(messages.hello_reply(self._echo_uaid))
+            await self._flush(resend=True)
+
+    async def _on_hello_in_webpush(self, incoming: Incoming) -> None:
+        if self._hello_again(incoming):
+            assert self._echo_uaid is not None
+            self._sender.send_text(wpmessages.hello_reply(self._echo_uaid))
+            await self._fill(resend=True)
+
+    def _hello_again(self, incoming: Incoming) -> bool:
+        """Check a second hello: True when it names no UAID or the same one.
+
+        Another UAID is a protocol violation: 503 and close.  The connection
+        keeps its protocol, whatever ``use_webpush`` says this time.
+        """
         uaid = messages.hello_uaid(incoming)
         same = uaid == ""
         if not same and is_valid_id(uaid):
@@ -232,12 +276,11 @@ class Session(ClientConnection):
             self._violation("duplicate_hello", "second hello with another UAID")
             self._send_error(incoming.echo, 503)
             self._close(CloseCode.PROTOCOL_ERROR, "Second hello with another UAID")
-            return
-        assert self.uaid is not None and self._echo_uaid is not None
+            return False
+        assert self.uaid is not None
         self._node.registry.add(self.uaid, self)
         self._node.metrics.increment("hellos")
-        self._sender.send_text(messages.hello_reply(self._echo_uaid))
-        await self._flush(resend=True)
+        return True
 
     async def _on_command_before_hello(self, incoming: Incoming) -> None:
         self._violation("before_hello", f"{incoming.kind.value} before hello")
@@ -336,7 +379,10 @@ class Session(ClientConnection):
 
     async def _fetch_again(self) -> None:
         """Fetch what storage holds and send what this connection did not send yet."""
-        await self._flush()
+        if self.state is State.WEBPUSH_READY:
+            await self._fill()
+        elif self.state is State.READY:
+            await self._flush()
 
     async def _report_expired(self, channel_ids: tuple[object, ...]) -> None:
         assert self.uaid is not None
@@ -375,6 +421,7 @@ class Session(ClientConnection):
         if self._outbox is not None:
             self._outbox.close()
             self._outbox = None
+        self._close_window()
         if self.uaid is not None:
             registry = self._node.registry
             registry.remove(self.uaid, self)
@@ -402,4 +449,8 @@ _HANDLERS: dict[tuple[State, MessageType], _Handler] = {
     (State.READY, MessageType.BROADCAST_SUBSCRIBE): Session._on_unknown_type,
     (State.READY, MessageType.PING): Session._on_ping,
     (State.READY, MessageType.PURGE): Session._on_purge,
+    (State.WEBPUSH_READY, MessageType.HELLO): Session._on_hello_in_webpush,
+    **{(State.WEBPUSH_READY, kind): handler for kind, handler in WEBPUSH_HANDLERS.items()},
+    (State.WEBPUSH_READY, MessageType.PING): Session._on_ping,
+    (State.WEBPUSH_READY, MessageType.PURGE): Session._on_purge,
 }

@@ -23,6 +23,7 @@ from pushtwisted.collector import FreezeSurvivors
 from pushtwisted.config import ClientConfig, Config
 from pushtwisted.metrics import NullMetrics
 from pushtwisted.session import Session
+from pushtwisted.storage.interface import NewMessage
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.testing import HoldingStorage, make_node
 from pushtwisted.websocket import PushServerFactory, PushServerProtocol
@@ -36,6 +37,7 @@ _HEAD = (
 ).encode()
 CHID = "0123456789abcdef0123456789abcdef"
 HELLO = b'{"messageType":"hello","channelIDs":[]}'
+WEBPUSH_HELLO = b'{"messageType":"hello","use_webpush":true}'
 REGISTER = b'{"messageType":"register","channelID":"' + CHID.encode() + b'"}'
 
 
@@ -159,20 +161,22 @@ class NoCycleTests(SynchronousTestCase):
         factory.setProtocolOptions(openHandshakeTimeout=10, closeHandshakeTimeout=1)
         return factory
 
-    def open(self, factory: PushServerFactory, hello: bool = True) -> _TcpLikeTransport:
+    def open(
+        self, factory: PushServerFactory, hello: bool = True, first: bytes = HELLO
+    ) -> _TcpLikeTransport:
         transport = _TcpLikeTransport()
         protocol: PushServerProtocol = factory.buildProtocol(_PEER)
         transport.protocol = protocol
         protocol.makeConnection(transport)
         protocol.dataReceived(_HEAD)
         if hello:
-            protocol.dataReceived(client_frame(HELLO) + client_frame(REGISTER))
+            protocol.dataReceived(client_frame(first) + client_frame(REGISTER))
         return transport
 
-    def assertFreed(self, factory: PushServerFactory, end: Any) -> None:
+    def assertFreed(self, factory: PushServerFactory, end: Any, first: bytes = HELLO) -> None:
         """Open a connection, end it with ``end(transport)``; nothing of it may stay."""
         sessions = _count(Session)
-        transport = self.open(factory)
+        transport = self.open(factory, first=first)
         protocol = weakref.ref(transport.protocol)
         end(transport)
         transport.lose()
@@ -191,6 +195,20 @@ class NoCycleTests(SynchronousTestCase):
             self.assertTrue(factory.node.router.deliver_here(session.uaid, CHID, 3, None))
 
         self.assertFreed(factory, end)
+
+    def test_webpush_lost_with_unacked_message(self) -> None:
+        """When a WebPush connection drops with a message unacked (timer set), all is freed."""
+        factory = self.factory()
+
+        def end(transport: _TcpLikeTransport) -> None:
+            session = transport.protocol.session
+            new = NewMessage(chid=CHID, ttl=60, data="ZGF0YQ", headers={"encoding": "aes128gcm"})
+            stored = self.successResultOf(self.memory.store_message(session.uaid, new, 0))
+            assert stored.message is not None
+            self.assertTrue(session.deliver_message(stored.message))
+            self.assertTrue(self.clock.getDelayedCalls())
+
+        self.assertFreed(factory, end, first=WEBPUSH_HELLO)
 
     def test_acked_update(self) -> None:
         """When the update was acked (the retry timer still set, idle), all is freed."""

@@ -51,6 +51,7 @@ _DOMAIN = frozenset(
         "pushtwisted.routing",
         "pushtwisted.session",
         "pushtwisted.threadpool",
+        "pushtwisted.wpsession",
     }
 )
 #: Every module of these packages is a leaf: building blocks that do no I/O.
