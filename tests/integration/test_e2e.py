@@ -24,8 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.ids import is_valid_id
 from tests.integration.server import ServerProcess, run_command, twistd_command
-
-TIMEOUT = 5.0
+from tests.integration.ws_client import TIMEOUT, JsonClient
 
 
 def put(url: str, body: bytes | None, headers: Mapping[str, str] | None = None) -> tuple[int, str]:
@@ -52,33 +51,8 @@ def put_raw(url: str, body: bytes) -> tuple[int, str]:
         connection.close()
 
 
-class _Client:
+class _Client(JsonClient):
     """A blocking SimplePush client over ``websocket-client``."""
-
-    def __init__(self, testcase: SynchronousTestCase, ws: websocket.WebSocket) -> None:
-        self.testcase = testcase
-        self.ws = ws
-
-    def send(self, message: object) -> None:
-        self.ws.send(json.dumps(message))
-
-    def recv(self, timeout: float = TIMEOUT) -> Any:
-        """Return the next message, decoded; fail when none arrives in ``timeout``."""
-        self.ws.settimeout(timeout)
-        try:
-            text = self.ws.recv()
-        except websocket.WebSocketTimeoutException:
-            self.testcase.fail(f"no message within {timeout}s")
-        return json.loads(text)
-
-    def assert_silent(self, seconds: float) -> None:
-        """Fail when any message arrives within ``seconds``."""
-        self.ws.settimeout(seconds)
-        try:
-            text = self.ws.recv()
-        except websocket.WebSocketTimeoutException:
-            return
-        self.testcase.fail(f"unexpected message: {text!r}")
 
     def hello(self, uaid: str = "", channel_ids: list[str] | None = None) -> str:
         """Send hello; check the 200 reply and return the UAID it gives."""
@@ -103,14 +77,6 @@ class _Client:
 
     def ack(self, chid: str, version: int) -> None:
         self.send({"messageType": "ack", "updates": [{"channelID": chid, "version": version}]})
-
-    def sync(self) -> None:
-        """Ping and wait for the pong, so everything sent before has been handled."""
-        self.ws.send("{}")
-        self.testcase.assertEqual(self.recv(), {})
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 class EndToEndTests(SynchronousTestCase):
