@@ -18,7 +18,7 @@ from pushtwisted.config import ClientConfig, Config
 from pushtwisted.ids import is_valid_id, normalize_id
 from pushtwisted.session import CloseCode, Session, State
 from pushtwisted.storage.interface import Mode, NewMessage, StoredMessage, StoreOutcome
-from pushtwisted.testing import FailingStorage
+from pushtwisted.testing import FailingStorage, HoldingStorage
 from tests.test_session import SessionCase
 
 UAID = "9f3a2a6c2d3b4f0e8a1b2c3d4e5f6a7b"
@@ -311,6 +311,39 @@ class BeforeHelloTests(WebPushCase):
         self.send(message)
         self.assertOnlyError(401, message)
         self.assertClosed(CloseCode.PROTOCOL_ERROR)
+
+
+class PendingAndClosedTests(WebPushCase):
+    """Messages while the WebPush hello waits on storage, and after close."""
+
+    def test_queued_behind_hello(self) -> None:
+        """A register sent while the hello waits on storage is answered after the hello."""
+        self.register_channel(UAID)
+        holding = HoldingStorage(self.memory, ["user_mode"])
+        self.build(storage=holding)
+        self.send({"messageType": "hello", "use_webpush": True, "uaid": UAID})
+        self.send({"messageType": "register", "channelID": CHID2})
+        self.assertIs(self.session.state, State.HELLO_PENDING)
+        self.assertEqual(self.sender.texts, [])
+        holding.next().release()
+        self.assertEqual(
+            [(r["messageType"], r["status"]) for r in self.sender.replies],
+            [("hello", 200), ("register", 200)],
+        )
+        self.assertIn("/wpush/v1/", self.sender.replies[1]["pushEndpoint"])
+
+    def test_closed_ignores_everything(self) -> None:
+        """After close, a WebPush session sends nothing and holds no timer."""
+        message = self.store(UAID)
+        self.hello(UAID)
+        self.session.connection_lost()
+        self.sender.clear()
+        for kind in ("register", "unregister", "ack", "nack", "broadcast_subscribe", "hello"):
+            self.send({"messageType": kind, "channelID": CHID, "updates": [{"version": "x"}]})
+        self.assertFalse(self.session.deliver_message(message))
+        self.assertEqual(self.sender.events, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIsNone(self.node.registry.get(UAID))
 
 
 class SimplePushReadyTests(WebPushCase):
