@@ -4,8 +4,9 @@ The storage runs its blocking calls inline (``inline_run``) on a
 ``task.Clock``: a user is seen at register and at hello (``fetch_pending``),
 and the purge deletes it, with its channels, once it has not been seen for
 ``ttl_registered`` (plus the lag of ``seen_at``, ``slack``).  A database
-written by the previous schema (version 1, without ``seen_at``) is migrated
-without losing a row.
+written by an older schema (version 1, without ``seen_at``; version 2,
+without WebPush) is migrated without losing a row.  Expired WebPush messages
+go at the purge, and a purged user's messages with it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.storage._sqlite_expiry import PURGE_USERS, slack
 from pushtwisted.storage._sqlite_schema import _MIGRATIONS, DELETED, LIVE, REGISTERED
-from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome
+from pushtwisted.storage.interface import Mode, NewMessage, PendingUpdate, UpdateOutcome
 from pushtwisted.storage.sqlite import SCHEMA_VERSION, SqliteStorage
 from tests.test_storage_contract import EPOCH, inline_run, new_id
 
@@ -32,6 +33,8 @@ GONE_AFTER = TTL + slack(TTL)
 #: The schema the previous release wrote (version 1): migrations are only ever
 #: appended, so migration 1 is what it ran.
 _VERSION_1 = (*_MIGRATIONS[1], "PRAGMA user_version = 1")
+#: The schema of the release before WebPush (version 2).
+_VERSION_2 = (*_MIGRATIONS[1], *_MIGRATIONS[2], "PRAGMA user_version = 2")
 
 
 class _CountingRunner:
@@ -70,7 +73,7 @@ class UserExpiryTests(SynchronousTestCase):
         return uaid, chid
 
     def exists(self, storage: SqliteStorage, uaid: str) -> bool:
-        return self.successResultOf(storage.user_exists(uaid))
+        return self.successResultOf(storage.user_mode(uaid)) is not None
 
     def test_unseen_user_purged_with_its_channels(self) -> None:
         """A user not seen since its register is kept until ``ttl`` (plus the slack)
@@ -180,38 +183,52 @@ class UserExpiryTests(SynchronousTestCase):
 
 
 class MigrationTests(SynchronousTestCase):
-    """A version 1 database (no ``seen_at``) opens with every row, then expires normally."""
+    """Databases of older schemas open with every row, then expire normally."""
 
-    def test_version_1_database(self) -> None:
-        """Users, channels, pending updates with data and tombstones survive; the
-        users' clock starts at the migration."""
-        clock = Clock()
-        clock.advance(EPOCH)
+    def old_database(
+        self, schema: tuple[str, ...], seen_at: float | None, version: str
+    ) -> tuple[str, SqliteStorage, str, list[str]]:
+        """Write a database with ``schema`` (one user with a live channel at ``version``,
+        a registered one and a tombstone), then open it with this code, which migrates it.
+
+        :returns: its path, the storage, the UAID and its live, registered and
+            tombstoned chids.
+        """
+        self.clock = Clock()
+        self.clock.advance(EPOCH)
         path = os.path.join(self.mktemp(), "pushtwisted.sqlite3")
         os.makedirs(os.path.dirname(path))
-        uaid, live, registered, dead = new_id(), new_id(), new_id(), new_id()
+        uaid, chids = new_id(), [new_id(), new_id(), new_id()]
+        live, registered, dead = chids
         conn = sqlite3.connect(path, isolation_level=None)
-        for statement in _VERSION_1:
+        for statement in schema:
             conn.execute(statement)
-        conn.execute("INSERT INTO users (uaid) VALUES (?)", (uaid,))
+        if seen_at is None:
+            conn.execute("INSERT INTO users (uaid) VALUES (?)", (uaid,))
+        else:
+            conn.execute("INSERT INTO users (uaid, seen_at) VALUES (?, ?)", (uaid, seen_at))
         conn.executemany(
             "INSERT INTO channels (uaid, chid, channel_id, state, version, data, expires_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (uaid, live, "Live", LIVE, "18446744073709551615", b"kept", None),
+                (uaid, live, "Live", LIVE, version, b"kept", None),
                 (uaid, registered, "Reg", REGISTERED, "0", None, None),
                 (uaid, dead, "Dead", DELETED, "0", None, EPOCH + 50),
             ],
         )
         conn.close()
-
-        storage = SqliteStorage(path, inline_run, clock, ttl_deleted=100, ttl_registered=TTL)
+        storage = SqliteStorage(path, inline_run, self.clock, ttl_deleted=100, ttl_registered=TTL)
         self.addCleanup(storage.close)
         self.successResultOf(storage.open())
-        self.assertTrue(self.successResultOf(storage.user_exists(uaid)))
-        self.assertEqual(
-            self.successResultOf(storage.expired(uaid, [live, registered, dead])), [dead]
-        )
+        self.assertIs(self.successResultOf(storage.user_mode(uaid)), Mode.SIMPLEPUSH)
+        self.assertEqual(self.successResultOf(storage.expired(uaid, chids)), [dead])
+        return path, storage, uaid, chids
+
+    def test_version_1_database(self) -> None:
+        """Users, channels, pending updates with data and tombstones survive; the
+        users' clock starts at the migration."""
+        path, storage, uaid, _ = self.old_database(_VERSION_1, None, "18446744073709551615")
+        clock = self.clock
         check = sqlite3.connect(path)
         self.addCleanup(check.close)
         self.assertEqual(check.execute("PRAGMA user_version").fetchone(), (SCHEMA_VERSION,))
@@ -222,7 +239,71 @@ class MigrationTests(SynchronousTestCase):
         )
         clock.advance(GONE_AFTER)
         self.successResultOf(storage.purge_expired())
-        self.assertTrue(self.successResultOf(storage.user_exists(uaid)))
+        self.assertIs(self.successResultOf(storage.user_mode(uaid)), Mode.SIMPLEPUSH)
         clock.advance(0.001)
         self.successResultOf(storage.purge_expired())
-        self.assertFalse(self.successResultOf(storage.user_exists(uaid)))
+        self.assertIsNone(self.successResultOf(storage.user_mode(uaid)))
+
+    def test_version_2_database(self) -> None:
+        """Before WebPush: users (with ``seen_at``), channels, pending updates and
+        tombstones survive, as SimplePush users."""
+        path, storage, uaid, [_, registered, _] = self.old_database(_VERSION_2, EPOCH - 5, "7")
+        self.assertEqual(
+            self.successResultOf(storage.fetch_pending(uaid)),
+            [PendingUpdate(channel_id="Live", version=7, data="kept")],
+        )
+        self.assertEqual(self.successResultOf(storage.fetch_messages(uaid)), [])
+        check = sqlite3.connect(path)
+        self.addCleanup(check.close)
+        self.assertEqual(check.execute("PRAGMA user_version").fetchone(), (SCHEMA_VERSION,))
+        self.assertEqual(check.execute("SELECT seen_at FROM users").fetchall(), [(EPOCH - 5,)])
+        # The user is still a SimplePush one: updates land, messages do not.
+        result = self.successResultOf(storage.update(uaid, registered, 3, None))
+        self.assertIs(result.outcome, UpdateOutcome.STORED)
+        self.successResultOf(storage.register(uaid, new_id(), "New", 0, Mode.WEBPUSH))
+        self.assertIs(self.successResultOf(storage.user_mode(uaid)), Mode.SIMPLEPUSH)
+
+
+class MessageExpiryTests(SynchronousTestCase):
+    """Expired WebPush messages go at the purge; a purged user takes its messages."""
+
+    setUp = UserExpiryTests.setUp
+    open = UserExpiryTests.open
+
+    def webpush(self, storage: SqliteStorage, ttl: int) -> tuple[str, str]:
+        uaid, chid = new_id(), new_id()
+        self.successResultOf(storage.register(uaid, chid, chid, 0, Mode.WEBPUSH))
+        stored = self.successResultOf(
+            storage.store_message(uaid, NewMessage(chid=chid, ttl=ttl), 0)
+        )
+        self.assertIsNotNone(stored.message)
+        return uaid, chid
+
+    def count(self, table: str) -> int:
+        conn = sqlite3.connect(self.path)
+        self.addCleanup(conn.close)
+        (rows,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        return int(rows)
+
+    def test_expired_messages_purged(self) -> None:
+        """The purge deletes the rows of expired messages only."""
+        storage = self.open(ttl=None)
+        self.webpush(storage, 10)
+        uaid, _ = self.webpush(storage, 100)
+        self.clock.advance(10)
+        self.assertEqual(self.successResultOf(storage.purge_expired()), 1)
+        self.assertEqual(self.count("messages"), 1)
+        self.assertEqual(len(self.successResultOf(storage.fetch_messages(uaid))), 1)
+
+    def test_unseen_webpush_user_purged_with_its_messages(self) -> None:
+        """A WebPush user not seen goes with its channels and messages; a hello keeps one."""
+        storage = self.open()
+        gone, _ = self.webpush(storage, 10 * int(GONE_AFTER))
+        kept, _ = self.webpush(storage, 10 * int(GONE_AFTER))
+        self.clock.advance(GONE_AFTER / 2)
+        self.assertEqual(len(self.successResultOf(storage.fetch_messages(kept))), 1)
+        self.clock.advance(GONE_AFTER / 2 + 1)
+        self.successResultOf(storage.purge_expired())
+        self.assertIsNone(self.successResultOf(storage.user_mode(gone)))
+        self.assertIs(self.successResultOf(storage.user_mode(kept)), Mode.WEBPUSH)
+        self.assertEqual((self.count("wp_channels"), self.count("messages")), (1, 1))

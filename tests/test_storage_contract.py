@@ -649,7 +649,7 @@ class SqliteTests(SynchronousTestCase):
         tables = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
-        self.assertEqual(tables, {"users", "channels"})
+        self.assertEqual(tables, {"users", "channels", "wp_channels", "messages"})
 
     def test_files_are_private(self) -> None:
         """The directory is created 0700, the database and its -wal and -shm 0600."""

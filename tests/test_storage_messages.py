@@ -10,9 +10,12 @@ subclasses; here it runs synchronously on clocked backends.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from pushtwisted.errors import TooManyChannels
 from pushtwisted.storage.interface import (
     Mode,
     NewMessage,
@@ -21,7 +24,8 @@ from pushtwisted.storage.interface import (
     UpdateOutcome,
 )
 from pushtwisted.storage.memory import MemoryStorage
-from tests.test_storage_contract import EPOCH, new_id, spelling, synchronous
+from pushtwisted.storage.sqlite import SqliteStorage
+from tests.test_storage_contract import EPOCH, inline_run, new_id, spelling, synchronous
 
 __all__ = ["MessageContract"]
 
@@ -285,6 +289,25 @@ class MessageContract:
         fetched = await self.storage.fetch_messages(uaid)
         self.assertEqual([m.data for m in fetched], ["y"])
 
+    async def test_unregister_leaves_no_tombstone(self) -> None:
+        """A WebPush channel is removed outright: ``expired`` never names it, nor counts it."""
+        uaid, chid = await self.webpush_channel()
+        await self.storage.unregister(uaid, chid)
+        self.assertEqual(await self.storage.expired(uaid, [chid]), [])
+        await self.storage.register(uaid, new_id(), "other", 1, Mode.WEBPUSH)
+        result = await self.storage.store_message(uaid, message(chid), 0)
+        self.assertIs(result.outcome, StoreOutcome.GONE)
+
+    async def test_channel_limit(self) -> None:
+        """``max_channels`` counts a WebPush user's channels; unregister frees one."""
+        uaid, chid = await self.webpush_channel()
+        await self.storage.register(uaid, new_id(), "b", 2, Mode.WEBPUSH)
+        with self.assertRaises(TooManyChannels):
+            await self.storage.register(uaid, new_id(), "c", 2, Mode.WEBPUSH)
+        await self.storage.register(uaid, chid, spelling(chid), 2, Mode.WEBPUSH)  # exists
+        await self.storage.unregister(uaid, chid)
+        await self.storage.register(uaid, new_id(), "c", 2, Mode.WEBPUSH)
+
     async def test_register_again_keeps_messages(self) -> None:
         """Registering a live channel again keeps its messages."""
         uaid, chid = await self.webpush_channel()
@@ -311,3 +334,14 @@ class MemoryMessageTests(_ClockedMessages, SynchronousTestCase):
 
     def make_storage(self, *, ttl_deleted: float) -> Storage:
         return MemoryStorage(self.clock, tombstone_ttl=ttl_deleted)
+
+
+@synchronous
+class SqliteMessageTests(_ClockedMessages, SynchronousTestCase):
+    """``SqliteStorage`` with an inline runner passes the message contract."""
+
+    def make_storage(self, *, ttl_deleted: float) -> Storage:
+        path = os.path.join(self.mktemp(), "state", "db.sqlite3")
+        storage = SqliteStorage(path, inline_run, self.clock, ttl_deleted=ttl_deleted)
+        self.addCleanup(storage.close)
+        return storage

@@ -1,4 +1,4 @@
-"""What expires in ``SqliteStorage``: tombstones, and users not seen for a while.
+"""What expires in ``SqliteStorage``: tombstones, messages, and users not seen for a while.
 
 A tombstone counts as absent once ``now >= expires_at`` and is deleted by
 the purge.  A user (UAID) is *seen* when it registers a channel or says
@@ -8,7 +8,8 @@ count: an app server that keeps sending to an abandoned device does not
 keep it.  To keep hellos free of writes, ``seen_at`` is rewritten only when
 it is older than ``slack(ttl)`` (an hour, or half the TTL when that is
 shorter), so it may lag the last hello by that much; the purge therefore
-deletes a user (with its channels, pending updates and tombstones) once
+deletes a user (with its channels, pending updates, tombstones and WebPush
+messages) once
 ``seen_at`` is more than ``ttl + slack`` old, so that no user goes before
 ``ttl`` has passed since it was last seen.
 
@@ -24,6 +25,7 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 
+from pushtwisted.storage import _sqlite_messages as messages
 from pushtwisted.storage._sqlite_schema import DELETED
 
 __all__ = ["PURGE_USERS", "purge", "purge_all", "slack", "stale", "touch"]
@@ -41,16 +43,20 @@ def slack(ttl: float) -> float:
 
 
 def purge(conn: sqlite3.Connection, now: float, ttl: float | None) -> tuple[int, int]:
-    """Delete expired tombstones and up to ``PURGE_USERS`` users not seen for ``ttl``.
+    """Delete what expired, and up to ``PURGE_USERS`` users not seen for ``ttl``.
+
+    Expired tombstones and WebPush messages go at once.
 
     Users with no ``seen_at`` (written before it existed) are given ``now``.
 
     :param ttl: seconds a user lives unseen; None keeps users forever.
-    :returns: how many tombstones, and how many users, were deleted.
+    :returns: how many tombstones and expired messages, and how many users,
+        were deleted.
     """
     tombstones = conn.execute(
         "DELETE FROM channels WHERE state = ? AND expires_at <= ?", (DELETED, now)
     ).rowcount
+    tombstones += messages.purge(conn, now)
     if ttl is None:
         return tombstones, 0
     conn.execute("UPDATE users SET seen_at = ? WHERE seen_at IS NULL", (now,))
@@ -64,6 +70,8 @@ def purge(conn: sqlite3.Connection, now: float, ttl: float | None) -> tuple[int,
     if uaids:
         marks = ", ".join("?" * len(uaids))
         conn.execute(f"DELETE FROM channels WHERE uaid IN ({marks})", uaids)
+        conn.execute(f"DELETE FROM wp_channels WHERE uaid IN ({marks})", uaids)
+        conn.execute(f"DELETE FROM messages WHERE uaid IN ({marks})", uaids)
         conn.execute(f"DELETE FROM users WHERE uaid IN ({marks})", uaids)
     return tombstones, len(uaids)
 

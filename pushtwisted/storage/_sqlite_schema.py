@@ -16,6 +16,20 @@ servers may send uint64 versions, past SQLite's signed 64-bit INTEGER).
 (``pushtwisted.storage._sqlite_expiry``); version 1 users get it at the
 first purge after the migration, which keeps every row.
 
+Version 3 adds WebPush (``pushtwisted.storage._sqlite_messages``)::
+
+    users(..., mode, next_seq)
+    wp_channels(uaid, chid, channel_id, PRIMARY KEY(uaid, chid))
+    messages(uaid, seq, chid, topic, ttl, stored_at, expires_at, data,
+             headers, PRIMARY KEY(uaid, seq), UNIQUE(uaid, chid, topic))
+
+``mode`` is 0 (SimplePush: every user before version 3) or 1 (WebPush);
+``next_seq`` is a WebPush user's next message sequence number.  A WebPush
+user's channels are rows of ``wp_channels``, never of ``channels``, so the
+SimplePush statements never see them.  ``messages`` is ordered per UAID by
+``seq``; a topic has one slot per (uaid, chid, topic); ``expires_at`` is
+``stored_at + ttl``; ``headers`` is a JSON object.
+
 Everything here runs on the storage pool, on a connection of the storage;
 ``translated`` and ``as_storage_error`` turn what sqlite3 raises there into
 ``StorageUnavailable``.
@@ -69,6 +83,32 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE users ADD COLUMN seen_at REAL",
         "CREATE INDEX users_seen ON users (seen_at)",
+    ),
+    3: (
+        # Existing users are SimplePush ones (mode 0).
+        "ALTER TABLE users ADD COLUMN mode INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN next_seq INTEGER",
+        """CREATE TABLE wp_channels (
+            uaid TEXT NOT NULL,
+            chid TEXT NOT NULL,
+            channel_id TEXT NOT NULL,
+            PRIMARY KEY (uaid, chid)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE messages (
+            uaid TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            chid TEXT NOT NULL,
+            topic TEXT,
+            ttl INTEGER NOT NULL,
+            stored_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            data BLOB,
+            headers TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (uaid, seq)
+        ) WITHOUT ROWID""",
+        "CREATE UNIQUE INDEX messages_topic ON messages (uaid, chid, topic)"
+        " WHERE topic IS NOT NULL",
+        "CREATE INDEX messages_expiry ON messages (expires_at)",
     ),
 }
 

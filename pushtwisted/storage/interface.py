@@ -32,7 +32,10 @@ each with its own sequence number, time to live and optional topic
 - at most ``max_pending`` messages are stored per UAID (every stored,
   unexpired message counts, sent-but-unacknowledged ones included);
 - ``delete_message`` removes exactly one message (an ack, or a ``DELETE``
-  of its id); unregister removes the channel's messages with the channel.
+  of its id); unregister removes the channel's messages with the channel;
+- a WebPush channel leaves no tombstone: unregister removes it outright
+  (a later message to it is ``GONE`` all the same, and ``expired``, which
+  only the SimplePush hello asks, never names it).
 
 Every method returns a Deferred.  A *miss* (unknown UAID or channel) is a
 normal result; a backend *failure* errbacks with ``StorageUnavailable`` (or
@@ -217,7 +220,8 @@ class Storage(Protocol):
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
         """Remove the channel and leave a tombstone; unknown channels are a no-op.
 
-        A WebPush channel's stored messages are deleted with it.
+        A WebPush channel is deleted with its stored messages and leaves no
+        tombstone.
         """
 
     def update(

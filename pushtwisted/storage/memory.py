@@ -102,17 +102,21 @@ class MemoryStorage:
 
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
         channel = self._channel(uaid, chid)
-        if channel is not None and channel.state is not _State.DELETED:
-            expires = None
-            if self._clock is not None:
-                expires = self._clock.seconds() + self._tombstone_ttl
-            self._users[uaid][chid] = _Channel(
-                _State.DELETED, channel.channel_id, channel.version, None, expires
-            )
+        if channel is None or channel.state is _State.DELETED:
+            return succeed(None)
+        if self._modes.get(uaid) is Mode.WEBPUSH:
+            del self._users[uaid][chid]  # no tombstone
             messages = self._messages.get(uaid)
             if messages:
                 for seq in [s for s, m in messages.items() if m.chid == chid]:
                     del messages[seq]
+            return succeed(None)
+        expires = None
+        if self._clock is not None:
+            expires = self._clock.seconds() + self._tombstone_ttl
+        self._users[uaid][chid] = _Channel(
+            _State.DELETED, channel.channel_id, channel.version, None, expires
+        )
         return succeed(None)
 
     def update(

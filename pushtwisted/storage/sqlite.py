@@ -2,7 +2,8 @@
 
 One database file in WAL mode, with a single writer and group commit:
 
-- **Writes** (``register``, ``unregister``, ``update``, ``ack``, plus
+- **Writes** (``register``, ``unregister``, ``update``, ``ack``,
+  ``store_message``, ``delete_message``, plus
   ``open``, ``purge_expired`` and ``check``) are queued on the reactor
   thread by a ``GroupCommit`` (``pushtwisted.storage._group_commit``).
   While no batch runs, the queue is drained: up to ``max_batch`` operations
@@ -17,7 +18,8 @@ One database file in WAL mode, with a single writer and group commit:
   fires on the reactor thread only after that commit; if the commit fails,
   every operation of the batch fails.  Operations queued while a batch runs
   form the next batch.
-- **Reads** (``user_exists``, ``fetch_pending``, ``expired``) run as
+- **Reads** (``user_mode``, ``fetch_pending``, ``expired``,
+  ``fetch_messages``) run as
   separate runner calls on read connections (one per pool thread, kept in a
   ``threading.local``); in WAL mode they never block the writer and see
   every committed batch.
@@ -28,8 +30,9 @@ Past ``max_pending`` queued or running writes, new writes fail at once with
 calls, waits until every queued write is committed, then closes the
 connections.
 
-The tables and their migrations are in ``_sqlite_schema``, what expires
-(tombstones; users not seen for ``ttl_registered``) in ``_sqlite_expiry``;
+The tables and their migrations are in ``_sqlite_schema``, the WebPush
+operations in ``_sqlite_messages``, what expires (tombstones, messages;
+users not seen for ``ttl_registered``) in ``_sqlite_expiry``;
 ``now`` is the reactor clock read on the reactor thread.  Both are purged at
 ``open()`` and by ``purge_expired()``, tombstones also at ``unregister``.
 
@@ -53,6 +56,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import StorageUnavailable
+from pushtwisted.storage import _sqlite_messages as _messages
 from pushtwisted.storage import _sqlite_writes as _writes
 from pushtwisted.storage._group_commit import GroupCommit, Outcome
 from pushtwisted.storage._sqlite_expiry import purge, purge_all, stale, touch
@@ -65,7 +69,14 @@ from pushtwisted.storage._sqlite_schema import (
     migrate,
     translated,
 )
-from pushtwisted.storage.interface import PendingUpdate, UpdateResult
+from pushtwisted.storage.interface import (
+    Mode,
+    NewMessage,
+    PendingUpdate,
+    StoredMessage,
+    StoreResult,
+    UpdateResult,
+)
 
 if TYPE_CHECKING:
     from pushtwisted.threadpool import Runner
@@ -187,16 +198,32 @@ class SqliteStorage:
         now, ttl = self._clock.seconds(), self._ttl_registered
         return Deferred.fromCoroutine(purge_all(lambda: self._write(operation, purge, now, ttl)))
 
-    def user_exists(self, uaid: str) -> Deferred[bool]:
-        return self._read("user_exists", self._user_exists_blocking, uaid)
+    def user_mode(self, uaid: str) -> Deferred[Mode | None]:
+        return self._read("user_mode", self._user_mode_blocking, uaid)
 
-    def register(self, uaid: str, chid: str, channel_id: str, max_channels: int) -> Deferred[None]:
+    def register(
+        self,
+        uaid: str,
+        chid: str,
+        channel_id: str,
+        max_channels: int,
+        mode: Mode = Mode.SIMPLEPUSH,
+    ) -> Deferred[None]:
         now = self._clock.seconds()
-        return self._write("register", _writes.register, uaid, chid, channel_id, max_channels, now)
+        args = (uaid, chid, channel_id, max_channels, now)
+        return self._write("register", _messages.register, *args, mode, _writes.register)
 
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
         now = self._clock.seconds()
-        return self._write("unregister", _writes.unregister, uaid, chid, now, self._ttl_deleted)
+        return self._write(
+            "unregister",
+            _messages.unregister,
+            uaid,
+            chid,
+            _writes.unregister,
+            now,
+            self._ttl_deleted,
+        )
 
     def update(
         self,
@@ -213,7 +240,7 @@ class SqliteStorage:
         d = self._read("fetch_pending", self._fetch_pending_blocking, uaid, now)
         return d.addCallback(self._seen, uaid, now)
 
-    def _seen(self, found: tuple[_Pending, bool], uaid: str, now: float) -> _Pending:
+    def _seen(self, found: tuple[_T, bool], uaid: str, now: float) -> _T:
         pending, is_stale = found
         if is_stale:  # a hello saw the user; best effort, not waited for
             self._write_one("touch", touch, uaid, now).addErrback(lambda _: None)
@@ -226,6 +253,21 @@ class SqliteStorage:
         return self._read(
             "expired", self._expired_blocking, uaid, list(chids), self._clock.seconds()
         )
+
+    def store_message(
+        self, uaid: str, message: NewMessage, max_pending: int
+    ) -> Deferred[StoreResult]:
+        now = self._clock.seconds()
+        return self._write("store_message", _messages.store, uaid, message, max_pending, now)
+
+    def fetch_messages(self, uaid: str) -> Deferred[list[StoredMessage]]:
+        now = self._clock.seconds()
+        d = self._read("fetch_messages", self._fetch_messages_blocking, uaid, now)
+        return d.addCallback(self._seen, uaid, now)
+
+    def delete_message(self, uaid: str, seq: int) -> Deferred[bool]:
+        now = self._clock.seconds()
+        return self._write("delete_message", _messages.delete, uaid, seq, now)
 
     def check(self) -> Deferred[None]:
         """Probe the writer: fire once a (batched) write transaction committed."""
@@ -404,9 +446,13 @@ class SqliteStorage:
     # -- blocking entry points (pool threads) ---------------------------------
 
     @translated
-    def _user_exists_blocking(self, uaid: str) -> bool:
-        row = self._conn().execute("SELECT 1 FROM users WHERE uaid = ?", (uaid,)).fetchone()
-        return row is not None
+    def _user_mode_blocking(self, uaid: str) -> Mode | None:
+        return _messages.user_mode(self._conn(), uaid)
+
+    @translated
+    def _fetch_messages_blocking(self, uaid: str, now: float) -> tuple[list[StoredMessage], bool]:
+        conn = self._conn()
+        return _messages.fetch(conn, uaid, now), stale(conn, uaid, now, self._ttl_registered)
 
     @translated
     def _fetch_pending_blocking(self, uaid: str, now: float) -> tuple[_Pending, bool]:
