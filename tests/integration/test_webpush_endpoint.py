@@ -4,7 +4,9 @@ The application server is ``pywebpush`` (with ``py-vapid``), unmodified, POSTing
 pushEndpoint a device obtained over a real WebSocket
 (``tests.integration.webpush_client.WebPushDevice``); the device decrypts what it
 receives with ``http_ece`` using the keys it generated.  The server runs with the
-memory backend (``[webpush] max_pending_messages`` lowered for the backlog test).
+memory backend; the main cases (``MainTests``: online, offline, topic
+replacement, ack one of two, unregister with a pending message) and the backlog
+cap (``[webpush] max_pending_messages`` lowered) also run on SQLite (``OnSqlite``).
 Requests pywebpush would not send (bad headers, other methods, ``DELETE /m/``) are
 made with ``http.client``.
 """
@@ -75,9 +77,13 @@ class WebPushEndToEndTests(SynchronousTestCase):
 
     config: dict[str, dict[str, object]] = {}
 
+    def storage(self) -> dict[str, object]:
+        """The server's ``[storage]`` (besides its path): the backend it runs on."""
+        return {"backend": "memory"}
+
     def setUp(self) -> None:
         config: dict[str, dict[str, object]] = {
-            "storage": {"backend": "memory"},
+            "storage": self.storage(),
             "client": {"min_ping_interval": 0},
         }
         for section, table in self.config.items():
@@ -136,47 +142,7 @@ class WebPushEndToEndTests(SynchronousTestCase):
 
 
 class DeliveryTests(WebPushEndToEndTests):
-    """The plaintext arrives, for both encodings, online and offline, on v1 and v2."""
-
-    def subscriptions(
-        self, device: WebPushDevice
-    ) -> list[tuple[str, Subscription, py_vapid.Vapid | None]]:
-        """A v1 subscription (no VAPID) and a v2 one (restricted to a VAPID key)."""
-        vapid = new_vapid()
-        v1 = device.register()
-        v2 = device.register(key=application_server_key(vapid.public_key))
-        self.assertIn("/wpush/v1/", v1.endpoint)
-        self.assertIn("/wpush/v2/", v2.endpoint)
-        return [("v1", v1, None), ("v2", v2, vapid)]
-
-    def test_online(self) -> None:
-        """A connected device decrypts each message: aes128gcm and aesgcm, v1 and v2."""
-        device = self.device()
-        device.hello()
-        for name, subscription, vapid in self.subscriptions(device):
-            for encoding in ENCODINGS:
-                plain = f"online {name} {encoding}".encode()
-                self.send(subscription, plain, vapid=vapid, encoding=encoding)
-                message = self.receive(device, subscription, plain)
-                self.assertEqual(message["headers"]["encoding"], encoding)
-
-    def test_offline(self) -> None:
-        """Messages sent while the device is away arrive, in order, after its next hello."""
-        device = self.device()
-        device.hello()
-        subscriptions = self.subscriptions(device)
-        device.close()
-        sent = []
-        for name, subscription, vapid in subscriptions:
-            for encoding in ENCODINGS:
-                plain = f"offline {name} {encoding}".encode()
-                self.send(subscription, plain, vapid=vapid, encoding=encoding)
-                sent.append((subscription, plain))
-        again = self.device()
-        again.hello(device.uaid)
-        for subscription, plain in sent:
-            self.receive(again, subscription, plain)
-        again.assert_silent(0.5)
+    """The largest message, a forged VAPID signature, SimplePush alongside."""
 
     def test_largest_message(self) -> None:
         """A 4,096-octet plaintext (pywebpush's largest) arrives whole."""
@@ -232,33 +198,48 @@ class DeliveryTests(WebPushEndToEndTests):
         device.assert_silent(0.3)
 
 
-class LifecycleTests(WebPushEndToEndTests):
-    """TTL 0 and expiry, topics, acks, unregister, cancel."""
+class MainTests(WebPushEndToEndTests):
+    """The plaintext arrives (both encodings, online and offline, v1 and v2); topics,
+    acks and unregister behave as WEBPUSH.md section 6 says."""
 
-    def test_ttl_zero(self) -> None:
-        """TTL 0 reaches a connected device; sent while it is away, it never arrives."""
+    def subscriptions(
+        self, device: WebPushDevice
+    ) -> list[tuple[str, Subscription, py_vapid.Vapid | None]]:
+        """A v1 subscription (no VAPID) and a v2 one (restricted to a VAPID key)."""
+        vapid = new_vapid()
+        v1 = device.register()
+        v2 = device.register(key=application_server_key(vapid.public_key))
+        self.assertIn("/wpush/v1/", v1.endpoint)
+        self.assertIn("/wpush/v2/", v2.endpoint)
+        return [("v1", v1, None), ("v2", v2, vapid)]
+
+    def test_online(self) -> None:
+        """A connected device decrypts each message: aes128gcm and aesgcm, v1 and v2."""
         device = self.device()
         device.hello()
-        subscription = device.register()
-        self.send(subscription, b"now", ttl=0)
-        self.receive(device, subscription, b"now")
-        device.close()
-        self.send(subscription, b"lost", ttl=0)
-        again = self.reconnect(device)
-        again.assert_silent(0.5)
+        for name, subscription, vapid in self.subscriptions(device):
+            for encoding in ENCODINGS:
+                plain = f"online {name} {encoding}".encode()
+                self.send(subscription, plain, vapid=vapid, encoding=encoding)
+                message = self.receive(device, subscription, plain)
+                self.assertEqual(message["headers"]["encoding"], encoding)
 
-    def test_ttl_expiry(self) -> None:
-        """A message with TTL 1 is gone once its second has passed."""
+    def test_offline(self) -> None:
+        """Messages sent while the device is away arrive, in order, after its next hello."""
         device = self.device()
         device.hello()
-        subscription = device.register()
+        subscriptions = self.subscriptions(device)
         device.close()
-        self.send(subscription, b"short", ttl=1)
-        self.send(subscription, b"long", ttl=60)
-        time.sleep(1.5)
+        sent = []
+        for name, subscription, vapid in subscriptions:
+            for encoding in ENCODINGS:
+                plain = f"offline {name} {encoding}".encode()
+                self.send(subscription, plain, vapid=vapid, encoding=encoding)
+                sent.append((subscription, plain))
         again = self.device()
         again.hello(device.uaid)
-        self.receive(again, subscription, b"long")
+        for subscription, plain in sent:
+            self.receive(again, subscription, plain)
         again.assert_silent(0.5)
 
     def test_topic_replacement(self) -> None:
@@ -308,6 +289,36 @@ class LifecycleTests(WebPushEndToEndTests):
         self.assertEqual(response.status_code, 410)
         self.assertEqual(response.headers["Cache-Control"], "max-age=86400")
         self.assertEqual(response.json()["errno"], 106)
+
+
+class LifecycleTests(WebPushEndToEndTests):
+    """TTL 0 and expiry, cancel."""
+
+    def test_ttl_zero(self) -> None:
+        """TTL 0 reaches a connected device; sent while it is away, it never arrives."""
+        device = self.device()
+        device.hello()
+        subscription = device.register()
+        self.send(subscription, b"now", ttl=0)
+        self.receive(device, subscription, b"now")
+        device.close()
+        self.send(subscription, b"lost", ttl=0)
+        again = self.reconnect(device)
+        again.assert_silent(0.5)
+
+    def test_ttl_expiry(self) -> None:
+        """A message with TTL 1 is gone once its second has passed."""
+        device = self.device()
+        device.hello()
+        subscription = device.register()
+        device.close()
+        self.send(subscription, b"short", ttl=1)
+        self.send(subscription, b"long", ttl=60)
+        time.sleep(1.5)
+        again = self.device()
+        again.hello(device.uaid)
+        self.receive(again, subscription, b"long")
+        again.assert_silent(0.5)
 
     def test_delete(self) -> None:
         """``DELETE`` of a stored message's Location cancels it: 204, it never arrives."""
@@ -359,6 +370,21 @@ class BacklogTests(WebPushEndToEndTests):
         again.sync()
         self.send(subscription, b"3")
         self.assertFull(subscription)
+
+
+class OnSqlite(WebPushEndToEndTests):
+    """The server keeps its state in SQLite (in its state directory)."""
+
+    def storage(self) -> dict[str, object]:
+        return {"backend": "sqlite"}
+
+
+class SqliteMainTests(OnSqlite, MainTests):
+    """``MainTests`` on SQLite."""
+
+
+class SqliteBacklogTests(OnSqlite, BacklogTests):
+    """``BacklogTests`` on SQLite."""
 
 
 class RefusalTests(WebPushEndToEndTests):
