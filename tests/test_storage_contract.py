@@ -37,7 +37,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.errors import StorageUnavailable, TooManyChannels
 from pushtwisted.storage._memcache_steps import MemcacheSteps, Steps
-from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateOutcome, UpdateResult
+from pushtwisted.storage.interface import (
+    Mode,
+    NewMessage,
+    PendingUpdate,
+    Storage,
+    StoreResult,
+    UpdateOutcome,
+    UpdateResult,
+)
 from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.storage.sqlite import SCHEMA_VERSION, SqliteStorage
@@ -510,7 +518,14 @@ _KINDS = [
     "expired",
     "user_mode",
     "advance",
+    # WebPush (uaid 1 starts as a WebPush user).
+    *["store_message"] * 6,
+    *["delete_message"] * 3,
+    *["fetch_messages"] * 3,
+    "register_webpush",
 ]
+_ttl = st.sampled_from([0, 5, 50, 150])
+_topic = st.sampled_from([None, None, "a", "b"])
 
 
 @st.composite
@@ -529,6 +544,16 @@ def _op(draw: st.DrawFn) -> tuple[Any, ...]:
         return (kind, u, draw(_chid))
     if kind == "expired":
         return (kind, u, draw(st.lists(_chid, max_size=4)))
+    if kind in ("store_message", "delete_message", "fetch_messages", "register_webpush"):
+        u = draw(st.sampled_from([1, 1, 1, 0]))
+    if kind == "register_webpush":
+        return (kind, u, draw(_chid), draw(st.integers(0, 3)))
+    if kind == "store_message":
+        topic, data = draw(_topic), draw(st.sampled_from([None, "x"]))
+        return (kind, u, draw(_chid), draw(_ttl), topic, data, draw(st.sampled_from([0, 2, 3])))
+    if kind == "delete_message":
+        # The n-th last sequence number stored (or a made-up one past them).
+        return (kind, u, draw(st.integers(0, 4)))
     return (kind, u)
 
 
@@ -564,16 +589,23 @@ class ModelTests(SynchronousTestCase):
         backends = self._backends(clock)
         uaids = [new_id() for _ in range(_UAIDS)]
         chids = sorted(new_id() for _ in range(_CHIDS))
-        # Start from a user with channels, where the interesting states are.
+        # Start from users with channels, where the interesting states are.
         prologue = [("register", 0, c, 0, 0) for c in range(_CHIDS)]
+        prologue += [("register_webpush", 1, c, 0) for c in range(_CHIDS - 1)]
+        seqs: list[int] = []
         for step, op in enumerate([*prologue, *ops]):
             if op[0] == "advance":
                 clock.advance(op[1])
                 continue
+            if op[0] == "delete_message":
+                back = op[2] + 1
+                op = (*op[:2], seqs[-back] if back <= len(seqs) else 7)
             answers = {
                 name: self._apply(storage, op, uaids, chids) for name, storage in backends.items()
             }
             reference = answers.pop("memory")
+            if isinstance(reference, StoreResult) and reference.message is not None:
+                seqs.append(reference.message.seq)
             for name, answer in answers.items():
                 self.assertEqual(answer, reference, f"{name} differs at step {step}: {op!r}")
 
@@ -593,6 +625,18 @@ class ModelTests(SynchronousTestCase):
             d = storage.fetch_pending(u)
         elif name == "expired":
             d = storage.expired(u, [chids[i] for i in op[2]])
+        elif name == "register_webpush":
+            chid = chids[op[2]]
+            d = storage.register(u, chid, f"{chid}-wp", op[3], Mode.WEBPUSH)
+        elif name == "store_message":
+            _, _, c, ttl, topic, data, max_pending = op
+            headers = {} if data is None else {"encoding": "aes128gcm"}
+            new = NewMessage(chid=chids[c], ttl=ttl, topic=topic, data=data, headers=headers)
+            d = storage.store_message(u, new, max_pending)
+        elif name == "delete_message":
+            d = storage.delete_message(u, op[2])
+        elif name == "fetch_messages":
+            d = storage.fetch_messages(u)
         else:
             d = storage.user_mode(u)
         results: list[object] = []

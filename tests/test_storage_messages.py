@@ -5,7 +5,10 @@ WebPush half of the ``Storage`` protocol (``user_mode``, ``register`` with a
 mode, ``store_message``, ``fetch_messages``, ``delete_message``, unregister),
 with ``MemoryStorage`` as the reference.  Like ``StorageContract`` it needs
 ``make_storage(ttl_deleted=...)`` and ``advance(seconds)`` from its
-subclasses; here it runs synchronously on clocked backends.
+subclasses; here it runs synchronously on clocked backends: memory, SQLite
+with an inline runner, and memcached on ``FakeMemcache``
+(``tests/integration/test_storage_backends.py`` runs it on a real memcached
+and on SQLite with the real thread pool).
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from pushtwisted.storage.interface import (
     StoreOutcome,
     UpdateOutcome,
 )
+from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.storage.sqlite import SqliteStorage
+from pushtwisted.testing import inline_submit
+from pushtwisted.testing.memcache import FakeMemcache
 from tests.test_storage_contract import EPOCH, inline_run, new_id, spelling, synchronous
 
 __all__ = ["MessageContract"]
@@ -345,3 +351,20 @@ class SqliteMessageTests(_ClockedMessages, SynchronousTestCase):
         storage = SqliteStorage(path, inline_run, self.clock, ttl_deleted=ttl_deleted)
         self.addCleanup(storage.close)
         return storage
+
+
+@synchronous
+class FakeMemcachedMessageTests(_ClockedMessages, SynchronousTestCase):
+    """``MemcachedStorage`` on ``FakeMemcache`` passes the message contract."""
+
+    def make_storage(self, *, ttl_deleted: float) -> Storage:
+        self.client = FakeMemcache(self.clock)
+        return MemcachedStorage(
+            self.client,
+            inline_submit,
+            self.clock,
+            ttl_live=86400 * 60,
+            ttl_registered=86400 * 60,
+            ttl_deleted=ttl_deleted,
+            key_prefix="pt:",
+        )

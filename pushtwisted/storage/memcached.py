@@ -1,14 +1,17 @@
 """``MemcachedStorage``: the shared backend for clusters (pymemcache).
 
 Record layout (PROTOCOL.md section 5.2, improved as section 16 decides); every
-key starts with the configured ``key_prefix``:
+key starts with the configured ``key_prefix``; the values and their codecs
+are in ``_memcache_records``:
 
 ``<uaid>``
-    JSON list of chids, sorted and de-duplicated.  Its presence means the
-    user exists.  It lists every chid that has (or recently had) a record,
-    tombstones included; chids whose record has vanished (expired
-    tombstones, evictions) are pruned at ``fetch_pending`` and when
-    ``register`` checks the channel limit.
+    A SimplePush user's JSON list of chids, sorted and de-duplicated (a
+    WebPush user's record here is an object: ``_memcache_webpush``, where
+    its messages are kept too).  Its presence means the user exists.  It
+    lists every chid that has (or recently had) a record, tombstones
+    included; chids whose record has vanished (expired tombstones,
+    evictions) are pruned at ``fetch_pending`` and when ``register``
+    checks the channel limit.
 ``<uaid>.<chid>``
     JSON ``{"state", "channel_id", "version", "data", "touched"}`` with
     ``state`` one of ``live``, ``registered``, ``deleted`` and an expiry by
@@ -33,21 +36,21 @@ pipelined round trips.  What each costs (commands, and rounds in brackets):
 
 - ``update``: ``gets`` the record, ``cas`` it live (2);
 - ``ack``: ``gets`` the record, ``cas`` it registered (2);
-- ``user_exists``: ``touch`` the list (1);
+- ``user_mode``: ``touch`` and ``gets`` the user's record (1);
 - ``fetch_pending``: ``get`` the list, then ``touch`` it and ``gets`` every
   listed record (2), plus one ``cas`` per record due for a refresh (3);
 - ``register`` of a new channel: ``gets`` the record and the list, ``add``
   or ``cas`` the list, ``add`` (or ``cas`` over a tombstone) the record
   with a ``gets`` of the list behind it (3); an existing one: the first
-  read only (1);
-- ``unregister``: ``gets`` the record, ``cas`` the tombstone (2);
+  read only (1); a WebPush user's, after the first read, in ``_memcache_webpush``;
+- ``unregister``: ``gets`` the record and the list, ``cas`` the tombstone (2);
 - ``expired``: ``get`` the records (1).
 
 Expiry: memcached reads an expiry over 30 days as an absolute Unix time, so
 longer TTLs are sent as ``now + ttl`` (``memcached_expire``).  The client,
 its serde and the error translation are in ``pushtwisted.storage._memcache``,
 shared with the cluster directory.  The list and
-the records are refreshed at hello: ``user_exists`` touches the list, and
+the records are refreshed at hello: ``user_mode`` touches the list, and
 ``fetch_pending`` touches it and rewrites records written more than half
 their TTL ago, so idle devices keep their registrations.
 
@@ -62,7 +65,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -70,9 +73,29 @@ from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import StorageUnavailable, TooManyChannels
 from pushtwisted.storage._memcache import MemcacheClient, check_key_prefix, memcached_expire
+from pushtwisted.storage._memcache_records import (
+    DELETED,
+    LIVE,
+    REGISTERED,
+    ChannelRecord,
+    WebPushUser,
+    decode_list,
+    decode_record,
+    decode_user,
+    is_webpush,
+)
 from pushtwisted.storage._memcache_steps import MemcacheSteps, Steps
+from pushtwisted.storage._memcache_webpush import WebPushRecords
 from pushtwisted.storage._memcache_wire import Delete, Get, Store, Touch
-from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome, UpdateResult
+from pushtwisted.storage.interface import (
+    Mode,
+    NewMessage,
+    PendingUpdate,
+    StoredMessage,
+    StoreResult,
+    UpdateOutcome,
+    UpdateResult,
+)
 
 if TYPE_CHECKING:
     from pushtwisted.threadpool import BatchRunner
@@ -83,54 +106,6 @@ __all__ = ["MemcachedStorage"]
 _CAS_ATTEMPTS = 64
 _ADD = b"add"
 _CAS = b"cas"
-
-_LIVE = "live"
-_REGISTERED = "registered"
-_DELETED = "deleted"
-_STATES = frozenset((_LIVE, _REGISTERED, _DELETED))
-
-
-@dataclass(frozen=True, slots=True)
-class _Record:
-    state: str
-    channel_id: str
-    version: int
-    data: str | None
-    touched: float
-
-    def encode(self) -> dict[str, object]:
-        return {
-            "state": self.state,
-            "channel_id": self.channel_id,
-            "version": self.version,
-            "data": self.data,
-            "touched": self.touched,
-        }
-
-
-def _decode_record(value: object) -> _Record:
-    if isinstance(value, dict):
-        state = value.get("state")
-        channel_id = value.get("channel_id")
-        version = value.get("version")
-        data = value.get("data")
-        touched = value.get("touched", 0)
-        if (
-            state in _STATES
-            and isinstance(channel_id, str)
-            and isinstance(version, int)
-            and not isinstance(version, bool)
-            and (data is None or isinstance(data, str))
-            and isinstance(touched, (int, float))
-        ):
-            return _Record(str(state), channel_id, version, data, float(touched))
-    raise StorageUnavailable(f"memcached: corrupt channel record {value!r:.80}")
-
-
-def _decode_list(value: object) -> list[str]:
-    if isinstance(value, list) and all(isinstance(c, str) for c in value):
-        return sorted(set(value))
-    raise StorageUnavailable(f"memcached: corrupt channel list {value!r:.80}")
 
 
 class MemcachedStorage:
@@ -175,21 +150,30 @@ class MemcachedStorage:
         self._steps = MemcacheSteps(client)
         self._submit = submit
         self._clock = clock
-        self._ttl = {_LIVE: ttl_live, _REGISTERED: ttl_registered, _DELETED: ttl_deleted}
+        self._ttl = {LIVE: ttl_live, REGISTERED: ttl_registered, DELETED: ttl_deleted}
         self._ttl_list = max(ttl_live, ttl_registered)
         self._prefix = key_prefix
+        self._webpush = WebPushRecords(key_prefix, self._ttl_list)
 
     # -- the asynchronous API (reactor thread) --------------------------------
 
     def _run(self, operation: str, steps: Steps[Any]) -> Deferred[Any]:
         return self._submit(operation, self._steps, steps)
 
-    def user_exists(self, uaid: str) -> Deferred[bool]:
-        """Fire True when the user's list exists; refreshes its expiry."""
-        return self._run("user_exists", self.user_exists_steps(uaid, self._clock.seconds()))
+    def user_mode(self, uaid: str) -> Deferred[Mode | None]:
+        """Fire with the mode of the user's record; refreshes its expiry."""
+        return self._run("user_mode", self.user_mode_steps(uaid, self._clock.seconds()))
 
-    def register(self, uaid: str, chid: str, channel_id: str, max_channels: int) -> Deferred[None]:
-        steps = self.register_steps(uaid, chid, channel_id, max_channels, self._clock.seconds())
+    def register(
+        self,
+        uaid: str,
+        chid: str,
+        channel_id: str,
+        max_channels: int,
+        mode: Mode = Mode.SIMPLEPUSH,
+    ) -> Deferred[None]:
+        now = self._clock.seconds()
+        steps = self.register_steps(uaid, chid, channel_id, max_channels, now, mode)
         return self._run("register", steps)
 
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
@@ -215,6 +199,18 @@ class MemcachedStorage:
 
     def expired(self, uaid: str, chids: Sequence[str]) -> Deferred[list[str]]:
         return self._run("expired", self.expired_steps(uaid, list(chids)))
+
+    def store_message(
+        self, uaid: str, message: NewMessage, max_pending: int
+    ) -> Deferred[StoreResult]:
+        steps = self._webpush.store(uaid, message, max_pending, self._clock.seconds())
+        return self._run("store_message", steps)
+
+    def fetch_messages(self, uaid: str) -> Deferred[list[StoredMessage]]:
+        return self._run("fetch_messages", self._webpush.fetch(uaid, self._clock.seconds()))
+
+    def delete_message(self, uaid: str, seq: int) -> Deferred[bool]:
+        return self._run("delete_message", self._webpush.delete(uaid, seq, self._clock.seconds()))
 
     def check(self) -> Deferred[None]:
         return self._run("check", self.check_steps())
@@ -259,14 +255,14 @@ class MemcachedStorage:
                 value, cas = yield Get(key)
             else:
                 (value, cas), listed = listed, None
-            chids = [] if value is None else _decode_list(value)
+            chids = [] if value is None else decode_list(value)
             others = [c for c in chids if c != chid]
             pruned: list[str] = []
             if max_channels > 0 and len(others) >= max_channels:
                 records = yield tuple(Get(self._channel_key(uaid, c)) for c in others)
                 pruned = [c for c, (v, _) in zip(others, records, strict=True) if v is None]
                 active = sum(
-                    1 for v, _ in records if v is not None and _decode_record(v).state != _DELETED
+                    1 for v, _ in records if v is not None and decode_record(v).state != DELETED
                 )
                 if active >= max_channels:
                     raise TooManyChannels(f"UAID holds {active} channels")
@@ -290,7 +286,7 @@ class MemcachedStorage:
             value, cas = yield Get(key)
             if value is None:
                 return
-            chids = _decode_list(value)
+            chids = decode_list(value)
             new = [c for c in chids if c not in gone]
             if new == chids:
                 return
@@ -311,27 +307,40 @@ class MemcachedStorage:
 
     # -- the operations (steps, run on the storage pool) ------------------------
 
-    def user_exists_steps(self, uaid: str, now: float) -> Steps[bool]:
-        """``user_exists`` as steps."""
-        return bool((yield Touch(self._user_key(uaid), self._list_expire(now))))
+    def user_mode_steps(self, uaid: str, now: float) -> Steps[Mode | None]:
+        """``user_mode`` as steps."""
+        key = self._user_key(uaid)
+        _, (value, _) = yield (Touch(key, self._list_expire(now)), Get(key))
+        if value is None:
+            return None
+        return Mode.WEBPUSH if isinstance(decode_user(value), WebPushUser) else Mode.SIMPLEPUSH
 
     def register_steps(
-        self, uaid: str, chid: str, channel_id: str, max_channels: int, now: float
+        self,
+        uaid: str,
+        chid: str,
+        channel_id: str,
+        max_channels: int,
+        now: float,
+        mode: Mode = Mode.SIMPLEPUSH,
     ) -> Steps[None]:
         """``register`` as steps."""
         key = self._channel_key(uaid, chid)
         list_key = self._user_key(uaid)
         (value, cas), listed = yield (Get(key), Get(list_key))
-        if value is not None and _decode_record(value).state != _DELETED:
+        if is_webpush(listed[0], mode):
+            yield from self._webpush.register(uaid, chid, channel_id, max_channels, now, listed)
+            return
+        if value is not None and decode_record(value).state != DELETED:
             yield from self._list_add(uaid, chid, 0, now, listed)  # repairs a missing entry
             return
         yield from self._list_add(uaid, chid, max_channels, now, listed)
-        new = _Record(_REGISTERED, channel_id, 0, None, now).encode()
-        expire = self._expire(_REGISTERED, now)
+        new = ChannelRecord(REGISTERED, channel_id, 0, None, now).encode()
+        expire = self._expire(REGISTERED, now)
         for attempt in range(_CAS_ATTEMPTS):
             if attempt:
                 value, cas = yield Get(key)
-            if value is not None and _decode_record(value).state != _DELETED:
+            if value is not None and decode_record(value).state != DELETED:
                 break  # a concurrent register created it
             store = (
                 Store(_ADD, key, new, expire)
@@ -351,15 +360,20 @@ class MemcachedStorage:
     def unregister_steps(self, uaid: str, chid: str, now: float) -> Steps[None]:
         """``unregister`` as steps."""
         key = self._channel_key(uaid, chid)
-        for _ in range(_CAS_ATTEMPTS):
-            value, cas = yield Get(key)
+        (value, cas), listed = yield (Get(key), Get(self._user_key(uaid)))
+        if is_webpush(listed[0], Mode.SIMPLEPUSH):
+            yield from self._webpush.unregister(uaid, chid, now, listed)
+            return
+        for attempt in range(_CAS_ATTEMPTS):
+            if attempt:
+                value, cas = yield Get(key)
             if value is None:
                 return
-            record = _decode_record(value)
-            if record.state == _DELETED:
+            record = decode_record(value)
+            if record.state == DELETED:
                 return
-            tombstone = replace(record, state=_DELETED, data=None, touched=now)
-            if (yield Store(_CAS, key, tombstone.encode(), self._expire(_DELETED, now), cas)):
+            tombstone = replace(record, state=DELETED, data=None, touched=now)
+            if (yield Store(_CAS, key, tombstone.encode(), self._expire(DELETED, now), cas)):
                 return
         raise StorageUnavailable("memcached: channel record contended, giving up")
 
@@ -378,13 +392,13 @@ class MemcachedStorage:
             value, cas = yield Get(key)
             if value is None:
                 return UpdateResult(outcome=UpdateOutcome.GONE)
-            record = _decode_record(value)
-            if record.state == _DELETED:
+            record = decode_record(value)
+            if record.state == DELETED:
                 return UpdateResult(outcome=UpdateOutcome.GONE)
             if only_newer and version <= record.version:
                 return UpdateResult(outcome=UpdateOutcome.STALE, channel_id=record.channel_id)
-            live = _Record(_LIVE, record.channel_id, version, data, now)
-            if (yield Store(_CAS, key, live.encode(), self._expire(_LIVE, now), cas)):
+            live = ChannelRecord(LIVE, record.channel_id, version, data, now)
+            if (yield Store(_CAS, key, live.encode(), self._expire(LIVE, now), cas)):
                 return UpdateResult(outcome=UpdateOutcome.STORED, channel_id=record.channel_id)
         raise StorageUnavailable("memcached: channel record contended, giving up")
 
@@ -392,9 +406,9 @@ class MemcachedStorage:
         """``fetch_pending`` as steps."""
         user_key = self._user_key(uaid)
         value, _ = yield Get(user_key)
-        if value is None:
-            return []
-        chids = _decode_list(value)
+        chids = [] if value is None else decode_user(value)
+        if value is None or not isinstance(chids, list):
+            return []  # no user, or a WebPush one
         keys = [self._channel_key(uaid, c) for c in chids]
         _, *found = yield (Touch(user_key, self._list_expire(now)), *map(Get, keys))
         pending: list[PendingUpdate] = []
@@ -404,15 +418,15 @@ class MemcachedStorage:
             if entry is None:
                 gone.append(chid)
                 continue
-            record = _decode_record(entry)
-            if record.state == _LIVE:
+            record = decode_record(entry)
+            if record.state == LIVE:
                 pending.append(
                     PendingUpdate(
                         channel_id=record.channel_id, version=record.version, data=record.data
                     )
                 )
             ttl = self._ttl[record.state]
-            if record.state != _DELETED and now - record.touched >= ttl / 2:
+            if record.state != DELETED and now - record.touched >= ttl / 2:
                 # Refresh; a lost race means someone else just rewrote it.
                 fresh = replace(record, touched=now).encode()
                 refresh.append(Store(_CAS, key, fresh, self._expire(record.state, now), cas))
@@ -429,11 +443,11 @@ class MemcachedStorage:
             value, cas = yield Get(key)
             if value is None:
                 return False
-            record = _decode_record(value)
-            if record.state != _LIVE or version < record.version:
+            record = decode_record(value)
+            if record.state != LIVE or version < record.version:
                 return False
-            cleared = _Record(_REGISTERED, record.channel_id, record.version, None, now)
-            if (yield Store(_CAS, key, cleared.encode(), self._expire(_REGISTERED, now), cas)):
+            cleared = ChannelRecord(REGISTERED, record.channel_id, record.version, None, now)
+            if (yield Store(_CAS, key, cleared.encode(), self._expire(REGISTERED, now), cas)):
                 return True
         raise StorageUnavailable("memcached: channel record contended, giving up")
 
@@ -446,7 +460,7 @@ class MemcachedStorage:
         dead = {
             c
             for c, (value, _) in zip(wanted, found, strict=True)
-            if value is not None and _decode_record(value).state == _DELETED
+            if value is not None and decode_record(value).state == DELETED
         }
         return [c for c in chids if c in dead]
 
