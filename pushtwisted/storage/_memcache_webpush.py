@@ -10,8 +10,8 @@ Keys (after the configured prefix):
     told apart.  The record lives as long as a SimplePush user's list and is
     refreshed the same way (``user_mode`` touches it at hello).
 ``<uaid>:m:<seq>``
-    The body of message ``seq``: JSON ``{"data", "headers"}``, expiring with
-    the message's TTL.
+    The body of message ``seq``: JSON ``{"data", "headers"}``, expiring a
+    second after the message (its entry decides when it is expired).
 
 Everything about a WebPush user but the bodies is in its one record, so
 every change is one ``cas`` on one key: two messages stored at once, a
@@ -71,6 +71,9 @@ __all__ = ["WebPushRecords"]
 #: gets/cas attempts before giving up with StorageUnavailable.
 _CAS_ATTEMPTS = 64
 _ADD = b"add"
+#: Seconds a body outlives its entry: memcached's clock ticks in whole
+#: seconds, so an item may expire up to one second early.
+_BODY_SLACK = 1
 _CAS = b"cas"
 
 
@@ -172,7 +175,7 @@ class WebPushRecords:
                 claimed = None
             if claimed is None:
                 tried = max(user.next_seq, tried + 1)
-                expire = memcached_expire(message.ttl, now)
+                expire = memcached_expire(message.ttl + _BODY_SLACK, now)
                 if not (yield Store(_ADD, self.body_key(uaid, tried), body, expire)):
                     continue
                 claimed = tried
