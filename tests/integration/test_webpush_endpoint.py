@@ -6,7 +6,8 @@ pushEndpoint a device obtained over a real WebSocket
 receives with ``http_ece`` using the keys it generated.  The server runs with the
 memory backend; the main cases (``MainTests``: online, offline, topic
 replacement, ack one of two, unregister with a pending message) and the backlog
-cap (``[webpush] max_pending_messages`` lowered) also run on SQLite (``OnSqlite``).
+cap (``[webpush] max_pending_messages`` lowered) also run on SQLite and on a real
+memcached (``OnSqlite``, ``OnMemcached``).
 Requests pywebpush would not send (bad headers, other methods, ``DELETE /m/``) are
 made with ``http.client``.
 """
@@ -27,6 +28,7 @@ import websocket
 from pywebpush import WebPushException, webpush
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.integration.memcached_fixture import shared_memcached
 from tests.integration.server import ServerProcess
 from tests.integration.webpush_client import (
     TIMEOUT,
@@ -379,12 +381,28 @@ class OnSqlite(WebPushEndToEndTests):
         return {"backend": "sqlite"}
 
 
+class OnMemcached(WebPushEndToEndTests):
+    """The server keeps its state in the run's real memcached, under a prefix of its own."""
+
+    def storage(self) -> dict[str, object]:
+        prefix = f"wp-{uuid.uuid4().hex[:8]}:"
+        return {"backend": "memcached", "servers": [shared_memcached()], "key_prefix": prefix}
+
+
 class SqliteMainTests(OnSqlite, MainTests):
     """``MainTests`` on SQLite."""
 
 
+class MemcachedMainTests(OnMemcached, MainTests):
+    """``MainTests`` on memcached."""
+
+
 class SqliteBacklogTests(OnSqlite, BacklogTests):
     """``BacklogTests`` on SQLite."""
+
+
+class MemcachedBacklogTests(OnMemcached, BacklogTests):
+    """``BacklogTests`` on memcached."""
 
 
 class RefusalTests(WebPushEndToEndTests):
