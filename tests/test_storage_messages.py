@@ -7,13 +7,11 @@ with ``MemoryStorage`` as the reference.  Like ``StorageContract`` it needs
 ``make_storage(ttl_deleted=...)`` and ``advance(seconds)`` from its
 subclasses; here it runs synchronously on clocked backends: memory, SQLite
 with an inline runner, and memcached on ``FakeMemcache``
-(``tests/integration/test_storage_backends.py`` runs it on a real memcached
-and on SQLite with the real thread pool).
+(``tests/integration/test_storage_messages_backends.py`` runs it on a real
+memcached and on SQLite with the real thread pool).
 """
 
 from __future__ import annotations
-
-import os
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -26,12 +24,8 @@ from pushtwisted.storage.interface import (
     StoreOutcome,
     UpdateOutcome,
 )
-from pushtwisted.storage.memcached import MemcachedStorage
-from pushtwisted.storage.memory import MemoryStorage
-from pushtwisted.storage.sqlite import SqliteStorage
-from pushtwisted.testing import inline_submit
-from pushtwisted.testing.memcache import FakeMemcache
-from tests.test_storage_contract import EPOCH, inline_run, new_id, spelling, synchronous
+from tests import test_storage_contract as contract
+from tests.test_storage_contract import EPOCH, new_id, spelling, synchronous
 
 __all__ = ["MessageContract"]
 
@@ -334,37 +328,26 @@ class _ClockedMessages(MessageContract):
         self.clock.advance(seconds)
 
 
+# Each backend is built as for the ``StorageContract`` (the module, not its
+# classes, is imported: trial would run imported test cases here again).
+
+
 @synchronous
 class MemoryMessageTests(_ClockedMessages, SynchronousTestCase):
     """``MemoryStorage`` passes the message contract (it is the reference)."""
 
-    def make_storage(self, *, ttl_deleted: float) -> Storage:
-        return MemoryStorage(self.clock, tombstone_ttl=ttl_deleted)
+    make_storage = contract.MemoryContractTests.make_storage
 
 
 @synchronous
 class SqliteMessageTests(_ClockedMessages, SynchronousTestCase):
     """``SqliteStorage`` with an inline runner passes the message contract."""
 
-    def make_storage(self, *, ttl_deleted: float) -> Storage:
-        path = os.path.join(self.mktemp(), "state", "db.sqlite3")
-        storage = SqliteStorage(path, inline_run, self.clock, ttl_deleted=ttl_deleted)
-        self.addCleanup(storage.close)
-        return storage
+    make_storage = contract.SqliteContractTests.make_storage
 
 
 @synchronous
 class FakeMemcachedMessageTests(_ClockedMessages, SynchronousTestCase):
     """``MemcachedStorage`` on ``FakeMemcache`` passes the message contract."""
 
-    def make_storage(self, *, ttl_deleted: float) -> Storage:
-        self.client = FakeMemcache(self.clock)
-        return MemcachedStorage(
-            self.client,
-            inline_submit,
-            self.clock,
-            ttl_live=86400 * 60,
-            ttl_registered=86400 * 60,
-            ttl_deleted=ttl_deleted,
-            key_prefix="pt:",
-        )
+    make_storage = contract.FakeMemcachedContractTests.make_storage

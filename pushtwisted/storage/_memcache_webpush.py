@@ -35,10 +35,13 @@ What each operation costs (commands, rounds in brackets):
   a replaced topic message's body is deleted after (4);
 - ``fetch``: ``gets`` the record, then one ``gets`` line of every live
   body (2), plus a ``cas`` when entries were dropped (3);
-- ``delete``: ``gets`` the record, ``cas`` it with ``delete`` of the body (2);
+- ``delete``: ``gets`` the record, ``cas`` it, ``delete`` the body (3);
 - ``register``/``unregister``: the reads of ``MemcachedStorage``, then one
-  ``cas`` (or ``add`` for a new user; with ``delete`` of the channel's
-  bodies at unregister) (2).
+  ``cas`` (or ``add`` for a new user) (2); at unregister, then ``delete`` of
+  the channel's bodies (3).
+
+A body is deleted only once the write that drops its entry has succeeded:
+an entry whose body is gone reads as evicted, and a fetch would drop it.
 
 These generators run on the storage pool (``_memcache_steps``).
 """
@@ -139,7 +142,7 @@ class WebPushRecords:
     def unregister(
         self, uaid: str, chid: str, now: float, listed: tuple[Any, Any] | None = None
     ) -> Steps[None]:
-        """Remove the channel and its messages (their bodies deleted with the write)."""
+        """Remove the channel and its messages (their bodies deleted after the write)."""
         for _ in range(_CAS_ATTEMPTS):
             user, cas = yield from self._read(uaid, listed)
             listed = None
@@ -148,8 +151,9 @@ class WebPushRecords:
             gone = {e.seq for e in user.entries if e.chid == chid}
             channels = {c: s for c, s in user.channels.items() if c != chid}
             new = replace(user.without(gone).live(now), channels=channels)
-            deletes = tuple(Delete(self.body_key(uaid, seq)) for seq in sorted(gone))
-            stored, *_ = yield (self._cas(uaid, new, cas, now), *deletes)
+            stored = yield self._cas(uaid, new, cas, now)
+            if stored and gone:
+                yield tuple(Delete(self.body_key(uaid, seq)) for seq in sorted(gone))
             if stored is None or stored:
                 return
         raise StorageUnavailable("memcached: user record contended, giving up")
@@ -265,7 +269,7 @@ class WebPushRecords:
         return found
 
     def delete(self, uaid: str, seq: int, now: float) -> Steps[bool]:
-        """Delete one live message: its entry, and its body with the same write."""
+        """Delete one live message: its entry, then its body."""
         for _ in range(_CAS_ATTEMPTS):
             user, cas = yield from self._read(uaid, None)
             if not isinstance(user, WebPushUser):
@@ -273,12 +277,11 @@ class WebPushRecords:
             live = user.live(now)
             if not any(e.seq == seq for e in live.entries):
                 return False
-            stored, _ = yield (
-                self._cas(uaid, live.without({seq}), cas, now),
-                Delete(self.body_key(uaid, seq)),
-            )
+            stored = yield self._cas(uaid, live.without({seq}), cas, now)
             if stored is None:
                 return False
             if stored:
+                # Only now: a body gone with its entry still indexed reads as evicted.
+                yield Delete(self.body_key(uaid, seq))
                 return True
         raise StorageUnavailable("memcached: user record contended, giving up")

@@ -25,9 +25,9 @@ from twisted.trial.unittest import TestCase
 from pushtwisted.storage._memcache import make_memcached_client
 from pushtwisted.storage._memcache_steps import MemcacheSteps, Steps
 from pushtwisted.storage._memcache_webpush import WebPushRecords
-from pushtwisted.storage.interface import Mode, NewMessage, Storage, StoreOutcome, StoreResult
+from pushtwisted.storage.interface import Mode, NewMessage, StoreOutcome, StoreResult
 from pushtwisted.storage.memcached import MemcachedStorage
-from pushtwisted.storage.sqlite import SqliteStorage
+from tests.integration import test_storage_backends as backends
 from tests.integration.memcached_fixture import shared_memcached
 from tests.integration.test_storage_backends import _Pooled, _reactor, sleep
 from tests.test_storage_contract import EPOCH, new_id
@@ -40,21 +40,13 @@ _TTL_USER = 3600.0
 class SqliteThreadedMessageTests(_Pooled, MessageContract, TestCase):
     """``SqliteStorage`` on the real thread pool passes the message contract."""
 
+    make_storage = backends.SqliteThreadedTests.make_storage
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(EPOCH)
         self.pool = self.start_pool()
         super().setUp()
-
-    def make_storage(self, *, ttl_deleted: float) -> Storage:
-        storage = SqliteStorage(
-            self.mktemp() + "/pushtwisted.sqlite3",
-            self.pool.run,
-            self.clock,
-            ttl_deleted=ttl_deleted,
-        )
-        self.addCleanup(storage.close)
-        return storage
 
     async def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
