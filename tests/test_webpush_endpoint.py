@@ -586,7 +586,7 @@ class RejectionTests(WebPushTestCase):
 class ExplodingCrypto(EndpointCrypto):
     """An ``EndpointCrypto`` whose token parsing fails unexpectedly."""
 
-    def parse_webpush_token(self, token: str, *, version: int) -> WebPushToken:
+    def _parse_webpush_token(self, token: str, *, version: int) -> WebPushToken:
         raise RuntimeError("secret-detail-xyzzy")
 
 
