@@ -225,7 +225,14 @@ class Session(WebPushHandlers):
         """
         if hello.uaid:
             uaid = normalize_id(hello.uaid)
-            mode = await self._storage("user_mode", self._node.storage.user_mode(uaid))
+            try:
+                mode = await self._storage("user_mode", self._node.storage.user_mode(uaid))
+            except StorageFailed:
+                if hello.webpush or hello.channel_ids:
+                    raise
+                # A SimplePush hello without channelIDs needs no storage to be
+                # answered: it keeps its UAID while storage fails, as before modes.
+                return hello.uaid
             if hello.webpush:
                 if mode is not Mode.WEBPUSH:
                     return new_uaid()

@@ -351,6 +351,15 @@ class HelloTests(SessionCase):
         self.send(message)
         self.assertEqual(self.sender.replies[0]["uaid"], UAID)
 
+    def test_storage_unavailable_without_channels(self) -> None:
+        """A hello with a UAID and no channelIDs keeps its UAID while storage fails (200)."""
+        self.build(storage=FailingStorage(self.memory, ["user_mode"]))
+        self.send({"messageType": "hello", "uaid": UAID, "channelIDs": []})
+        self.assertEqual(
+            (self.sender.replies[0]["status"], self.sender.replies[0]["uaid"]), (200, UAID)
+        )
+        self.assertIs(self.session.state, State.READY)
+
     def test_storage_unexpected_failure(self) -> None:
         """When storage raises an unexpected error in hello, the session logs it and answers 503."""
         self.build(storage=FailingStorage(self.memory, ["user_mode"], RuntimeError("bug")))
