@@ -78,6 +78,8 @@ class WebPushEndToEndTests(SynchronousTestCase):
     """pywebpush -> a real pushtwisted process -> a WebPush device over a real WebSocket."""
 
     config: dict[str, dict[str, object]] = {}
+    #: The server's command line (``ServerProcess``'s default when None).
+    command: list[str] | None = None
 
     def storage(self) -> dict[str, object]:
         """The server's ``[storage]`` (besides its path): the backend it runs on."""
@@ -90,7 +92,7 @@ class WebPushEndToEndTests(SynchronousTestCase):
         }
         for section, table in self.config.items():
             config.setdefault(section, {}).update(table)
-        self.server = ServerProcess(self, config)
+        self.server = ServerProcess(self, config, command=self.command)
         self.server.start()
 
     def device(self) -> WebPushDevice:
@@ -101,7 +103,7 @@ class WebPushEndToEndTests(SynchronousTestCase):
         subscription: Subscription,
         data: bytes,
         *,
-        vapid: py_vapid.Vapid | None = None,
+        vapid: py_vapid.Vapid01 | None = None,
         ttl: int = 60,
         encoding: str = "aes128gcm",
         headers: dict[str, str] | None = None,
@@ -174,6 +176,37 @@ class DeliveryTests(WebPushEndToEndTests):
         self.assertEqual(response.status_code, 401)
         self.assertEqual(response.headers["WWW-Authenticate"], "vapid")
         self.assertEqual(response.json()["errno"], 109)
+        device.assert_silent(0.5)
+
+    def test_draft01_vapid_form(self) -> None:
+        """py-vapid's older header form (``WebPush <JWT>`` and ``Crypto-Key: p256ecdsa=``)
+        on a v2 subscription: both encodings arrive, without ``p256ecdsa`` in the
+        forwarded headers; signed with another key it is refused with 401."""
+        device = self.device()
+        device.hello()
+        vapid = py_vapid.Vapid01()
+        vapid.generate_keys()
+        subscription = device.register(key=application_server_key(vapid.public_key))
+        for encoding in ENCODINGS:
+            plain = f"draft-01 {encoding}".encode()
+            self.send(subscription, plain, vapid=vapid, encoding=encoding)
+            message = self.receive(device, subscription, plain)
+            self.assertNotIn("p256ecdsa", message["headers"].get("crypto_key", ""))
+        other = py_vapid.Vapid01()
+        other.generate_keys()
+        with self.assertRaises(WebPushException) as raised:
+            webpush(
+                subscription.info,
+                data=b"forged",
+                vapid_private_key=other,
+                vapid_claims=dict(CLAIMS),
+                content_encoding="aesgcm",
+                ttl=60,
+                timeout=TIMEOUT,
+            )
+        response = raised.exception.response
+        assert response is not None
+        self.assertEqual((response.status_code, response.json()["errno"]), (401, 109))
         device.assert_silent(0.5)
 
     def test_simplepush_and_webpush_at_once(self) -> None:
