@@ -53,7 +53,8 @@ WebPush sessions):
 - ``webpush_messages`` (label ``outcome`` = received: a POST that passed
   every check; stored; delivered: written to a socket, once per message per
   connection; dropped: TTL 0 and no session took it; resent: sent again by
-  the retry timer or a re-fetch) -> ``pushtwisted_webpush_messages_total{outcome}``
+  the retry timer or a re-fetch; expired: sent, and its TTL ran out before
+  its ack) -> ``pushtwisted_webpush_messages_total{outcome}``
 - ``webpush_rejected`` (label ``errno``; ``none`` for a 405) ->
   ``pushtwisted_webpush_rejected_total{errno}``: every 4xx and 5xx answer of
   the WebPush routes
@@ -256,7 +257,7 @@ _SPECS: Mapping[str, _Spec] = {
     ),
     "webpush_messages": _counter(
         "webpush_messages",
-        "WebPush messages by outcome: received, stored, delivered, dropped, resent.",
+        "WebPush messages by outcome: received, stored, delivered, dropped, resent, expired.",
         "outcome",
     ),
     "webpush_rejected": _counter(

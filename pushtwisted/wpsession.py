@@ -39,7 +39,8 @@ window: it is never deleted from storage and is forgotten when the
 connection closes.
 
 Metrics: ``webpush_messages{outcome=delivered}`` once per message per
-connection, ``{outcome=resent}`` per re-send (retry timer, second hello);
+connection, ``{outcome=resent}`` per re-send (retry timer, second hello),
+``{outcome=expired}`` per sent message whose TTL ran out before its ack;
 ``webpush_acks{code}``, ``webpush_nacks{code}``; ``protocol_errors{reason=
 unknown_message_id}`` for ignored ack ids.  Logs name the UAID by its hash
 only, never a message id or payload.
@@ -81,7 +82,7 @@ class MessageWindow(RetryingOutbox):
     """The WebPush messages sent on one connection and not yet acknowledged.
 
     :param sender: writes the notifications.
-    :param metrics: counts ``webpush_messages{outcome=delivered|resent}``.
+    :param metrics: counts ``webpush_messages{outcome=delivered|resent|expired}``.
     :param clock: runs the retry timer and tells when a message expired.
     :param interval: seconds between re-sends; 0 never re-sends.
     :param ids: seals the message ids.
@@ -214,6 +215,8 @@ class MessageWindow(RetryingOutbox):
         ]
         for seq in expired:
             del sent[seq]
+        if expired:
+            self._metrics.increment("webpush_messages", len(expired), outcome="expired")
         count = 0
         for message, version in list(sent.values()):
             if not self._write(message, version):

@@ -172,6 +172,7 @@ class RetryTests(WebPushCase):
         self.clock.advance(60)
         self.assertEqual(self.versions(), [self.message_id(long)])
         self.assertEqual(self.metrics.count("webpush_messages", outcome="resent"), 0)
+        self.assertEqual(self.metrics.count("webpush_messages", outcome="expired"), 1)
 
     def test_off(self) -> None:
         """retry_interval 0: nothing is re-sent and no timer is held."""
