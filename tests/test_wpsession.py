@@ -239,6 +239,16 @@ class HelloTests(WebPushCase):
         )
         self.assertEqual(self.metrics.count("webpush_messages", outcome="delivered"), 2)
 
+    def test_expired_messages_not_sent(self) -> None:
+        """A stored message whose TTL ran out before the hello is not sent (clock-driven)."""
+        self.store(UAID, ttl=30)
+        kept = self.store(UAID, ttl=31)
+        self.clock.advance(30)
+        self.sender, self.session = self.new_session()  # the device connects only now
+        self.send({"messageType": "hello", "use_webpush": True, "uaid": UAID})
+        self.assertEqual(self.versions(), [self.message_id(kept)])
+        self.assertEqual(self.stored_seqs(), [kept.seq])
+
     def test_topic_messages_first(self) -> None:
         """Stored messages go out in storage's order: topic messages first, then by arrival."""
         plain = self.store(UAID)
