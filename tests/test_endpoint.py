@@ -914,6 +914,19 @@ class EndpointSiteTests(EndpointTestCase):
         )
         self.assertEqual(self.pending(), [])
 
+    def test_declared_length_over_limit_on_a_webpush_route(self) -> None:
+        """Under ``/wpush/`` the early 413 is WebPush's: errno 104, with ``more_info``."""
+        protocol, transport = self.connect(self.site())
+        head = self.head(f"Content-Length: {self.MAX_BODY + 1}")
+        protocol.dataReceived(
+            head.replace(f"PUT /update/{self.token}".encode(), b"POST /wpush/v1/x")
+        )
+        body = self.assert413(transport)
+        self.assertEqual(body["code"], 413)
+        self.assertEqual(body["errno"], 104)
+        self.assertIn("more_info", body)
+        self.assertEqual(self.pending(), [])
+
     def test_oversize_with_expect_continue_sends_no_100(self) -> None:
         """An oversize request with ``Expect: 100-continue`` gets only the 413."""
         protocol, transport = self.connect(self.site())

@@ -50,6 +50,7 @@ from twisted.web.server import Request, Site, version
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.logs import logger
 from pushtwisted.web._util import HTTPRequest, error_body, raw_json_response
+from pushtwisted.webpush.errors import Errno, WebPushError
 
 __all__ = ["ListenerSite", "scrub_target"]
 
@@ -202,7 +203,12 @@ class _BodyLimitedRequest(Request):
         self._rejected = True
         # The channel sends "100 Continue" after gotLength; the 413 replaces it.
         self.requestHeaders.removeHeader(b"Expect")
-        self._site.refuse_oversize(self.channel, declared)
+        # The request line is parsed, the Request not yet told its path:
+        # HTTPChannel keeps the target of the request in progress.
+        target = getattr(self.channel, "_path", None)
+        self._site.refuse_oversize(
+            self.channel, declared, target if isinstance(target, bytes) else b""
+        )
 
 
 class _ListenerChannel(HTTPChannel):
@@ -390,10 +396,21 @@ class ListenerSite(Site):
                 self.limit.release()
             raise
 
-    def refuse_oversize(self, channel: HTTPChannel, declared: int | None) -> None:
-        """Answer 413 (the JSON error shape) straight to ``channel`` and close it."""
+    def refuse_oversize(
+        self, channel: HTTPChannel, declared: int | None, target: bytes = b""
+    ) -> None:
+        """Answer 413 (the JSON error shape) straight to ``channel`` and close it.
+
+        A WebPush route (``target`` under ``/wpush/``) gets WebPush's answer
+        to a body too large, errno 104 with ``more_info``; every other path
+        errno 302.
+        """
         message = f"Request body exceeds max length of {self.max_body} bytes"
-        if self._refuse(channel, 413, 302, message):
+        if target.startswith(b"/wpush/"):
+            body = WebPushError(413, Errno.PAYLOAD_TOO_LARGE, message).to_json()
+        else:
+            body = error_body(413, 302, message)
+        if self._refuse(channel, 413, body):
             self._logger.info(
                 "request body over {limit} bytes refused (declared {declared})",
                 limit=self.max_body,
@@ -405,7 +422,7 @@ class ListenerSite(Site):
     def refuse_slow(self, channel: HTTPChannel) -> None:
         """Answer 408 (the JSON error shape) straight to ``channel`` and close it."""
         message = f"Request not received within {self.request_timeout:g} seconds"
-        if self._refuse(channel, 408, 999, message):
+        if self._refuse(channel, 408, error_body(408, 999, message)):
             self._logger.info(
                 "request not received within {timeout}s: 408, connection closed",
                 timeout=self.request_timeout,
@@ -413,12 +430,11 @@ class ListenerSite(Site):
             if self._on_request_timeout is not None:
                 self._on_request_timeout()
 
-    def _refuse(self, channel: HTTPChannel, code: int, errno: int, message: str) -> bool:
+    def _refuse(self, channel: HTTPChannel, code: int, body: dict[str, object]) -> bool:
         """Write a closing JSON error answer to ``channel``; False if it is already going."""
         transport = channel.transport
         if transport is None or transport.disconnecting:  # type: ignore[attr-defined]
             return False
-        body = error_body(code, errno, message)
         transport.write(raw_json_response(code, body, headers=self._oversize_headers))
         channel.loseConnection()  # type: ignore[no-untyped-call]
         return True
