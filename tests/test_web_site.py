@@ -36,6 +36,17 @@ def _root() -> Resource:
     return root
 
 
+def _recording(factory: Any, seen: list[object]) -> Any:
+    """Wrap a request factory so that each request's ``getHost()`` is recorded."""
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        request = factory(*args, **kwargs)
+        seen.append(request.getHost())
+        return request
+
+    return build
+
+
 class ListenerSiteTests(SynchronousTestCase):
     """``ListenerSite`` applies the policy its builder chose."""
 
@@ -85,6 +96,26 @@ class ListenerSiteTests(SynchronousTestCase):
             [b"Tue, 14 Nov 2023 22:13:20 GMT"] * 2 + [b"Tue, 14 Nov 2023 22:13:21 GMT"],
         )
         self.assertEqual(site.http_date(), b"Tue, 14 Nov 2023 22:13:21 GMT")
+
+    def test_local_address_read_once_per_connection(self) -> None:
+        """Requests on one connection see its local address; the transport is asked once."""
+        asked: list[object] = []
+
+        class Counting(StringTransport):
+            def getHost(self) -> Any:
+                asked.append(None)
+                return super().getHost()
+
+        channel = self.site().buildProtocol(_PEER)
+        transport = Counting(peerAddress=_PEER)
+        channel.makeConnection(transport)
+        seen: list[object] = []
+        channel.requestFactory = _recording(channel.requestFactory, seen)
+        for _ in range(3):
+            channel.dataReceived(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 3)
+        self.assertEqual(seen, [transport.getHost()] * 3)
+        self.assertEqual(len(asked), 2, "once for the requests, once just above")
 
     def test_one_request_per_connection(self) -> None:
         """With ``keep_alive`` off, the response says ``Connection: close`` and the

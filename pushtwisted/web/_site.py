@@ -232,6 +232,8 @@ class _ListenerChannel(HTTPChannel):
     _answering = False
     #: The deadline passed and 408 was sent: nothing more is read.
     _timed_out = False
+    #: This end's address, read once (every request asks for it).
+    _host: IAddress | None = None
 
     def dataReceived(self, data: bytes) -> None:
         """Read ``data``; arm the request deadline if a request is left incomplete."""
@@ -252,6 +254,17 @@ class _ListenerChannel(HTTPChannel):
                 self._deadline = self.callLater(  # type: ignore[no-untyped-call]
                     site.request_timeout, self._request_timed_out
                 )
+
+    def getHost(self) -> IAddress:
+        """This end's address: asked of the transport once, not once per request.
+
+        A connected socket's local address never changes; Twisted's
+        ``Request`` reads it for every request, a ``getsockname`` each time.
+        """
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()  # type: ignore[no-untyped-call]
+        return host
 
     def allContentReceived(self) -> None:
         """The request is whole: its deadline is over; answer it.
