@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pushtwisted.errors import StorageUnavailable, TooManyChannels
 from pushtwisted.storage._memcache_steps import MemcacheSteps, Steps
 from pushtwisted.storage._memcache_wire import Command, Get, Store
-from pushtwisted.storage.interface import PendingUpdate, UpdateOutcome
+from pushtwisted.storage.interface import Mode, PendingUpdate, UpdateOutcome
 from pushtwisted.storage.memcached import MemcachedStorage
 from pushtwisted.testing import inline_submit
 from pushtwisted.testing.memcache import FakeMemcache
@@ -228,3 +228,37 @@ class MemcacheStepsTests(SynchronousTestCase):
         ((ok, error),) = self.run_all([self.storage.update_steps(uaid, chid, 1, None, False, 0)])
         self.assertFalse(ok)
         self.assertIsInstance(error, StorageUnavailable)
+
+    def test_hello_reads(self) -> None:
+        """A hello with a UAID: ``user_mode`` touches and reads the list in one round,
+        then ``fetch_pending`` reads it and the records (2 rounds), without a second touch."""
+        ((uaid, chid),) = self.channels(1)
+        self.successResultOf(self.storage.update(uaid, chid, 3, None))
+        self.fake.commands.clear()
+        self.fake.rounds = 0
+        self.assertIs(self.successResultOf(self.storage.user_mode(uaid)), Mode.SIMPLEPUSH)
+        self.assertEqual([type(c).__name__ for c in self.fake.commands], ["Touch", "Get"])
+        self.assertEqual(self.fake.rounds, 1)
+        self.fake.commands.clear()
+        self.fake.rounds = 0
+        self.assertEqual(
+            self.successResultOf(self.storage.fetch_pending(uaid)),
+            [PendingUpdate(channel_id=chid.upper(), version=3)],
+        )
+        self.assertEqual(
+            [(type(c).__name__, c.key) for c in self.fake.commands],
+            [("Get", uaid), ("Get", f"{uaid}.{chid}")],
+        )
+        self.assertEqual(self.fake.rounds, 2)
+
+    def test_hellos_keep_an_idle_user(self) -> None:
+        """Hellos (``user_mode``, then ``fetch_pending``) keep the list and the records
+        of a device that does nothing else well past their TTLs."""
+        ((uaid, chid),) = self.channels(1)
+        for _ in range(4):
+            self.clock.advance(3000)
+            self.assertIs(self.successResultOf(self.storage.user_mode(uaid)), Mode.SIMPLEPUSH)
+            self.assertEqual(self.successResultOf(self.storage.fetch_pending(uaid)), [])
+        stored = self.successResultOf(self.storage.update(uaid, chid, 1, None))
+        self.assertIs(stored.outcome, UpdateOutcome.STORED)
+        self.assertIs(self.successResultOf(self.storage.user_mode(uaid)), Mode.SIMPLEPUSH)

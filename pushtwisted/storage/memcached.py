@@ -37,8 +37,8 @@ pipelined round trips.  What each costs (commands, and rounds in brackets):
 - ``update``: ``gets`` the record, ``cas`` it live (2);
 - ``ack``: ``gets`` the record, ``cas`` it registered (2);
 - ``user_mode``: ``touch`` and ``gets`` the user's record (1);
-- ``fetch_pending``: ``get`` the list, then ``touch`` it and ``gets`` every
-  listed record (2), plus one ``cas`` per record due for a refresh (3);
+- ``fetch_pending``: ``get`` the list, then ``gets`` every listed record
+  (2), plus one ``cas`` per record due for a refresh (3);
 - ``register`` of a new channel: ``gets`` the record and the list, ``add``
   or ``cas`` the list, ``add`` (or ``cas`` over a tombstone) the record
   with a ``gets`` of the list behind it (3); an existing one: the first
@@ -50,9 +50,10 @@ Expiry: memcached reads an expiry over 30 days as an absolute Unix time, so
 longer TTLs are sent as ``now + ttl`` (``memcached_expire``).  The client,
 its serde and the error translation are in ``pushtwisted.storage._memcache``,
 shared with the cluster directory.  The list and
-the records are refreshed at hello: ``user_mode`` touches the list, and
-``fetch_pending`` touches it and rewrites records written more than half
-their TTL ago, so idle devices keep their registrations.
+the records are refreshed at hello: ``user_mode`` touches the list (once:
+the hello's ``fetch_pending`` does not touch it again), and ``fetch_pending``
+rewrites records written more than half their TTL ago, so idle devices keep
+their registrations.
 
 A miss is a normal result; any error (refused connection, timeout,
 ``MemcacheError``, a corrupt value) raises ``StorageUnavailable`` and is
@@ -191,7 +192,8 @@ class MemcachedStorage:
         return self._run("update", steps)
 
     def fetch_pending(self, uaid: str) -> Deferred[list[PendingUpdate]]:
-        """Fire with the live updates; refreshes the list's and records' expiry."""
+        """Fire with the live updates; refreshes the records' expiry (the list's is
+        refreshed by the hello's ``user_mode``)."""
         return self._run("fetch_pending", self.fetch_pending_steps(uaid, self._clock.seconds()))
 
     def ack(self, uaid: str, chid: str, version: int) -> Deferred[bool]:
@@ -407,10 +409,10 @@ class MemcachedStorage:
         user_key = self._user_key(uaid)
         value, _ = yield Get(user_key)
         chids = [] if value is None else decode_user(value)
-        if value is None or not isinstance(chids, list):
-            return []  # no user, or a WebPush one
+        if value is None or not isinstance(chids, list) or not chids:
+            return []  # no user, a WebPush one, or no channel
         keys = [self._channel_key(uaid, c) for c in chids]
-        _, *found = yield (Touch(user_key, self._list_expire(now)), *map(Get, keys))
+        found = yield tuple(map(Get, keys))
         pending: list[PendingUpdate] = []
         gone: list[str] = []
         refresh: list[Store] = []
