@@ -96,6 +96,7 @@ __all__ = [
     "filtered_observer",
     "flush_all",
     "json_observer",
+    "level_enabled",
     "make_log_filter",
     "set_log_level",
     "logger",
@@ -222,6 +223,16 @@ def set_log_level(level: str) -> None:
     global _level_changes
     _process_filter.setLogLevelForNamespace("", _level(level))
     _level_changes += 1
+
+
+def level_enabled(namespace: str, level: LogLevel) -> bool:
+    """True when the process level lets ``namespace``'s events at ``level`` through.
+
+    For a hot path whose event costs work to build (a hash, a ``Logger``
+    bound per access): skip it when it would be dropped anyway.
+    """
+    verdict = _process_filter({"log_namespace": namespace, "log_level": level})
+    return verdict is not PredicateResult.no
 
 
 class AccessLog:

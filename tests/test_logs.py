@@ -55,6 +55,7 @@ from pushtwisted.logs import (
     filtered_observer,
     flush_all,
     json_observer,
+    level_enabled,
     make_log_filter,
     set_log_level,
     uaid_hash,
@@ -254,6 +255,16 @@ class LevelTests(SynchronousTestCase):
         self.emit_all(json_observer(stream, level="warn"))
         levels = [json.loads(line)["level"] for line in stream.getvalue().splitlines()]
         self.assertEqual(levels, ["warn", "error", "critical"])
+
+    def test_level_enabled(self) -> None:
+        """``level_enabled`` follows the process level, per namespace and level."""
+        self.assertFalse(level_enabled("pushtwisted.test", LogLevel.debug))
+        self.assertTrue(level_enabled("pushtwisted.test", LogLevel.info))
+        set_log_level("debug")
+        self.assertTrue(level_enabled("pushtwisted.test", LogLevel.debug))
+        set_log_level("error")
+        self.assertFalse(level_enabled("pushtwisted.test", LogLevel.warn))
+        self.assertTrue(level_enabled("pushtwisted.test", LogLevel.critical))
 
     def test_process_level(self) -> None:
         """Without ``level``, the process level applies, even when set afterwards."""

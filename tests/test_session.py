@@ -10,11 +10,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.config import ClientConfig, Config
 from pushtwisted.ids import is_valid_id, normalize_id
+from pushtwisted.logs import set_log_level, uaid_hash
 from pushtwisted.node import Node
 from pushtwisted.session import FETCH_RETRY_FIRST, FETCH_RETRY_MAX, CloseCode, Session, State
 from pushtwisted.storage.interface import Mode, UpdateOutcome
@@ -241,6 +242,29 @@ class HelloTests(SessionCase):
         self.assertTrue(is_valid_id(uaid) and len(uaid) == 32 and uaid == uaid.lower())
         self.assertEqual(self.session.uaid, uaid)
         self.assertIs(self.session.state, State.READY)
+
+    def test_hello_debug_line_only_at_debug(self) -> None:
+        """The per-connection hello line is a debug event, with the UAID hashed; below
+        debug there is none."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.addCleanup(set_log_level, "info")
+
+        def hellos() -> list[dict[str, Any]]:
+            return [e for e in events if e.get("log_format") == "hello {uaid_hash}"]
+
+        uaid = self.hello()
+        self.assertEqual(hellos(), [])
+        set_log_level("debug")
+        _, session = self.new_session()
+        self.send({"messageType": "hello", "uaid": uaid, "channelIDs": []}, session)
+        [event] = hellos()
+        self.assertEqual(event["log_level"], LogLevel.debug)
+        self.assertEqual(
+            (event["uaid_hash"], event["reset"], event["channels"], event["webpush"]),
+            (uaid_hash(uaid), False, 0, False),
+        )
 
     def test_fresh_uaid_when_null_or_empty(self) -> None:
         """When hello's uaid is null or empty, the session issues a fresh one."""
