@@ -363,20 +363,30 @@ def _event_to_json(event: LogEvent) -> str:
         if kind == _SKIP:
             continue
         fields[f"field_{key}" if kind == _RENAMED else key] = _json_safe(value, _MAX_DEPTH)
+    record = _record_head(event, event)
+    record.update(fields)
+    return _encode_json(record)
+
+
+def _record_head(event: LogEvent, formatted: LogEvent) -> dict[str, Any]:
+    """The fixed fields of a JSON line: time, level, namespace, message (and traceback).
+
+    The message is the event's pre-formatted text, else ``formatted`` (the
+    event, or its copy with secrets hashed) rendered by Twisted.
+    """
     text = event.get(TEXT_KEY)
     record: dict[str, Any] = {
         "time": _iso_time(event.get("log_time")),
         "level": _level_name(event.get("log_level")),
         "namespace": str(event.get("log_namespace", "")),
-        "message": text if type(text) is str else formatEvent(event),
+        "message": text if type(text) is str else formatEvent(formatted),
     }
     failure = event.get("log_failure")
     if isinstance(failure, Failure):
         if not record["message"]:
             record["message"] = failure.getErrorMessage()
         record["traceback"] = failure.getTraceback()
-    record.update(fields)
-    return _encode_json(record)
+    return record
 
 
 def _slow_event_to_json(event: LogEvent) -> str:
@@ -388,18 +398,7 @@ def _slow_event_to_json(event: LogEvent) -> str:
             hashed[key] = _hash_value(value, secrets)
     safe_event = {**event, **hashed}
 
-    text = event.get(TEXT_KEY)
-    record: dict[str, Any] = {
-        "time": _iso_time(event.get("log_time")),
-        "level": _level_name(event.get("log_level")),
-        "namespace": str(event.get("log_namespace", "")),
-        "message": text if type(text) is str else formatEvent(safe_event),
-    }
-    failure = event.get("log_failure")
-    if isinstance(failure, Failure):
-        if not record["message"]:
-            record["message"] = failure.getErrorMessage()
-        record["traceback"] = failure.getTraceback()
+    record = _record_head(event, safe_event)
     for key, value in safe_event.items():
         if not isinstance(key, str) or key.startswith("log_") or key in _LEGACY_KEYS:
             continue
