@@ -33,6 +33,19 @@ __all__ = [
     "http_connections",
 ]
 
+#: Sizes and options shared by the saturated notify scenarios (SimplePush and WebPush).
+_SATURATED_SIZES = {
+    "tiny": {"devices": 50, "puts": 200, "inflight": 8},
+    "moderate": {"devices": 2000, "puts": 20000, "inflight": 64},
+    "full": {"devices": 10000, "puts": 50000, "inflight": 128},
+}
+_SATURATED_OPTIONS = {
+    "devices": "notify_devices",
+    "puts": "puts",
+    "inflight": "inflight",
+    "drain": "drain",
+}
+
 Runner = Callable[[Target, GenOptions, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 PRESET_NAMES = ("tiny", "moderate", "full")
@@ -77,17 +90,8 @@ SCENARIOS: dict[str, ScenarioSpec] = {
             name="notify",
             kind="notify",
             run=run_notify,
-            sizes={
-                "tiny": {"devices": 50, "puts": 200, "inflight": 8},
-                "moderate": {"devices": 2000, "puts": 20000, "inflight": 64},
-                "full": {"devices": 10000, "puts": 50000, "inflight": 128},
-            },
-            options={
-                "devices": "notify_devices",
-                "puts": "puts",
-                "inflight": "inflight",
-                "drain": "drain",
-            },
+            sizes=_SATURATED_SIZES,
+            options=_SATURATED_OPTIONS,
             fixed={"rate": 0.0, "mode": "saturated"},
             help="M PUTs with K in flight (saturated)",
         ),
@@ -113,17 +117,8 @@ SCENARIOS: dict[str, ScenarioSpec] = {
             name="webpush-notify",
             kind="notify",
             run=run_notify,
-            sizes={
-                "tiny": {"devices": 50, "puts": 200, "inflight": 8},
-                "moderate": {"devices": 2000, "puts": 20000, "inflight": 64},
-                "full": {"devices": 10000, "puts": 50000, "inflight": 128},
-            },
-            options={
-                "devices": "notify_devices",
-                "puts": "puts",
-                "inflight": "inflight",
-                "drain": "drain",
-            },
+            sizes=_SATURATED_SIZES,
+            options=_SATURATED_OPTIONS,
             fixed={"rate": 0.0, "mode": "webpush", "webpush": True, "body_bytes": 3072},
             help="WebPush: M POSTs of a 3 KB body with K in flight (saturated); devices "
             "say hello with use_webpush and ack each message by its id",
