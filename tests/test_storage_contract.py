@@ -96,16 +96,12 @@ def _drive(func: Callable[[Any], Coroutine[Any, Any, None]]) -> Callable[[Any], 
     return test
 
 
-class StorageContract:
-    """Tests every ``Storage`` must pass (mix into a trial test case).
+class BackendFixture:
+    """A fresh ``self.storage`` per test, for the contract mixins.
 
     Subclasses implement ``make_storage`` (registering their own cleanup)
     and ``advance`` (move the storage's clock, or wait in real time).
     """
-
-    #: Tombstone TTL used by the expiry test, and the extra wait after it.
-    expiry_ttl: float = 30.0
-    expiry_slack: float = 1.0
 
     storage: Storage
 
@@ -118,6 +114,14 @@ class StorageContract:
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]
         self.storage = self.make_storage(ttl_deleted=3600.0)
+
+
+class StorageContract(BackendFixture):
+    """Tests every ``Storage`` must pass (mix into a trial test case)."""
+
+    #: Tombstone TTL used by the expiry test, and the extra wait after it.
+    expiry_ttl: float = 30.0
+    expiry_slack: float = 1.0
 
     async def registered(self, uaid: str | None = None) -> tuple[str, str, str]:
         """Register a fresh channel; return (uaid, chid, channel_id)."""

@@ -20,7 +20,6 @@ from pushtwisted.errors import TooManyChannels
 from pushtwisted.storage.interface import (
     Mode,
     NewMessage,
-    Storage,
     StoreOutcome,
     UpdateOutcome,
 )
@@ -41,20 +40,8 @@ def message(chid: str, **kwargs: object) -> NewMessage:
     return NewMessage(chid=chid, **fields)
 
 
-class MessageContract:
+class MessageContract(contract.BackendFixture):
     """Tests every ``Storage`` must pass for WebPush (mix into a trial test case)."""
-
-    storage: Storage
-
-    def make_storage(self, *, ttl_deleted: float) -> Storage:
-        raise NotImplementedError
-
-    async def advance(self, seconds: float) -> None:
-        raise NotImplementedError
-
-    def setUp(self) -> None:
-        super().setUp()  # type: ignore[misc]
-        self.storage = self.make_storage(ttl_deleted=3600.0)
 
     async def webpush_channel(self, uaid: str | None = None) -> tuple[str, str]:
         """Register a fresh WebPush channel; return (uaid, chid)."""
