@@ -50,7 +50,6 @@ from twisted.web.server import Request, Site, version
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.logs import logger
 from pushtwisted.web._util import HTTPRequest, error_body, raw_json_response
-from pushtwisted.webpush.errors import Errno, WebPushError
 
 __all__ = ["ListenerSite", "scrub_target"]
 
@@ -338,6 +337,10 @@ class _ListenerChannel(HTTPChannel):
                 site.limit.release()
 
 
+def _default_oversize_body(target: bytes, message: str) -> dict[str, object]:
+    return error_body(413, 302, message)
+
+
 class ListenerSite(Site):
     """A ``Site`` with a body limit, a connection limit and an access-log filter.
 
@@ -351,6 +354,8 @@ class ListenerSite(Site):
     :param keep_alive: False closes every connection after one response.
     :param oversize_headers: extra headers of the early 413 and of the 408 (CORS...).
     :param on_oversize: called once per early 413 (metrics).
+    :param oversize_body: the JSON body of the early 413, from the request
+        target and the message; the default is errno 302.
     :param request_timeout: seconds a request's head and body may take from
         its first byte, then 408 and the connection closes; None or 0: no limit.
     :param on_request_timeout: called once per 408 (metrics).
@@ -373,6 +378,7 @@ class ListenerSite(Site):
         keep_alive: bool = True,
         oversize_headers: Sequence[tuple[bytes, bytes]] = (),
         on_oversize: Callable[[], object] | None = None,
+        oversize_body: Callable[[bytes, str], dict[str, object]] | None = None,
         request_timeout: float | None = None,
         on_request_timeout: Callable[[], object] | None = None,
         **kwargs: Any,
@@ -385,6 +391,7 @@ class ListenerSite(Site):
         self._access_log = access_log
         self._oversize_headers = tuple(oversize_headers)
         self._on_oversize = on_oversize
+        self._oversize_body = oversize_body or _default_oversize_body
         self.request_timeout = request_timeout or None
         self._on_request_timeout = on_request_timeout
         self._date_second: int | None = None
@@ -412,17 +419,9 @@ class ListenerSite(Site):
     def refuse_oversize(
         self, channel: HTTPChannel, declared: int | None, target: bytes = b""
     ) -> None:
-        """Answer 413 (the JSON error shape) straight to ``channel`` and close it.
-
-        A WebPush route (``target`` under ``/wpush/``) gets WebPush's answer
-        to a body too large, errno 104 with ``more_info``; every other path
-        errno 302.
-        """
+        """Answer 413 (the JSON error shape) straight to ``channel`` and close it."""
         message = f"Request body exceeds max length of {self.max_body} bytes"
-        if target.startswith(b"/wpush/"):
-            body = WebPushError(413, Errno.PAYLOAD_TOO_LARGE, message).to_json()
-        else:
-            body = error_body(413, 302, message)
+        body = self._oversize_body(target, message)
         if self._refuse(channel, 413, body):
             self._logger.info(
                 "request body over {limit} bytes refused (declared {declared})",

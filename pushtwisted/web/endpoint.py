@@ -75,11 +75,13 @@ from pushtwisted.web._util import (
     JSONResponse,
     JSONRoot,
     WebError,
+    error_body,
     error_response,
     json_response,
     render_async,
 )
 from pushtwisted.web.webpush import MessageResource, WebPushResource
+from pushtwisted.webpush.errors import Errno, WebPushError
 
 __all__ = [
     "IGNORED_BODY_LOG_INTERVAL",
@@ -336,6 +338,13 @@ class UpdateResource(Resource):
             )
 
 
+def _oversize_body(target: bytes, message: str) -> dict[str, object]:
+    """The early 413's body: WebPush's (errno 104, ``more_info``) under ``/wpush/``."""
+    if target.startswith(b"/wpush/"):
+        return WebPushError(413, Errno.PAYLOAD_TOO_LARGE, message).to_json()
+    return error_body(413, 302, message)
+
+
 def build_endpoint_root(node: Node) -> Resource:
     """Return the endpoint listener's root: ``update`` -> ``UpdateResource``, and the
     WebPush routes ``wpush`` -> ``WebPushResource``, ``m`` -> ``MessageResource``.
@@ -398,6 +407,7 @@ def build_endpoint_site(node: Node) -> ListenerSite:
         access_log=_access_filter(node.config.server.access_log_health),
         oversize_headers=_CORS_HEADERS if endpoint.cors else (),
         on_oversize=count_oversize,
+        oversize_body=_oversize_body,
         request_timeout=endpoint.request_timeout,
         on_request_timeout=count_timeout,
         reactor=node.clock,
