@@ -70,7 +70,8 @@ def os_error_kind(prefix: str, exc: BaseException) -> str:
 
 
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-_no_port_ok = sys.platform.startswith("linux") and os.environ.get("BENCH_NO_PORT", "0") == "1"
+#: On by default on Linux; ``BENCH_NO_PORT=0`` binds ``(local_ip, 0)`` the plain way.
+_no_port_ok = sys.platform.startswith("linux") and os.environ.get("BENCH_NO_PORT", "1") != "0"
 
 
 async def open_connection(
@@ -84,7 +85,12 @@ async def open_connection(
 
     With ``IP_BIND_ADDRESS_NO_PORT`` (Linux) the kernel picks the source port at
     connect, by the full 4-tuple: binding 20,000 sockets to a few loopback
-    addresses then costs no more than connecting them unbound.
+    addresses then costs no more than connecting them unbound.  A plain
+    ``bind((local_ip, 0))`` searches the port range for a port no socket on
+    that address holds, in the kernel, and the search grows with the ports
+    taken: at ~7,000 sockets per address it used more CPU than the whole
+    cluster under test, and a 12-node ramp fell from ~950 to ~250
+    connections/s (bench/README.md, "Source ports").
     """
     global _no_port_ok
     if local_ip is None:
