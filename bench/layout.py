@@ -6,9 +6,13 @@ Three budgets bound a run on one box:
   their soft limit to the hard one): each holds its devices' sockets, its HTTP
   connections and a few pipes;
 - **ephemeral ports per source address**: every client socket is bound to
-  ``(127.0.0.x, 0)`` before it connects, so one address gives at most the
+  ``127.0.0.x`` before it connects, so one address gives at most the
   ``ip_local_port_range`` (about 28,000 ports); the devices are spread over
-  ``--source-ips`` addresses;
+  ``--source-ips`` addresses.  The kernel's search for a free port grows
+  with the ports taken on that address (most of all past half the range),
+  so a run that picks its addresses itself keeps each under
+  ``PORT_SPREAD`` of the range; a given ``--source-ips`` is only held to
+  ``PORT_MARGIN``;
 - **open files per server process** (the soft limit the server inherits from
   this process): a node holds its share of the device sockets and of the
   generator's HTTP connections, plus its listeners, storage connections and
@@ -32,6 +36,7 @@ __all__ = [
     "SERVER_RESERVE_FDS",
     "PORT_MARGIN",
     "MAX_SOURCE_IPS",
+    "PORT_SPREAD",
     "DEFAULT_SOURCE_IPS",
     "Layout",
     "LayoutError",
@@ -48,6 +53,11 @@ SERVER_RESERVE_FDS = 300
 #: Share of an address's ephemeral ports a run may plan to use (the rest is slack
 #: for TIME_WAIT sockets and other programs).
 PORT_MARGIN = 0.75
+#: Share of an address's ephemeral ports a run that picks its own addresses
+#: plans to use.  Past about half the range every connect searched long: a
+#: 12-node ramp fell from ~950 to ~150 connections/s, the generator's CPU all
+#: in the kernel (bench/README.md, "Source ports").
+PORT_SPREAD = 0.25
 #: Source addresses 127.0.0.2 .. 127.0.0.251.
 MAX_SOURCE_IPS = 250
 #: Source addresses used when more are not needed.
@@ -162,10 +172,13 @@ def plan_layout(
     usable = int(ports_per_ip * PORT_MARGIN)
     need_ips = max(1, math.ceil(sockets / usable))
     if source_ips is None:
-        source_ips = max(need_ips, DEFAULT_SOURCE_IPS)
-        if need_ips > DEFAULT_SOURCE_IPS and source_ips % procs:
+        want_ips = max(1, math.ceil(sockets / max(1, int(ports_per_ip * PORT_SPREAD))))
+        source_ips = min(MAX_SOURCE_IPS, max(want_ips, DEFAULT_SOURCE_IPS))
+        if want_ips > DEFAULT_SOURCE_IPS and source_ips % procs:
             # A big run: give every worker a slice of its own (see below).
             source_ips = math.ceil(source_ips / procs) * procs
+            if source_ips > MAX_SOURCE_IPS:
+                source_ips = max(need_ips, MAX_SOURCE_IPS // procs * procs)
     source_ips = max(1, source_ips)
     if source_ips > MAX_SOURCE_IPS:
         raise LayoutError(

@@ -19,6 +19,9 @@ from bench.__main__ import build_parser
 from bench.layout import (
     DEFAULT_SOURCE_IPS,
     GEN_RESERVE_FDS,
+    MAX_SOURCE_IPS,
+    PORT_MARGIN,
+    PORT_SPREAD,
     LayoutError,
     node_share,
     plan_layout,
@@ -148,9 +151,25 @@ class LayoutTests(unittest.TestCase):
         self.assertEqual(lay.procs, 14)
         self.assertLessEqual(lay.fds_per_proc, 20000)
         self.assertEqual(lay.source_ips % lay.procs, 0)  # one slice of addresses per worker
-        self.assertLessEqual(lay.sockets_per_ip, int(28232 * 0.75))
+        # A quarter of the port range per address: the kernel's port search stays cheap.
+        self.assertLessEqual(lay.sockets_per_ip, int(28232 * PORT_SPREAD))
+        self.assertGreaterEqual(lay.source_ips * lay.sockets_per_ip, 200000 + 128)
         self.assertGreater(lay.sockets_per_node, 200000 // 12)
         self.assertLessEqual(lay.sockets_per_node, 20000)
+
+    def test_given_source_addresses_are_held_to_the_margin_only(self) -> None:
+        """--source-ips 14 for 200,000 devices: ~14,300 per address, under 75 %, kept."""
+        lay = self.plan(200000, nodes=12, shared_ports=True, http_conns=128, source_ips=14)
+        self.assertEqual(lay.source_ips, 14)
+        self.assertGreater(lay.sockets_per_ip, int(28232 * PORT_SPREAD))
+        self.assertLessEqual(lay.sockets_per_ip, int(28232 * PORT_MARGIN))
+
+    def test_picked_addresses_never_exceed_the_bench_range(self) -> None:
+        # 1,000,000 sockets want 142 addresses at a quarter of the range each, rounded
+        # up to a multiple of the 67 processes: 201, within the bench's 250.
+        lay = self.plan(1000000, gen_fd_limit=60000, check_server=False)
+        self.assertLessEqual(lay.source_ips, MAX_SOURCE_IPS)
+        self.assertEqual(lay.source_ips % lay.procs, 0)
 
     def test_refusals_name_the_budget(self) -> None:
         cases = [
