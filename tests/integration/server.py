@@ -158,7 +158,7 @@ class ServerProcess:
         config: Mapping[str, Mapping[str, object]] | None = None,
         *,
         env: Mapping[str, str] | None = None,
-        start_timeout: float = 20.0,
+        start_timeout: float = 60.0,
         extra_ports: int = 0,
         command: Sequence[str] | None = None,
     ) -> None:
