@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from pathlib import Path
 
 from bench import SCHEMA
+from bench.interrupt import SignalFlag, announce, exit_code, run_interruptible
 from bench.registry import PRESETS, SCENARIOS, scenario_params
 from bench.results import RESULTS_DIR, markdown_table
 from bench.runner import check_nodes, cmd_run, parse_cpus, parse_extra_config
@@ -222,32 +222,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    server = start_server(
-        args.backend,
-        cpus=parse_cpus(args.server_cpus),
-        launcher=args.launcher,
-        extra_config=parse_extra_config(args.config),
-        keep_state=True,
-    )
-    info = {
-        "pid": server.pid,
-        "ws": f"ws://127.0.0.1:{server.ws_port}/",
-        "endpoint": f"http://127.0.0.1:{server.http_port}",
-        "state_dir": str(server.state_dir),
-        "stops_in_s": args.seconds,
-    }
-    if server.memcached_port:
-        info["memcached"] = f"127.0.0.1:{server.memcached_port}"
-        info["memcached_pid"] = server.memcached_pid
-    print(json.dumps(info), flush=True)
-    try:
-        deadline = time.monotonic() + args.seconds
-        while time.monotonic() < deadline and server.alive():
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop_server(server)
+    with SignalFlag() as flag:
+        server = start_server(
+            args.backend,
+            cpus=parse_cpus(args.server_cpus),
+            launcher=args.launcher,
+            extra_config=parse_extra_config(args.config),
+            keep_state=True,
+        )
+        try:
+            info = {
+                "pid": server.pid,
+                "ws": f"ws://127.0.0.1:{server.ws_port}/",
+                "endpoint": f"http://127.0.0.1:{server.http_port}",
+                "state_dir": str(server.state_dir),
+                "stops_in_s": args.seconds,
+            }
+            if server.memcached_port:
+                info["memcached"] = f"127.0.0.1:{server.memcached_port}"
+                info["memcached_pid"] = server.memcached_pid
+            print(json.dumps(info), flush=True)
+            deadline = time.monotonic() + args.seconds
+            while time.monotonic() < deadline and server.alive() and flag.signum is None:
+                time.sleep(0.2)
+        finally:
+            stop_server(server)
+    if flag.signum is not None:
+        announce(flag.signum, "stopped the server and memcached it started")
+        return exit_code(flag.signum)
     return 0
 
 
@@ -282,13 +284,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        return asyncio.run(cmd_run(args))
+        return run_interruptible(cmd_run(args))
     if args.command == "serve":
         return cmd_serve(args)
     if args.command == "profile":
         from bench.profiler import cmd_profile
 
-        return asyncio.run(cmd_profile(args))
+        return run_interruptible(cmd_profile(args))
     return cmd_summary(args)
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from bench.interrupt import interrupted
 from bench.server import REPO_ROOT
 
 __all__ = ["WorkerGroup", "WorkerError"]
@@ -112,8 +113,24 @@ class WorkerGroup:
             sum(w.progress["failed"] for w in self.workers),
         )
 
-    async def close(self, timeout: float = 10.0) -> None:
-        """Ask every worker to close; SIGKILL (by PID) those still there after ``timeout``."""
+    async def close(self, timeout: float = 10.0, grace: float = 5.0) -> None:
+        """Ask every worker to close; SIGKILL (by PID) those still there after ``timeout``.
+
+        When the bench is interrupted (``bench.interrupt``), or the asking is cut
+        short, the workers left are stopped by PID instead: SIGTERM, SIGKILL after
+        ``grace`` (a worker busy in a command would read ``close`` only after it).
+        """
+        try:
+            if interrupted() is None:
+                await self._ask_to_close(timeout)
+        finally:
+            await self._terminate(grace)
+            for w in self.workers:
+                if w.reader is not None:
+                    w.reader.cancel()
+            self.workers = []
+
+    async def _ask_to_close(self, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
                 await self.call("close", {})
@@ -124,14 +141,28 @@ class WorkerGroup:
                 async with asyncio.timeout(timeout):
                     await w.proc.wait()
             except TimeoutError:
-                try:
-                    os.kill(w.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _kill(w.proc.pid, signal.SIGKILL)
                 await w.proc.wait()
-            if w.reader is not None:
-                w.reader.cancel()
-        self.workers = []
+
+    async def _terminate(self, grace: float) -> None:
+        """SIGTERM every worker still running, then SIGKILL after ``grace``; by PID."""
+        left = [w for w in self.workers if w.proc.returncode is None]
+        for w in left:
+            _kill(w.proc.pid, signal.SIGTERM)
+        for w in left:
+            try:
+                async with asyncio.timeout(grace):
+                    await w.proc.wait()
+            except TimeoutError:
+                _kill(w.proc.pid, signal.SIGKILL)
+                await w.proc.wait()
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 class Progress:

@@ -41,8 +41,17 @@ async def _start_group(
 ) -> tuple[WorkerGroup, list[dict[str, Any]]]:
     """Start the workers; with ``webpush`` their devices speak WebPush."""
     group = WorkerGroup(gen.procs, gen.loop)
-    await group.start()
-    # Each worker gets its own slice of source addresses when there are enough.
+    try:
+        await group.start()
+        info = await group.call("setup", _setup_args(target, gen, webpush))
+    except BaseException:  # a worker error, or interrupted: stop the ones started
+        await group.close()
+        raise
+    return group, info
+
+
+def _setup_args(target: Target, gen: GenOptions, webpush: bool) -> list[dict[str, Any]]:
+    """Each worker's ``setup``: its own slice of source addresses when there are enough."""
     ips = gen.ips or ["127.0.0.1"]
     per: list[dict[str, Any]] = []
     for i in range(gen.procs):
@@ -58,8 +67,7 @@ async def _start_group(
                 "cpus": gen.cpus,
             }
         )
-    info = await group.call("setup", per)
-    return group, info
+    return per
 
 
 async def _connect(

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import resource
+import signal
 import sys
 import time
 from time import perf_counter
@@ -705,6 +706,8 @@ async def _serve(worker: Worker) -> None:
 
 
 def main() -> None:
+    # A Ctrl-C reaches the whole process group: the parent stops its workers (by PID).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     index = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     use_uvloop = os.environ.get("BENCH_LOOP", "uvloop") == "uvloop"
     loop: asyncio.AbstractEventLoop
