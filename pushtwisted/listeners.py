@@ -23,7 +23,9 @@ description already split into arguments and keywords; the parser
 - otherwise hands the description back to ``serverFromString``, written
   again with Twisted's own quoting.
 
-``ListenerService`` listens on the endpoint while it runs.  A listener that
+``ListenerService`` listens on the endpoint while it runs; a TCP listener's
+connections send a write at once when nothing waits to be sent
+(``pushtwisted._eager_write``).  A listener that
 cannot bind (port in use, an address this host does not have, no
 permission) stops the start with a ``ConfigError`` naming the section's
 ``listen`` and the address, such as ``websocket.listen: cannot listen on
@@ -52,6 +54,7 @@ from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pushtwisted._eager_write import eager_writes
 from pushtwisted.cluster.reuseport import reuse_port_endpoint
 from pushtwisted.errors import ConfigError
 from pushtwisted.logs import logger
@@ -212,6 +215,7 @@ class ListenerService(Service):
             raise ConfigError(listen_problem(self.section, self.description, error))
 
     def _bound(self, port: IListeningPort) -> None:
+        eager_writes(port)
         self.port = port
 
     def _failed(self, failure: Failure) -> None:

@@ -63,6 +63,7 @@ _ADAPTERS = frozenset(
         "pushtwisted._autobahn_patches",
         "pushtwisted._autobahn_tuning",
         "pushtwisted._bucket_timer",
+        "pushtwisted._eager_write",
         "pushtwisted._prom_tally",
         "pushtwisted.collector",
         "pushtwisted.listeners",
