@@ -19,6 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
 
 from pushtwisted.connlimit import ConnectionLimit
@@ -222,6 +223,79 @@ class ListenerSiteTests(SynchronousTestCase):
         """Without a limit every connection is accepted."""
         site = self.site()
         self.assertTrue(all(site.buildProtocol(_PEER) is not None for _ in range(50)))
+
+
+class _CountingTransport(StringTransport):
+    """A ``StringTransport`` that counts the writes made to it."""
+
+    writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.writes += 1
+        super().writeSequence(iovec)
+
+
+class _EmptyPage(Resource):
+    """A page answered with headers only: ``Content-Length: 0`` and no body write."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> int:
+        request.setHeader(b"Content-Length", b"0")
+        request.finish()
+        return NOT_DONE_YET
+
+
+class ResponseWriteTests(SynchronousTestCase):
+    """A response's head goes out in the transport write of its body."""
+
+    def exchange(self, request: bytes, **kwargs: Any) -> _CountingTransport:
+        root = _root()
+        root.putChild(b"empty", _EmptyPage())
+        site = ListenerSite(root, reactor=Clock(), max_body=16, **kwargs)
+        channel = site.buildProtocol(_PEER)
+        transport = _CountingTransport(peerAddress=_PEER)
+        channel.makeConnection(transport)
+        channel.dataReceived(request)
+        return transport
+
+    def test_head_and_body_in_one_write(self) -> None:
+        transport = self.exchange(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK\r\n"), head)
+        self.assertIn(b"\r\nContent-Length: 5", head)
+        self.assertEqual(body, b"hello")
+        self.assertEqual(transport.writes, 1)
+
+    def test_head_without_body_is_sent_when_the_response_ends(self) -> None:
+        transport = self.exchange(b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(transport.value().endswith(b"\r\nContent-Length: 0\r\n\r\n"))
+        self.assertEqual(transport.writes, 1)
+
+    def test_head_request_gets_the_head_only(self) -> None:
+        transport = self.exchange(b"HEAD /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n"))
+        self.assertFalse(transport.disconnecting)
+
+    def test_head_sent_before_the_connection_closes(self) -> None:
+        transport = self.exchange(b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\n", keep_alive=False)
+        self.assertIn(b"\r\nConnection: close\r\n", transport.value())
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_pipelined_answers_in_order(self) -> None:
+        transport = self.exchange(
+            b"GET /page HTTP/1.1\r\nHost: x\r\n\r\nGET /secret HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        first, second = transport.value().split(b"HTTP/1.1 200 OK")[1:]
+        self.assertTrue(first.endswith(b"hello"))
+        self.assertTrue(second.endswith(b"token"))
 
 
 class RawJSONResponseTests(SynchronousTestCase):

@@ -216,6 +216,10 @@ class _ListenerChannel(HTTPChannel):
     With ``keep_alive`` off on the site, every response says
     ``Connection: close`` and the connection closes once it is written.
 
+    A response's status line and headers are held until its first body
+    bytes (or its end) and written with them: one transport write, so one
+    ``send``, for a response of one body write such as every JSON answer.
+
     With the site's ``request_timeout`` set, a request's head and body must
     have arrived within that many seconds of its first byte: the deadline
     is armed when a read ends with a request still incomplete (a request
@@ -233,6 +237,40 @@ class _ListenerChannel(HTTPChannel):
     _timed_out = False
     #: This end's address, read once (every request asks for it).
     _host: IAddress | None = None
+    #: The response head written by ``writeHeaders`` and not yet sent.
+    _held: list[bytes] | None = None
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """Hold the response head (the bytes ``HTTPChannel`` writes) to send with the body."""
+        lines = [b"%s %s %s" % (version, code, reason)]
+        lines += [
+            name + b": " + value for name, values in headers.getAllRawHeaders() for value in values
+        ]
+        self._held = [b"\r\n".join(lines) + b"\r\n\r\n"]
+
+    def write(self, data: bytes) -> None:
+        """Write body bytes, after the held head if there is one."""
+        self.writeSequence((data,))
+
+    def writeSequence(self, iovec: Sequence[bytes]) -> None:
+        """Write body bytes, after the held head if there is one, in one transport write."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.extend(iovec)
+            iovec = held
+        transport = self.transport
+        assert transport is not None
+        transport.writeSequence(iovec)
+
+    def _send_held(self) -> None:
+        """Send a held head whose response has no body (or ends without one)."""
+        if self._held is not None:
+            self.writeSequence(())
+
+    def loseConnection(self) -> None:
+        """Close after what is written, the held head included."""
+        self._send_held()
+        super().loseConnection()  # type: ignore[no-untyped-call]
 
     def dataReceived(self, data: bytes) -> None:
         """Read ``data``; arm the request deadline if a request is left incomplete."""
@@ -286,6 +324,7 @@ class _ListenerChannel(HTTPChannel):
         """The response is written: the idle time starts again, and the next bytes
         start a new request."""
         self._answering = False
+        self._send_held()
         super().requestDone(request)  # type: ignore[no-untyped-call]
         self.resetTimeout()  # type: ignore[no-untyped-call]
 
