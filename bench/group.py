@@ -137,12 +137,7 @@ class WorkerGroup:
         except (TimeoutError, WorkerError, ConnectionError):
             pass
         for w in self.workers:
-            try:
-                async with asyncio.timeout(timeout):
-                    await w.proc.wait()
-            except TimeoutError:
-                _kill(w.proc.pid, signal.SIGKILL)
-                await w.proc.wait()
+            await _wait_or_kill(w.proc, timeout)
 
     async def _terminate(self, grace: float) -> None:
         """SIGTERM every worker still running, then SIGKILL after ``grace``; by PID."""
@@ -150,12 +145,17 @@ class WorkerGroup:
         for w in left:
             _kill(w.proc.pid, signal.SIGTERM)
         for w in left:
-            try:
-                async with asyncio.timeout(grace):
-                    await w.proc.wait()
-            except TimeoutError:
-                _kill(w.proc.pid, signal.SIGKILL)
-                await w.proc.wait()
+            await _wait_or_kill(w.proc, grace)
+
+
+async def _wait_or_kill(proc: asyncio.subprocess.Process, timeout: float) -> None:
+    """Wait for ``proc`` to end; SIGKILL it (by PID) if it is still there after ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            await proc.wait()
+    except TimeoutError:
+        _kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 def _kill(pid: int, sig: int) -> None:
