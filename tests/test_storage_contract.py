@@ -443,7 +443,7 @@ class StorageContract(BackendFixture):
 # -- the contract, synchronously ----------------------------------------------
 
 
-class _ClockedContract(StorageContract):
+class ClockedBackend(BackendFixture):
     """Backends whose time is a ``task.Clock`` (``advance`` moves it)."""
 
     def setUp(self) -> None:
@@ -453,6 +453,10 @@ class _ClockedContract(StorageContract):
 
     async def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
+
+
+class _ClockedContract(ClockedBackend, StorageContract):
+    """The storage contract on a ``task.Clock``, with a test that needs the exact clock."""
 
     async def test_tombstone_expiry_boundary(self) -> None:
         """A tombstone is alive until exactly ``ttl_deleted`` after the unregister."""

@@ -13,7 +13,6 @@ memcached and on SQLite with the real thread pool).
 
 from __future__ import annotations
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.errors import TooManyChannels
@@ -24,7 +23,7 @@ from pushtwisted.storage.interface import (
     UpdateOutcome,
 )
 from tests import test_storage_contract as contract
-from tests.test_storage_contract import EPOCH, new_id, spelling, synchronous
+from tests.test_storage_contract import new_id, spelling, synchronous
 
 __all__ = ["MessageContract"]
 
@@ -303,16 +302,8 @@ class MessageContract(contract.BackendFixture):
         self.assertEqual(len(await self.storage.fetch_messages(uaid)), 1)
 
 
-class _ClockedMessages(MessageContract):
-    """Backends whose time is a ``task.Clock``."""
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(EPOCH)
-        super().setUp()
-
-    async def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
+class _ClockedMessages(contract.ClockedBackend, MessageContract):
+    """The message contract on a ``task.Clock``."""
 
 
 # Each backend is built as for the ``StorageContract`` (the module, not its
