@@ -12,7 +12,6 @@ from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionLost
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
@@ -20,19 +19,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from pushtwisted.config import Config
 from pushtwisted.errors import InvalidToken, StorageBusy, StorageUnavailable, TooManyChannels
 from pushtwisted.logs import AccessLog, uaid_hash
-from pushtwisted.node import Node
-from pushtwisted.registry import ClientRegistry
 from pushtwisted.storage.interface import PendingUpdate, Storage, UpdateOutcome, UpdateResult
 from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.testing import (
     FailingStorage,
     FakeSession,
     HoldingStorage,
-    RecordingMetrics,
-    make_node,
 )
 from pushtwisted.tokens import EndpointCrypto, generate_key
 from pushtwisted.web._form import MAX_FIELDS, MAX_PART_HEADER_LINE, MAX_PART_HEADERS
@@ -51,6 +45,7 @@ from pushtwisted.web.endpoint import (
     build_endpoint_site,
 )
 from pushtwisted.web.status import add_status_children
+from tests._endpoint_fixture import NodeFixture
 
 BASE = "http://push.example"
 NOW = 1_700_000_000.0
@@ -83,39 +78,17 @@ def _tamper(token: str) -> str:
     return token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1 :]
 
 
-class EndpointTestCase(SynchronousTestCase):
+class EndpointTestCase(NodeFixture, SynchronousTestCase):
     """Shared fixtures: a node with one registered channel, and HTTP helpers."""
 
+    now = NOW
+
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        self.storage: Storage = MemoryStorage(self.clock)
-        self.registry: ClientRegistry[Any] = ClientRegistry()
-        self.crypto = EndpointCrypto([generate_key()])
-        self.metrics = RecordingMetrics()
-        self.config = Config()
-        self.uaid = uuid.uuid4().hex
-        self.chid = uuid.uuid4().hex
+        super().setUp()
         # The client's own spelling: dashed and upper case.
         self.channel_id = str(uuid.UUID(self.chid)).upper()
         self.successResultOf(self.storage.register(self.uaid, self.chid, self.channel_id, 0))
         self.token = self.crypto.make_token(self.uaid, self.chid)
-
-    def node(self, **changes: Any) -> Node:
-        node = make_node(
-            config=self.config,
-            storage=self.storage,
-            registry=self.registry,
-            crypto=self.crypto,
-            clock=self.clock,
-            metrics=self.metrics,
-        )
-        return dataclasses.replace(node, **changes)
-
-    def endpoint_config(self, **changes: Any) -> None:
-        self.config = dataclasses.replace(
-            self.config, endpoint=dataclasses.replace(self.config.endpoint, **changes)
-        )
 
     def storage_config(self, **changes: Any) -> None:
         self.config = dataclasses.replace(

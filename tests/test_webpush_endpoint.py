@@ -16,29 +16,23 @@ from typing import Any
 import py_vapid
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pushtwisted.config import Config
 from pushtwisted.errors import StorageBusy, StorageUnavailable
 from pushtwisted.logs import AccessLog, uaid_hash
-from pushtwisted.node import Node
-from pushtwisted.registry import ClientRegistry
 from pushtwisted.storage.interface import Mode, Storage, StoredMessage
-from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.testing import (
     FailingStorage,
     FakeRouter,
     FakeSession,
     HoldingStorage,
-    RecordingMetrics,
-    make_node,
 )
 from pushtwisted.tokens import EndpointCrypto, WebPushToken, generate_key
 from pushtwisted.web.endpoint import build_endpoint_root
 from pushtwisted.web.webpush import BACKLOG_RETRY_AFTER, MessageResource, WebPushResource
 from pushtwisted.webpush.errors import MORE_INFO
 from pushtwisted.webpush.vapid import key_hash
+from tests._endpoint_fixture import NodeFixture
 from tests._webpush_refs import Device, PushRequest, b64url, public_key_bytes, pywebpush_request
 
 BASE = "https://push.example.com"
@@ -53,21 +47,15 @@ def new_vapid(cls: type[py_vapid.Vapid01] = py_vapid.Vapid) -> py_vapid.Vapid01:
     return vapid
 
 
-class WebPushTestCase(SynchronousTestCase):
+class WebPushTestCase(NodeFixture, SynchronousTestCase):
     """A node with one WebPush channel; pywebpush requests; HTTP helpers."""
 
+    now = NOW
+    router: FakeRouter | None
+
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        self.storage: Storage = MemoryStorage(self.clock)
-        self.registry: ClientRegistry[Any] = ClientRegistry()
-        self.crypto = EndpointCrypto([generate_key()])
-        self.metrics = RecordingMetrics()
-        self.config = Config()
+        super().setUp()
         self.endpoint_config(public_url=BASE + "/")
-        self.router: FakeRouter | None = None
-        self.uaid = uuid.uuid4().hex
-        self.chid = uuid.uuid4().hex
         self.channel_id = str(uuid.UUID(self.chid))
         self.register(self.storage)
         self.device = Device()
@@ -81,25 +69,9 @@ class WebPushTestCase(SynchronousTestCase):
             storage.register(self.uaid, self.chid, self.channel_id, 0, Mode.WEBPUSH)
         )
 
-    def endpoint_config(self, **changes: Any) -> None:
-        self.config = dataclasses.replace(
-            self.config, endpoint=dataclasses.replace(self.config.endpoint, **changes)
-        )
-
     def webpush_config(self, **changes: Any) -> None:
         self.config = dataclasses.replace(
             self.config, webpush=dataclasses.replace(self.config.webpush, **changes)
-        )
-
-    def node(self) -> Node:
-        return make_node(
-            config=self.config,
-            storage=self.storage,
-            registry=self.registry,
-            crypto=self.crypto,
-            clock=self.clock,
-            metrics=self.metrics,
-            router=self.router,
         )
 
     def pywebpush(
