@@ -16,12 +16,13 @@ directory call goes through ``_storage``: if the connection closed while the
 call ran, the handler stops there (``Closed``); a failure is logged once and
 becomes ``StorageFailed``, which the protocol answers (503).
 
-Fetching the stored updates or messages comes after the hello reply, so a
-storage error there cannot change the answer: the session fetches again on
-the clock instead (``_retry_fetch_later``), 1 s later, then after twice the
-last delay (at most ``FETCH_RETRY_MAX``), until a fetch succeeds or the
-connection closes, so that what was stored during a storage outage reaches
-the client once storage answers again, without a reconnect.
+A failed fetch of the stored updates or messages never changes the hello's
+answer (the hello's own read falls back to a fetch after the reply,
+``pushtwisted.hello``): the session fetches again on the clock instead
+(``_retry_fetch_later``), 1 s later, then after twice the last delay (at
+most ``FETCH_RETRY_MAX``), until a fetch succeeds or the connection closes,
+so that what was stored during a storage outage reaches the client once
+storage answers again, without a reconnect.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ it runs alone, the cluster's ``pushtwisted.cluster.router.Router`` when
 ``[router] listen`` is set.  The endpoint stores an update and then asks
 ``router.deliver`` (a WebPush message: ``router.deliver_message``); a
 session calls ``router.on_hello`` after choosing its UAID and before reading
-storage, and ``router.on_disconnect`` when it closes.  Delivery is decided
+storage (or hands ``router.claim`` to ``Storage.open_user``, which does the
+same in one call), and ``router.on_disconnect`` when it closes.  Delivery is decided
 here and in the cluster router only; the cluster router's first step is
 ``LocalRouter.deliver_here`` (``deliver_message_here``).
 
@@ -29,8 +30,9 @@ session or its window of unacknowledged messages is full; the message is in
 storage then, and the session fetches it when its window frees.
 
 Why no update is lost: the endpoint stores *before* it looks the session up,
-and a hello adds the session to the registry *before* it reads storage, so
-whichever of the two comes second sees the other's write.  The registry's
+and a hello watches its UAID in the registry *before* it reads storage, so
+whichever of the two comes second sees the other's write (a look-up during
+the read makes the hello fetch again).  The registry's
 "newest connection wins" rule (``pushtwisted.registry``) picks the session.
 
 ``LocalRouter`` keeps no directory, so its ``on_hello`` and
@@ -39,16 +41,16 @@ whichever of the two comes second sees the other's write.  The registry's
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Generator
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
 from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.registry import ClientRegistry
-from pushtwisted.storage.interface import StoredMessage
+from pushtwisted.storage.interface import Claim, StoredMessage
 
-__all__ = ["LocalRouter", "RoutedSession", "Router"]
+__all__ = ["HelloClaim", "LocalRouter", "RoutedSession", "Router"]
 
 
 class RoutedSession(Protocol):
@@ -103,6 +105,9 @@ class Router(Protocol):
 
         Never fails; whatever it returns is ignored by the session.
         """
+
+    def claim(self, connected_at: int) -> Claim | None:
+        """``on_hello`` for a hello's ``Storage.open_user``, or None when there is no record."""
 
 
 class LocalRouter:
@@ -159,3 +164,27 @@ class LocalRouter:
 
     def on_disconnect(self, uaid: str, connected_at: int) -> None:
         """Do nothing (see ``on_hello``)."""
+
+    def claim(self, connected_at: int) -> None:
+        """None: no record to write (see ``on_hello``)."""
+
+
+class HelloClaim:
+    """A ``Claim`` made of ``router.on_hello`` at ``connected_at`` (no memcached steps)."""
+
+    __slots__ = ("_connected_at", "_router")
+
+    def __init__(self, router: Router, connected_at: int) -> None:
+        self._router = router
+        self._connected_at = connected_at
+
+    def run(self, uaid: str) -> Awaitable[None]:
+        """Write the router's record (``Router.on_hello``)."""
+        return self._router.on_hello(uaid, self._connected_at)
+
+    def steps(self, uaid: str) -> Generator[Any, Any, Any] | None:
+        """None: the record is written by ``run``."""
+        return None
+
+    def landed(self, uaid: str, result: object) -> None:
+        """Nothing to finish (``steps`` gives none)."""

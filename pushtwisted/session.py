@@ -23,15 +23,16 @@ closed while the call ran, the handler stops there; a failure is logged once
 and the command is answered 503 (a hello also returns to AWAIT_HELLO).
 SimplePush notifications sent and not yet acknowledged are kept, and re-sent
 on a timer, by the session's ``pushtwisted.outbox.Outbox``; WebPush messages
-by its ``pushtwisted.wpsession.MessageWindow``.  What storage holds is
-fetched after the hello reply, and fetched again on the clock while that
-fails (``ClientConnection._retry_fetch_later``).
+by its ``pushtwisted.wpsession.MessageWindow``.  What storage holds is read
+with the hello's one storage call (``pushtwisted.hello``) and sent after the
+reply; when that call fails, it is fetched after the reply, and again on the
+clock while that fails (``ClientConnection._retry_fetch_later``).
 
 The hello chooses the UAID by PROTOCOL.md 16.3 in both protocols, with one
-UAID one protocol: a UAID storage knows as a WebPush user gets a fresh one
-in a SimplePush hello, and a WebPush hello keeps its UAID only when storage
-knows it as a WebPush user (WEBPUSH.md 6.1).  A second hello keeps the
-protocol of the first.
+UAID one protocol (``pushtwisted.hello.keeps_uaid``): a UAID storage knows
+as a WebPush user gets a fresh one in a SimplePush hello, and a WebPush
+hello keeps its UAID only when storage knows it as a WebPush user
+(WEBPUSH.md 6.1).  A second hello keeps the protocol of the first.
 
 Handlers per (state, message) (``_HANDLERS``):
 
@@ -71,12 +72,12 @@ from pushtwisted.connection import (
     StorageFailed,
 )
 from pushtwisted.errors import ProtocolViolation
-from pushtwisted.ids import connected_at_ms, is_valid_id, new_uaid, normalize_id
+from pushtwisted.hello import HelloOpening
+from pushtwisted.ids import is_valid_id, normalize_id
 from pushtwisted.logs import level_enabled, uaid_hash
-from pushtwisted.messages import Hello, Incoming, InvalidCommand, MessageType
+from pushtwisted.messages import Incoming, InvalidCommand, MessageType
 from pushtwisted.node import Node
 from pushtwisted.outbox import Outbox
-from pushtwisted.storage.interface import Mode
 from pushtwisted.webpush import messages as wpmessages
 from pushtwisted.wpsession import HANDLERS as WEBPUSH_HANDLERS
 from pushtwisted.wpsession import WebPushHandlers
@@ -86,7 +87,7 @@ __all__ = ["FETCH_RETRY_FIRST", "FETCH_RETRY_MAX", "Sender", "CloseCode", "State
 _Handler = Callable[["Session", Incoming], Awaitable[None]]
 
 
-class Session(WebPushHandlers):
+class Session(WebPushHandlers, HelloOpening):
     """One client connection's state, SimplePush or WebPush.
 
     :param sender: writes replies and closes the connection.
@@ -179,11 +180,10 @@ class Session(WebPushHandlers):
     async def _on_hello_in_await_hello(self, incoming: Incoming) -> None:
         hello = messages.parse_hello(incoming, self._config.max_channels)
         self.state = State.HELLO_PENDING
-        echo = await self._choose_uaid(hello)
+        echo, self.connected_at, opened, missed = await self._open(hello)
         normal = normalize_id(echo)
         if normal == echo:
             normal = echo  # one string per connection, not two equal ones
-        self.connected_at = await self._claim(normal)
         self.uaid = normal
         self._echo_uaid = echo
         if hello.webpush:
@@ -211,55 +211,17 @@ class Session(WebPushHandlers):
             )
         if hello.webpush:
             self._sender.send_text(wpmessages.hello_reply(echo))
-            await self._fill()
+            await self._fill(prefetched=None if opened is None else opened.messages, again=missed)
             return
         self._sender.send_text(messages.hello_reply(echo))
-        await self._flush()
+        if opened is not None:
+            self._fetched()
+            if opened.pending:
+                self._open_outbox().send_pending(opened.pending, resend=False)
+        if opened is None or missed:
+            await self._flush()
         if self.state is State.READY and self._config.report_expired:
             await self._report_expired(hello.channel_ids)
-
-    async def _choose_uaid(self, hello: Hello) -> str:
-        """Return the UAID of this connection, in the client's spelling when it keeps its own.
-
-        SimplePush: the client's UAID is kept unless it lists channelIDs that
-        storage cannot back (the user is unknown), or storage knows it as a
-        WebPush user (one UAID is one mode: WEBPUSH.md 6.1).  WebPush: it is
-        kept only when storage knows it as a WebPush user.  Otherwise, like a
-        hello without a UAID, it gets a new one.
-        """
-        if hello.uaid:
-            uaid = normalize_id(hello.uaid)
-            try:
-                mode = await self._storage("user_mode", self._node.storage.user_mode(uaid))
-            except StorageFailed:
-                if hello.webpush or hello.channel_ids:
-                    raise
-                # A SimplePush hello without channelIDs needs no storage to be
-                # answered: it keeps its UAID while storage fails, as before modes.
-                return hello.uaid
-            if hello.webpush:
-                if mode is not Mode.WEBPUSH:
-                    return new_uaid()
-            elif mode is Mode.WEBPUSH or (mode is None and hello.channel_ids):
-                return new_uaid()
-        return hello.uaid or new_uaid()
-
-    async def _claim(self, uaid: str) -> int:
-        """Record with the router that this node holds ``uaid``; return ``connected_at``.
-
-        The record is written before storage is read, so an update stored
-        meanwhile is either routed here or fetched by the hello.  When the
-        connection closes during the write the record is cleared again (a
-        write that timed out may still have landed).
-        """
-        router = self._node.router
-        connected_at = connected_at_ms(self._node.clock.seconds())
-        try:
-            await self._storage("directory", router.on_hello(uaid, connected_at))
-        except Closed:
-            router.on_disconnect(uaid, connected_at)
-            raise
-        return connected_at
 
     async def _on_hello_in_ready(self, incoming: Incoming) -> None:
         if self._hello_again(incoming):

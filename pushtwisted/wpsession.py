@@ -48,7 +48,7 @@ only, never a message id or payload.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from twisted.internet.defer import Deferred
@@ -298,13 +298,20 @@ class WebPushHandlers(ClientConnection):
         if window is not None and window.more and not window.full:
             await self._fill()
 
-    async def _fill(self, resend: bool = False) -> None:
+    async def _fill(
+        self,
+        resend: bool = False,
+        prefetched: Sequence[StoredMessage] | None = None,
+        again: bool = False,
+    ) -> None:
         """Send the stored messages not sent on this connection, in order, while there is room.
 
         With ``resend`` (a second hello) the unacknowledged ones are first
         sent again.  One fetch runs at a time: a call while one runs asks it
         to fetch once more.  A failed fetch is retried on the clock
-        (``_retry_fetch_later``).
+        (``_retry_fetch_later``).  ``prefetched``: what the hello's storage
+        call read, sent instead of a first fetch (then one fetch more when
+        ``again``).
         """
         window = self._window
         uaid = self.uaid
@@ -322,14 +329,18 @@ class WebPushHandlers(ClientConnection):
         try:
             while True:
                 window.fetch_started()
-                try:
-                    stored = await self._storage("fetch_messages", storage.fetch_messages(uaid))
-                except Closed:
-                    return
-                except StorageFailed:
-                    window.more = True
-                    self._retry_fetch_later()
-                    return
+                if prefetched is not None:
+                    stored, prefetched = prefetched, None
+                    window.more = again
+                else:
+                    try:
+                        stored = await self._storage("fetch_messages", storage.fetch_messages(uaid))
+                    except Closed:
+                        return
+                    except StorageFailed:
+                        window.more = True
+                        self._retry_fetch_later()
+                        return
                 self._fetched()
                 for message in stored:
                     if window.skip(message.seq):

@@ -411,6 +411,35 @@ class HelloTests(RouterTestCase):
         self.failureResultOf(self.a.router.on_hello(self.uaid, 5000), StorageUnavailable)
 
 
+class ClaimTests(RouterTestCase):
+    """``claim``: the hello's directory write for ``Storage.open_user``."""
+
+    def test_run_is_on_hello(self) -> None:
+        """``run`` writes this node's entry and kicks the previous node, as ``on_hello``."""
+        old = self.hold(self.b, connected_at=1000)
+        self.successResultOf(self.a.router.claim(5000).run(self.uaid))
+        self.network.flush()
+        self.assertEqual(self.entry(), NodeEntry(node_url=A, connected_at=5000))
+        self.assertEqual(old.replaced_count, 1)
+
+    def test_no_steps_from_a_memory_directory(self) -> None:
+        """A directory without memcached steps gives none: the storage runs ``run``."""
+        self.assertIsNone(self.a.router.claim(5000).steps(self.uaid))
+
+    def test_landed_kicks_the_replaced_entry(self) -> None:
+        """``landed`` with the entry the steps replaced kicks that node's socket, and
+        only when it is another node's."""
+        old = self.hold(self.b, connected_at=1000)
+        claim = self.a.router.claim(5000)
+        claim.landed(self.uaid, NodeEntry(node_url=A, connected_at=900))
+        claim.landed(self.uaid, None)
+        self.assertEqual(self.network.sent, [])
+        claim.landed(self.uaid, NodeEntry(node_url=B, connected_at=1000))
+        self.network.flush()
+        self.assertEqual(self.network.sent, [("DELETE", f"{B}/notif/{self.uaid}/1000")])
+        self.assertEqual(old.replaced_count, 1)
+
+
 class DisconnectTests(RouterTestCase):
     """``on_disconnect`` clears this node's entry only while it is still its own."""
 

@@ -38,6 +38,7 @@ _LEAVES = frozenset(
         "pushtwisted.metrics",
         "pushtwisted.storage",
         "pushtwisted.storage.interface",
+        "pushtwisted.storage.opening",
         "pushtwisted.tokens",
     }
 )
@@ -45,6 +46,7 @@ _DOMAIN = frozenset(
     {
         "pushtwisted.connection",
         "pushtwisted.connlimit",
+        "pushtwisted.hello",
         "pushtwisted.node",
         "pushtwisted.outbox",
         "pushtwisted.registry",

@@ -53,3 +53,46 @@ class ClientRegistryTests(SynchronousTestCase):
         self.failureResultOf(cancelled, CancelledError)
         registry.remove("u", session)
         self.successResultOf(kept)
+
+
+class WatchTests(SynchronousTestCase):
+    """``watch``: look-ups of a UAID whose hello reads storage are noted."""
+
+    def setUp(self) -> None:
+        self.registry: ClientRegistry[FakeSession] = ClientRegistry()
+
+    def test_no_look_up(self) -> None:
+        """Without a look-up of the UAID meanwhile, ``unwatch`` is False."""
+        self.registry.watch("u")
+        self.assertIsNone(self.registry.get("other"))
+        self.assertFalse(self.registry.unwatch("u"))
+
+    def test_look_up_noted_found_or_not(self) -> None:
+        """A look-up that finds nobody, or an older session, is noted."""
+        self.registry.watch("u")
+        self.assertIsNone(self.registry.get("u"))
+        self.assertTrue(self.registry.unwatch("u"))
+        old = FakeSession()
+        self.registry.add("u", old)
+        self.registry.watch("u")
+        self.assertIs(self.registry.get("u"), old)
+        self.assertTrue(self.registry.unwatch("u"))
+
+    def test_forgotten_after_unwatch(self) -> None:
+        """Look-ups before a watch, or after it ended, are not noted."""
+        self.registry.get("u")
+        self.registry.watch("u")
+        self.assertFalse(self.registry.unwatch("u"))
+        self.registry.get("u")
+        self.registry.watch("u")
+        self.assertFalse(self.registry.unwatch("u"))
+
+    def test_two_hellos_of_one_uaid(self) -> None:
+        """Two hellos of one UAID read at once: a look-up is noted for both."""
+        self.registry.watch("u")
+        self.registry.watch("u")
+        self.registry.get("u")
+        self.assertTrue(self.registry.unwatch("u"))
+        self.assertTrue(self.registry.unwatch("u"))
+        self.registry.watch("u")
+        self.assertFalse(self.registry.unwatch("u"))

@@ -415,30 +415,79 @@ class HelloTests(SessionCase):
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": []})
         self.assertEqual(len(self.sender.texts), 1)
 
-    def test_hello_reply_before_slow_flush(self) -> None:
-        """When fetching pending updates is slow, the hello reply is already sent first."""
+    def test_hello_reads_once_then_replies(self) -> None:
+        """A hello naming a known UAID reads mode and pending updates before it answers;
+        the reply comes first, then the stored update, and nothing is read again."""
         self.store(UAID, CHID, 5)
         holding = HoldingStorage(self.memory, ["fetch_pending"])
         self.build(storage=holding)
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": [CHID]})
         call = holding.next()
-        self.assertNoResult(call.deferred)
-        self.assertEqual([r["messageType"] for r in self.sender.replies], ["hello"])
+        self.assertEqual(self.sender.replies, [])
+        self.assertIs(self.session.state, State.HELLO_PENDING)
         call.release()
         self.assertEqual([r["messageType"] for r in self.sender.replies], ["hello", "notification"])
+        self.assertEqual(holding.calls, ["user_mode", "fetch_pending"])
 
-    def test_live_delivery_during_flush_not_repeated(self) -> None:
-        """When a live update arrives while the flush is fetching, the flush does not repeat it."""
+    def test_update_routed_during_hello_read_is_fetched_again(self) -> None:
+        """An update stored and routed while the hello reads storage (no session takes it)
+        is fetched again after the reply and sent once."""
+        self.store(UAID, CHID, 5)
+        holding = HoldingStorage(self.memory, ["user_mode"])
+        self.build(storage=holding)
+        self.send({"messageType": "hello", "uaid": UAID, "channelIDs": [CHID]})
+        call = holding.next()
+        self.assertFalse(self.node.registry.get(normalize_id(UAID)))  # the route finds nobody
+        call.release()
+        self.assertEqual(holding.calls, ["user_mode", "fetch_pending", "fetch_pending"])
+        self.assertEqual([r["messageType"] for r in self.sender.replies], ["hello", "notification"])
+
+    def test_no_second_read_without_a_route(self) -> None:
+        """Without a look-up of the UAID during the hello's read, it is read once."""
+        holding = HoldingStorage(self.memory, ["user_mode"])
+        self.build(storage=holding)
+        self.send({"messageType": "hello", "uaid": UAID, "channelIDs": []})
+        self.assertIsNone(self.node.registry.get("0" * 32))  # another UAID
+        holding.next().release()
+        self.assertEqual(holding.calls, ["user_mode"])  # no user: nothing to fetch
+        self.assertIs(self.session.state, State.READY)
+
+    def test_hello_read_failed_parts_run_again(self) -> None:
+        """When the hello's read fails, its parts run again one by one: the reply
+        goes first and a slow fetch after it does not hold it."""
         self.store(UAID, CHID, 5)
         holding = HoldingStorage(self.memory, ["fetch_pending"])
         self.build(storage=holding)
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": [CHID]})
+        holding.next().fail()
+        self.assertEqual([r["messageType"] for r in self.sender.replies], ["hello"])
+        self.assertEqual(
+            holding.calls, ["user_mode", "fetch_pending", "user_mode", "fetch_pending"]
+        )
+        holding.next().release()
+        self.assertEqual([r["messageType"] for r in self.sender.replies], ["hello", "notification"])
+
+    def test_fresh_uaid_reads_nothing(self) -> None:
+        """A hello without a UAID gets a new one; nothing is stored for it, nothing is read."""
+        calls = FailingStorage(self.memory)
+        self.build(storage=calls)
+        self.hello()
+        self.assertEqual(calls.calls, [])
+
+    def test_live_delivery_during_flush_not_repeated(self) -> None:
+        """When a live update arrives while a flush is fetching, the flush does not repeat it."""
+        holding = HoldingStorage(self.memory, ["fetch_pending"])
+        self.build(storage=holding)
+        self.hello(UAID, [CHID])
+        self.store(UAID, CHID, 5)
+        self.session.check_storage()
         self.assertTrue(self.session.deliver(CHID, 5, None))
         holding.next().release()
-        self.assertEqual(len(self.sender.texts), 2)
+        self.assertEqual(len(self.sender.texts), 1)
 
     def test_flush_storage_failure(self) -> None:
         """When fetching pending updates fails, hello still succeeds and nothing more is sent."""
+        self.store(UAID, CHID, 5)
         self.build(storage=FailingStorage(self.memory, ["fetch_pending"]))
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": []})
         self.assertEqual(len(self.sender.texts), 1)
@@ -453,7 +502,8 @@ class HelloTests(SessionCase):
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": []})
         self.assertEqual([r["messageType"] for r in self.sender.replies], ["hello"])
         self.clock.advance(FETCH_RETRY_FIRST)  # still down: the next try waits twice as long
-        self.assertEqual(failing.calls.count("fetch_pending"), 2)
+        # The hello's read, the fetch after its reply, the first retry.
+        self.assertEqual(failing.calls.count("fetch_pending"), 3)
         failing.failing.clear()
         self.clock.advance(2 * FETCH_RETRY_FIRST - 0.001)
         self.assertEqual(len(self.sender.replies), 1)
@@ -467,11 +517,12 @@ class HelloTests(SessionCase):
         )
         self.assertOpen()
         self.clock.advance(FETCH_RETRY_MAX)  # a fetch that succeeded is not repeated
-        self.assertEqual(failing.calls.count("fetch_pending"), 3)
+        self.assertEqual(failing.calls.count("fetch_pending"), 4)
 
     def test_flush_retry_backs_off_to_a_bound(self) -> None:
         """While fetching keeps failing, the delay doubles from FETCH_RETRY_FIRST up to
         FETCH_RETRY_MAX, one timer at a time; a success starts again from the first delay."""
+        self.memory.register(normalize_id(UAID), CHID_N, CHID, 0)  # a user, nothing stored
         failing = FailingStorage(self.memory, ["fetch_pending"])
         self.build(storage=failing)
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": []})
@@ -481,17 +532,18 @@ class HelloTests(SessionCase):
             delays.append(call.getTime() - self.clock.seconds())
             self.clock.advance(delays[-1])
         self.assertEqual(delays, [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0])
-        self.assertEqual(failing.calls.count("fetch_pending"), 9)
+        self.assertEqual(failing.calls.count("fetch_pending"), 10)
         failing.failing.clear()
         self.clock.advance(30.0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         failing.failing.add("fetch_pending")
-        self.send({"messageType": "hello", "uaid": "", "channelIDs": []})
+        self.send({"messageType": "hello", "uaid": "", "channelIDs": []})  # a second hello
         [call] = self.clock.getDelayedCalls()
         self.assertEqual(call.getTime() - self.clock.seconds(), FETCH_RETRY_FIRST)
 
     def test_flush_retry_stops_at_close(self) -> None:
         """When the connection closes, the next fetch is cancelled."""
+        self.store(UAID, CHID, 5)
         failing = FailingStorage(self.memory, ["fetch_pending"])
         self.build(storage=failing)
         self.send({"messageType": "hello", "uaid": UAID, "channelIDs": []})

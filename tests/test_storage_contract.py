@@ -51,6 +51,7 @@ from pushtwisted.storage.memory import MemoryStorage
 from pushtwisted.storage.sqlite import SCHEMA_VERSION, SqliteStorage
 from pushtwisted.testing import inline_run, inline_submit
 from pushtwisted.testing.memcache import FakeMemcache
+from tests._opening_contract import OpenUserContract
 
 _C = TypeVar("_C", bound=type)
 
@@ -116,7 +117,7 @@ class BackendFixture:
         self.storage = self.make_storage(ttl_deleted=3600.0)
 
 
-class StorageContract(BackendFixture):
+class StorageContract(OpenUserContract, BackendFixture):
     """Tests every ``Storage`` must pass (mix into a trial test case)."""
 
     #: Tombstone TTL used by the expiry test, and the extra wait after it.

@@ -78,16 +78,34 @@ class WindowTests(WebPushCase):
         self.assertEqual(calls.calls.count("fetch_messages"), 1)
 
     def test_live_message_during_fetch(self) -> None:
-        """A live message sent while the hello's fetch runs is not sent twice."""
+        """A live message sent while a fetch runs is not sent twice."""
         holding = HoldingStorage(self.memory, ["fetch_messages"])
         self.build(storage=holding)
-        older = self.store(UAID)
+        self.register_channel(UAID)
         self.send({"messageType": "hello", "use_webpush": True, "uaid": UAID})
+        holding.next().release()  # the hello's read: nothing stored
+        self.sender.clear()
+        older = self.store(UAID)
+        self.session.check_storage()
         live = self.store(UAID)
         self.assertTrue(self.session.deliver_message(live))
         holding.next().release()
         self.assertEqual(self.versions(), [self.message_id(live), self.message_id(older)])
         self.assertEqual(self.metrics.count("webpush_messages", outcome="delivered"), 2)
+
+    def test_message_routed_during_hello_read_sent_once(self) -> None:
+        """A message routed while the hello reads storage (no session takes it) is
+        fetched again after the reply, and each stored message is sent once."""
+        holding = HoldingStorage(self.memory, ["user_mode"])
+        self.build(storage=holding)
+        self.register_channel(UAID)
+        older = self.store(UAID)
+        self.send({"messageType": "hello", "use_webpush": True, "uaid": UAID})
+        live = self.store(UAID)
+        self.assertFalse(self.successResultOf(self.node.router.deliver_message(UAID, live)))
+        holding.next().release()
+        self.assertEqual(holding.calls, ["user_mode", "fetch_messages", "fetch_messages"])
+        self.assertEqual(self.versions(), [self.message_id(older), self.message_id(live)])
 
     def test_refused_during_fetch_fetched_later(self) -> None:
         """A message refused (window full) while a fetch runs is fetched once there is room."""
@@ -98,6 +116,9 @@ class WindowTests(WebPushCase):
         assert isinstance(holding, HoldingStorage)
         self.register_channel(UAID)
         self.send({"messageType": "hello", "use_webpush": True, "uaid": UAID})
+        holding.next().release()  # the hello's read: nothing stored
+        self.sender.clear()
+        self.session.check_storage()
         first, second = self.store(UAID), self.store(UAID)
         self.assertTrue(self.session.deliver_message(first))
         self.assertFalse(self.session.deliver_message(second))

@@ -29,8 +29,9 @@ A miss is a normal result (None); a backend failure errbacks with
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -106,6 +107,14 @@ class Directory(Protocol):
         Fires True when it was removed, False when it had changed or was gone.
         """
 
+    def set_node_steps(
+        self, uaid: str, node_url: str, connected_at: int
+    ) -> Generator[Any, Any, NodeEntry | None] | None:
+        """``set_node`` as memcached steps on the storage's client, or None (no such form).
+
+        A hello's ``Storage.open_user`` runs them in its own job.
+        """
+
 
 class MemcachedDirectory:
     """A ``Directory`` in memcached, shared by every node of a cluster.
@@ -149,10 +158,16 @@ class MemcachedDirectory:
 
     def set_node(self, uaid: str, node_url: str, connected_at: int) -> Deferred[NodeEntry | None]:
         """Replace the entry with a compare-and-set loop; fire with the replaced entry."""
+        steps = self.set_node_steps(uaid, node_url, connected_at)
+        return self._submit("directory_set", self._steps, steps)
+
+    def set_node_steps(
+        self, uaid: str, node_url: str, connected_at: int
+    ) -> Steps[NodeEntry | None]:
+        """``set_node`` as steps, for a job of the storage sharing this client."""
         entry = NodeEntry(node_url=node_url, connected_at=connected_at)
         expire = memcached_expire(self._ttl, self._clock.seconds())
-        steps = self.set_steps(self._key(uaid), entry, expire)
-        return self._submit("directory_set", self._steps, steps)
+        return self.set_steps(self._key(uaid), entry, expire)
 
     def get_node(self, uaid: str) -> Deferred[NodeEntry | None]:
         """Fire with the entry or None."""

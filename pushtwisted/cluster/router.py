@@ -65,7 +65,7 @@ requests cannot interfere.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -82,7 +82,7 @@ from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.metrics import Metrics
 from pushtwisted.registry import ClientRegistry
-from pushtwisted.routing import LocalRouter, RoutedSession
+from pushtwisted.routing import HelloClaim, LocalRouter, RoutedSession
 from pushtwisted.storage.interface import StoredMessage
 
 __all__ = ["HTTPClient", "RouteOutcome", "Router"]
@@ -312,13 +312,20 @@ class Router:
         return Deferred.fromCoroutine(self._on_hello(uaid, connected_at))
 
     async def _on_hello(self, uaid: str, connected_at: int) -> None:
-        previous = await self.directory.set_node(uaid, self.node_url, connected_at)
-        if previous is None or previous.node_url == self.node_url:
+        self.kick_previous(uaid, await self.directory.set_node(uaid, self.node_url, connected_at))
+
+    def kick_previous(self, uaid: str, previous: object) -> None:
+        """Ask the node of the entry a hello replaced to close its socket (in the background)."""
+        if not isinstance(previous, NodeEntry) or previous.node_url == self.node_url:
             # Nobody, or an older socket here: the registry closes that one.
             return
         path = f"/notif/{uaid}/{previous.connected_at}"
         kick = Deferred.fromCoroutine(self._call("kick", b"DELETE", previous.node_url, path, b""))
         kick.addErrback(lambda f: self.log.failure("kick failed", f))
+
+    def claim(self, connected_at: int) -> _DirectoryClaim:
+        """The hello's claim for ``Storage.open_user``: ``on_hello``, also as steps."""
+        return _DirectoryClaim(self, connected_at)
 
     def on_disconnect(self, uaid: str, connected_at: int) -> Deferred[bool]:
         """Remove this node's entry for the connection that closed, if still its own.
@@ -400,3 +407,22 @@ class Router:
             uaid_hash=uaid_hash(uaid),
             error=str(error),
         )
+
+
+class _DirectoryClaim(HelloClaim):
+    """``Router.on_hello`` as a ``Claim``, with the directory's steps when it has them."""
+
+    __slots__ = ("_cluster",)
+
+    def __init__(self, router: Router, connected_at: int) -> None:
+        super().__init__(router, connected_at)
+        self._cluster = router
+
+    def steps(self, uaid: str) -> Generator[Any, Any, NodeEntry | None] | None:
+        """The entry's write as memcached steps (the kick follows in ``landed``), or None."""
+        router = self._cluster
+        return router.directory.set_node_steps(uaid, router.node_url, self._connected_at)
+
+    def landed(self, uaid: str, result: object) -> None:
+        """The steps wrote the entry: kick the socket it replaced."""
+        self._cluster.kick_previous(uaid, result)

@@ -236,9 +236,11 @@ class WebPushRecords:
             return StoreResult(outcome=StoreOutcome.FULL, channel_id=channel_id)
         return None
 
-    def fetch(self, uaid: str, now: float) -> Steps[list[StoredMessage]]:
+    def fetch(
+        self, uaid: str, now: float, listed: tuple[Any, Any] | None = None
+    ) -> Steps[list[StoredMessage]]:
         """The live messages in delivery order; drops expired and evicted entries."""
-        user, cas = yield from self._read(uaid, None)
+        user, cas = yield from self._read(uaid, listed)
         if not isinstance(user, WebPushUser):
             return []
         live = [e for e in user.entries if now < e.expires_at and e.chid in user.channels]

@@ -10,9 +10,9 @@ leaves no tombstone (``expired`` is SimplePush's).
 
 The write functions (``register``, ``unregister``, ``store``, ``delete``,
 ``purge``) run inside the writer's transaction, the reads (``user_mode``,
-``fetch``) on a read connection; all on the storage pool.  They raise
-``sqlite3.Error`` (turned into ``StorageUnavailable`` by the caller) or
-``TooManyChannels``.
+``fetch``, ``fetch_pending``, ``open_user``) on a read connection; all on
+the storage pool.  They raise ``sqlite3.Error`` (turned into
+``StorageUnavailable`` by the caller) or ``TooManyChannels``.
 """
 
 from __future__ import annotations
@@ -23,21 +23,27 @@ from collections.abc import Callable
 from typing import Concatenate, ParamSpec
 
 from pushtwisted.errors import StorageUnavailable, TooManyChannels
-from pushtwisted.storage._sqlite_schema import decode_data, encode_data
+from pushtwisted.storage._sqlite_schema import LIVE, decode_data, encode_data
 from pushtwisted.storage.interface import (
+    Keep,
     Mode,
     NewMessage,
+    Opened,
+    PendingUpdate,
     StoredMessage,
     StoreOutcome,
     StoreResult,
 )
+from pushtwisted.storage.opening import fetch_kind
 
 __all__ = [
     "SIMPLEPUSH",
     "WEBPUSH",
     "delete",
     "fetch",
+    "fetch_pending",
     "first_seq",
+    "open_user",
     "purge",
     "register",
     "store",
@@ -69,6 +75,31 @@ def user_mode(conn: sqlite3.Connection, uaid: str) -> Mode | None:
     if mode is None:
         raise StorageUnavailable(f"sqlite: user has an unknown mode {row[0]!r:.20}")
     return mode
+
+
+def fetch_pending(conn: sqlite3.Connection, uaid: str) -> list[PendingUpdate]:
+    """Return the live SimplePush updates of ``uaid``, by chid (a read)."""
+    rows = conn.execute(
+        "SELECT channel_id, version, data FROM channels WHERE uaid = ? AND state = ? ORDER BY chid",
+        (uaid, LIVE),
+    )
+    return [
+        PendingUpdate(channel_id=channel_id, version=int(version), data=decode_data(data))
+        for channel_id, version, data in rows
+    ]
+
+
+def open_user(conn: sqlite3.Connection, uaid: str, keep: Keep, now: float) -> Opened:
+    """``Storage.open_user`` without a claim, as one read: the mode, then the fetch."""
+    mode = user_mode(conn, uaid)
+    if not keep(mode):
+        return Opened(mode, False)
+    kind = fetch_kind(mode, False)
+    if kind == "messages":
+        return Opened(mode, True, messages=fetch(conn, uaid, now))
+    if kind == "pending":
+        return Opened(mode, True, pending=fetch_pending(conn, uaid))
+    return Opened(mode, True)
 
 
 #: The SimplePush ``register`` write: (conn, uaid, chid, channel_id, max_channels, now).

@@ -46,15 +46,18 @@ resets a UAID.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
 __all__ = [
+    "Claim",
+    "Keep",
     "Mode",
     "NewMessage",
+    "Opened",
     "PendingUpdate",
     "Storage",
     "StoredMessage",
@@ -189,6 +192,45 @@ class StoreResult:
     message: StoredMessage | None = None
 
 
+#: Given the mode of the hello's UAID, True when the hello keeps that UAID.
+#: Pure: a backend may call it on its thread pool.
+Keep = Callable[[Mode | None], bool]
+
+
+class Claim(Protocol):
+    """A write that must land, for the UAID a hello keeps, before its fetch reads."""
+
+    def run(self, uaid: str) -> Awaitable[None]:
+        """Make the claim for ``uaid`` (any backend); fire once it landed."""
+
+    def steps(self, uaid: str) -> Generator[Any, Any, Any] | None:
+        """The claim as memcached steps on the storage's own client, or None.
+
+        When a memcached storage is given steps, it runs them in the hello's
+        job and hands their result to ``landed`` (on the reactor thread).
+        """
+
+    def landed(self, uaid: str, result: object) -> None:
+        """Finish a claim made by ``steps`` (the result of the steps)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What ``Storage.open_user`` answers.
+
+    :ivar mode: the mode of the UAID's user record, or None when it has none.
+    :ivar kept: ``keep(mode)``: the hello keeps the UAID.  When False nothing
+        was claimed nor fetched.
+    :ivar pending: the SimplePush updates stored for it (empty unless kept).
+    :ivar messages: the WebPush messages stored for it (empty unless kept).
+    """
+
+    mode: Mode | None
+    kept: bool
+    pending: Sequence[PendingUpdate] = ()
+    messages: Sequence[StoredMessage] = ()
+
+
 class Storage(Protocol):
     """The asynchronous store of users, channels and pending updates."""
 
@@ -198,6 +240,10 @@ class Storage(Protocol):
         A hello calls it: it also extends the life of the user record where
         records expire.
         """
+
+    def open_user(self, uaid: str, keep: Keep, claim: Claim | None = None) -> Deferred[Opened]:
+        """A hello's reads in one call: ``user_mode``, then (when ``keep(mode)``) the
+        claim, then the fetch of what is stored (``pushtwisted.storage.opening``)."""
 
     def register(
         self,

@@ -37,8 +37,9 @@ pipelined round trips.  What each costs (commands, and rounds in brackets):
 - ``update``: ``gets`` the record, ``cas`` it live (2);
 - ``ack``: ``gets`` the record, ``cas`` it registered (2);
 - ``user_mode``: ``touch`` and ``gets`` the user's record (1);
-- ``fetch_pending``: ``get`` the list, then ``gets`` every listed record
-  (2), plus one ``cas`` per record due for a refresh (3);
+- ``fetch_pending``: ``get`` the list, then ``gets`` every listed record (2),
+  plus one ``cas`` per record due for a refresh (3); a hello's ``open_user``
+  runs both in one job, the fetch going on from the first read (2).
 - ``register`` of a new channel: ``gets`` the record and the list, ``add``
   or ``cas`` the list, ``add`` (or ``cas`` over a tombstone) the record
   with a ``gets`` of the list behind it (3); an existing one: the first
@@ -49,11 +50,10 @@ pipelined round trips.  What each costs (commands, and rounds in brackets):
 Expiry: memcached reads an expiry over 30 days as an absolute Unix time, so
 longer TTLs are sent as ``now + ttl`` (``memcached_expire``).  The client,
 its serde and the error translation are in ``pushtwisted.storage._memcache``,
-shared with the cluster directory.  The list and
-the records are refreshed at hello: ``user_mode`` touches the list (once:
-the hello's ``fetch_pending`` does not touch it again), and ``fetch_pending``
-rewrites records written more than half their TTL ago, so idle devices keep
-their registrations.
+shared with the cluster directory.  The list and the records are refreshed
+at hello: ``user_mode`` touches the list (the fetch does not touch it again),
+and ``fetch_pending`` rewrites records written more than half their TTL ago,
+so idle devices keep their registrations.
 
 A miss is a normal result; any error (refused connection, timeout,
 ``MemcacheError``, a corrupt value) raises ``StorageUnavailable`` and is
@@ -64,6 +64,7 @@ read on the reactor thread.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -74,12 +75,12 @@ from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import StorageUnavailable, TooManyChannels
 from pushtwisted.storage._memcache import MemcacheClient, check_key_prefix, memcached_expire
+from pushtwisted.storage._memcache_opening import landed, mode_of, open_steps
 from pushtwisted.storage._memcache_records import (
     DELETED,
     LIVE,
     REGISTERED,
     ChannelRecord,
-    WebPushUser,
     decode_list,
     decode_record,
     decode_user,
@@ -89,14 +90,18 @@ from pushtwisted.storage._memcache_steps import MemcacheSteps, Steps
 from pushtwisted.storage._memcache_webpush import WebPushRecords
 from pushtwisted.storage._memcache_wire import Delete, Get, Store, Touch
 from pushtwisted.storage.interface import (
+    Claim,
+    Keep,
     Mode,
     NewMessage,
+    Opened,
     PendingUpdate,
     StoredMessage,
     StoreResult,
     UpdateOutcome,
     UpdateResult,
 )
+from pushtwisted.storage.opening import open_stepwise
 
 if TYPE_CHECKING:
     from pushtwisted.threadpool import BatchRunner
@@ -154,7 +159,7 @@ class MemcachedStorage:
         self._ttl = {LIVE: ttl_live, REGISTERED: ttl_registered, DELETED: ttl_deleted}
         self._ttl_list = max(ttl_live, ttl_registered)
         self._prefix = key_prefix
-        self._webpush = WebPushRecords(key_prefix, self._ttl_list)
+        self.webpush = WebPushRecords(key_prefix, self._ttl_list)
 
     # -- the asynchronous API (reactor thread) --------------------------------
 
@@ -164,6 +169,17 @@ class MemcachedStorage:
     def user_mode(self, uaid: str) -> Deferred[Mode | None]:
         """Fire with the mode of the user's record; refreshes its expiry."""
         return self._run("user_mode", self.user_mode_steps(uaid, self._clock.seconds()))
+
+    def open_user(self, uaid: str, keep: Keep, claim: Claim | None = None) -> Deferred[Opened]:
+        """Mode, claim and fetch in one job when the claim has steps (``_memcache_opening``)."""
+        steps = None if claim is None else claim.steps(uaid)
+        if claim is not None and steps is None:
+            return open_stepwise(self, uaid, keep, claim)
+        now = self._clock.seconds()
+        pending = functools.partial(self.fetch_pending_steps, uaid, now)
+        messages = functools.partial(self.webpush.fetch, uaid, now)
+        job = open_steps(self.user_key(uaid), self.list_expire(now), keep, steps, pending, messages)
+        return self._run("open_user", job).addCallback(landed, uaid, claim)
 
     def register(
         self,
@@ -205,14 +221,14 @@ class MemcachedStorage:
     def store_message(
         self, uaid: str, message: NewMessage, max_pending: int
     ) -> Deferred[StoreResult]:
-        steps = self._webpush.store(uaid, message, max_pending, self._clock.seconds())
+        steps = self.webpush.store(uaid, message, max_pending, self._clock.seconds())
         return self._run("store_message", steps)
 
     def fetch_messages(self, uaid: str) -> Deferred[list[StoredMessage]]:
-        return self._run("fetch_messages", self._webpush.fetch(uaid, self._clock.seconds()))
+        return self._run("fetch_messages", self.webpush.fetch(uaid, self._clock.seconds()))
 
     def delete_message(self, uaid: str, seq: int) -> Deferred[bool]:
-        return self._run("delete_message", self._webpush.delete(uaid, seq, self._clock.seconds()))
+        return self._run("delete_message", self.webpush.delete(uaid, seq, self._clock.seconds()))
 
     def check(self) -> Deferred[None]:
         return self._run("check", self.check_steps())
@@ -222,7 +238,7 @@ class MemcachedStorage:
 
     # -- keys and expiries -----------------------------------------------------
 
-    def _user_key(self, uaid: str) -> str:
+    def user_key(self, uaid: str) -> str:
         return f"{self._prefix}{uaid}"
 
     def _channel_key(self, uaid: str, chid: str) -> str:
@@ -231,7 +247,7 @@ class MemcachedStorage:
     def _expire(self, state: str, now: float) -> int:
         return memcached_expire(self._ttl[state], now)
 
-    def _list_expire(self, now: float) -> int:
+    def list_expire(self, now: float) -> int:
         return memcached_expire(self._ttl_list, now)
 
     # -- the user's list (steps) ----------------------------------------------
@@ -251,7 +267,7 @@ class MemcachedStorage:
         are read: tombstones do not count, and chids whose record is gone
         are pruned from the list (and checked again after the write).
         """
-        key = self._user_key(uaid)
+        key = self.user_key(uaid)
         for _ in range(_CAS_ATTEMPTS):
             if listed is None:
                 value, cas = yield Get(key)
@@ -272,9 +288,9 @@ class MemcachedStorage:
                 return
             new = sorted(set(others).difference(pruned) | {chid})
             if value is None:
-                stored = yield Store(_ADD, key, new, self._list_expire(now))
+                stored = yield Store(_ADD, key, new, self.list_expire(now))
             else:
-                stored = yield Store(_CAS, key, new, self._list_expire(now), cas)
+                stored = yield Store(_CAS, key, new, self.list_expire(now), cas)
             if stored:
                 if pruned:
                     yield from self._recheck_pruned(uaid, pruned, now)
@@ -283,7 +299,7 @@ class MemcachedStorage:
 
     def _prune(self, uaid: str, gone: list[str], now: float) -> Steps[None]:
         """Remove chids whose record vanished from the list, then re-check them."""
-        key = self._user_key(uaid)
+        key = self.user_key(uaid)
         for _ in range(_CAS_ATTEMPTS):
             value, cas = yield Get(key)
             if value is None:
@@ -292,7 +308,7 @@ class MemcachedStorage:
             new = [c for c in chids if c not in gone]
             if new == chids:
                 return
-            stored = yield Store(_CAS, key, new, self._list_expire(now), cas)
+            stored = yield Store(_CAS, key, new, self.list_expire(now), cas)
             if stored is None:
                 return
             if stored:
@@ -311,11 +327,9 @@ class MemcachedStorage:
 
     def user_mode_steps(self, uaid: str, now: float) -> Steps[Mode | None]:
         """``user_mode`` as steps."""
-        key = self._user_key(uaid)
-        _, (value, _) = yield (Touch(key, self._list_expire(now)), Get(key))
-        if value is None:
-            return None
-        return Mode.WEBPUSH if isinstance(decode_user(value), WebPushUser) else Mode.SIMPLEPUSH
+        key = self.user_key(uaid)
+        _, (value, _) = yield (Touch(key, self.list_expire(now)), Get(key))
+        return mode_of(value)
 
     def register_steps(
         self,
@@ -328,10 +342,10 @@ class MemcachedStorage:
     ) -> Steps[None]:
         """``register`` as steps."""
         key = self._channel_key(uaid, chid)
-        list_key = self._user_key(uaid)
+        list_key = self.user_key(uaid)
         (value, cas), listed = yield (Get(key), Get(list_key))
         if is_webpush(listed[0], mode):
-            yield from self._webpush.register(uaid, chid, channel_id, max_channels, now, listed)
+            yield from self.webpush.register(uaid, chid, channel_id, max_channels, now, listed)
             return
         if value is not None and decode_record(value).state != DELETED:
             yield from self._list_add(uaid, chid, 0, now, listed)  # repairs a missing entry
@@ -362,9 +376,9 @@ class MemcachedStorage:
     def unregister_steps(self, uaid: str, chid: str, now: float) -> Steps[None]:
         """``unregister`` as steps."""
         key = self._channel_key(uaid, chid)
-        (value, cas), listed = yield (Get(key), Get(self._user_key(uaid)))
+        (value, cas), listed = yield (Get(key), Get(self.user_key(uaid)))
         if is_webpush(listed[0], Mode.SIMPLEPUSH):
-            yield from self._webpush.unregister(uaid, chid, now, listed)
+            yield from self.webpush.unregister(uaid, chid, now, listed)
             return
         for attempt in range(_CAS_ATTEMPTS):
             if attempt:
@@ -404,10 +418,11 @@ class MemcachedStorage:
                 return UpdateResult(outcome=UpdateOutcome.STORED, channel_id=record.channel_id)
         raise StorageUnavailable("memcached: channel record contended, giving up")
 
-    def fetch_pending_steps(self, uaid: str, now: float) -> Steps[list[PendingUpdate]]:
-        """``fetch_pending`` as steps."""
-        user_key = self._user_key(uaid)
-        value, _ = yield Get(user_key)
+    def fetch_pending_steps(
+        self, uaid: str, now: float, listed: tuple[Any, Any] | None = None
+    ) -> Steps[list[PendingUpdate]]:
+        """``fetch_pending`` as steps (``listed``: the user's record, just read)."""
+        value, _ = listed if listed is not None else (yield Get(self.user_key(uaid)))
         chids = [] if value is None else decode_user(value)
         if value is None or not isinstance(chids, list) or not chids:
             return []  # no user, a WebPush one, or no channel

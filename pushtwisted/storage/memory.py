@@ -16,8 +16,11 @@ from twisted.internet.interfaces import IReactorTime
 
 from pushtwisted.errors import TooManyChannels
 from pushtwisted.storage.interface import (
+    Claim,
+    Keep,
     Mode,
     NewMessage,
+    Opened,
     PendingUpdate,
     StoredMessage,
     StoreOutcome,
@@ -25,6 +28,7 @@ from pushtwisted.storage.interface import (
     UpdateOutcome,
     UpdateResult,
 )
+from pushtwisted.storage.opening import open_stepwise
 
 __all__ = ["MemoryStorage"]
 
@@ -74,6 +78,9 @@ class MemoryStorage:
             del self._users[uaid][chid]
             return None
         return channel
+
+    def open_user(self, uaid: str, keep: Keep, claim: Claim | None = None) -> Deferred[Opened]:
+        return open_stepwise(self, uaid, keep, claim)
 
     def user_mode(self, uaid: str) -> Deferred[Mode | None]:
         return succeed(self._modes.get(uaid))

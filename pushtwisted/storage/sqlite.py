@@ -62,21 +62,23 @@ from pushtwisted.storage._group_commit import GroupCommit, Outcome
 from pushtwisted.storage._sqlite_expiry import purge, purge_all, stale, touch
 from pushtwisted.storage._sqlite_schema import (
     DELETED,
-    LIVE,
     SCHEMA_VERSION,
     as_storage_error,
-    decode_data,
     migrate,
     translated,
 )
 from pushtwisted.storage.interface import (
+    Claim,
+    Keep,
     Mode,
     NewMessage,
+    Opened,
     PendingUpdate,
     StoredMessage,
     StoreResult,
     UpdateResult,
 )
+from pushtwisted.storage.opening import open_stepwise
 
 if TYPE_CHECKING:
     from pushtwisted.threadpool import Runner
@@ -94,8 +96,6 @@ _CHUNK = 500
 
 #: A write operation as the writer runs it: everything but the connection bound.
 _Call = Callable[[sqlite3.Connection], object]
-#: What ``fetch_pending`` answers.
-_Pending = list[PendingUpdate]
 
 
 class _Write(NamedTuple):
@@ -200,6 +200,14 @@ class SqliteStorage:
 
     def user_mode(self, uaid: str) -> Deferred[Mode | None]:
         return self._read("user_mode", self._user_mode_blocking, uaid)
+
+    def open_user(self, uaid: str, keep: Keep, claim: Claim | None = None) -> Deferred[Opened]:
+        """Without a claim, one read job (mode and fetch); with one, ``open_stepwise``."""
+        if claim is not None:
+            return open_stepwise(self, uaid, keep, claim)
+        now = self._clock.seconds()
+        d = self._read("open_user", self._open_blocking, uaid, keep, now)
+        return d.addCallback(self._seen, uaid, now)
 
     def register(
         self,
@@ -455,18 +463,15 @@ class SqliteStorage:
         return _messages.fetch(conn, uaid, now), stale(conn, uaid, now, self._ttl_registered)
 
     @translated
-    def _fetch_pending_blocking(self, uaid: str, now: float) -> tuple[_Pending, bool]:
+    def _fetch_pending_blocking(self, uaid: str, now: float) -> tuple[list[PendingUpdate], bool]:
         conn = self._conn()
-        rows = conn.execute(
-            "SELECT channel_id, version, data FROM channels"
-            " WHERE uaid = ? AND state = ? ORDER BY chid",
-            (uaid, LIVE),
-        )
-        pending = [
-            PendingUpdate(channel_id=channel_id, version=int(version), data=decode_data(data))
-            for channel_id, version, data in rows
-        ]
-        return pending, stale(conn, uaid, now, self._ttl_registered)
+        return _messages.fetch_pending(conn, uaid), stale(conn, uaid, now, self._ttl_registered)
+
+    @translated
+    def _open_blocking(self, uaid: str, keep: Keep, now: float) -> tuple[Opened, bool]:
+        conn = self._conn()
+        opened = _messages.open_user(conn, uaid, keep, now)
+        return opened, opened.kept and stale(conn, uaid, now, self._ttl_registered)
 
     @translated
     def _expired_blocking(self, uaid: str, chids: list[str], now: float) -> list[str]:

@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from pushtwisted.cluster.directory import NodeEntry
+from pushtwisted.cluster.directory import Directory, NodeEntry
 from pushtwisted.cluster.router import Router
 from pushtwisted.cluster.signing import RequestSigner
 from pushtwisted.registry import ClientRegistry
@@ -52,6 +52,9 @@ class MemoryDirectory:
     def get_node(self, uaid: str) -> Deferred[NodeEntry | None]:
         """Fire with the entry or None."""
         return succeed(self._entries.get(uaid))
+
+    def set_node_steps(self, uaid: str, node_url: str, connected_at: int) -> None:
+        """None: a dict has no memcached steps (hellos use ``set_node``)."""
 
     def clear_node(self, uaid: str, entry: NodeEntry) -> Deferred[bool]:
         """Remove the entry if it equals ``entry``."""
@@ -125,7 +128,7 @@ class FakeNode:
         self,
         url: str,
         *,
-        directory: MemoryDirectory,
+        directory: Directory,
         network: Network,
         clock: Clock,
         timeout: float = 2.0,
