@@ -23,8 +23,9 @@ listener needs, each chosen by its builder:
 
 Per request it does no more than it must: the ``Date`` header is formatted
 once per second (``ListenerSite.http_date``) rather than for every request,
-and resource traversal is Twisted's own (``Site.getResourceFor``) without
-its check for encoding resources (no pushtwisted resource is one).
+resource traversal is Twisted's own (``Site.getResourceFor``) without its
+check for encoding resources (no pushtwisted resource is one), and a JSON
+answer is written whole from bytes built once a second (``web._answer``).
 
 Only HTTP/1.x channels are built (no listener offers HTTP/2).  The early
 413 and the 408 are written straight to the transport with ``raw_json_response``: the
@@ -45,10 +46,11 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel, combinedLogFormatter, datetimeToString
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site, version
+from twisted.web.server import Site
 
 from pushtwisted.connlimit import ConnectionLimit
 from pushtwisted.logs import logger
+from pushtwisted.web._answer import AnswerCache, AnsweringRequest, response_head
 from pushtwisted.web._util import HTTPRequest, error_body, raw_json_response
 
 __all__ = ["ListenerSite", "scrub_target"]
@@ -141,8 +143,9 @@ def _scrubbed_log_line(timestamp: str, request: http.Request) -> str:
     return line
 
 
-class _BodyLimitedRequest(Request):
-    """A ``Request`` that refuses bodies larger than its ``ListenerSite``'s ``max_body``."""
+class _BodyLimitedRequest(AnsweringRequest):
+    """A ``Request`` that refuses bodies larger than its ``ListenerSite``'s ``max_body``,
+    and writes whole answers (``AnsweringRequest``) with its ``Date``."""
 
     def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
@@ -177,7 +180,7 @@ class _BodyLimitedRequest(Request):
 
     def process(self) -> None:
         """Find the resource and render it, as ``Request.process`` does, with the
-        site's ``Date`` of this second.
+        site's ``Date`` of this second and its cache of whole answers.
 
         The ``*`` target, and a channel that is not a ``ListenerSite``'s, take
         Twisted's own path.
@@ -188,8 +191,7 @@ class _BodyLimitedRequest(Request):
             super().process()  # type: ignore[no-untyped-call]
             return
         self.site = site
-        self.setHeader(b"Server", version)  # type: ignore[no-untyped-call]
-        self.setHeader(b"Date", site.http_date())  # type: ignore[no-untyped-call]
+        self.start_answers(site.answers, site.http_date())
         self.prepath: list[bytes] = []
         self.postpath: list[bytes] = [unquote_to_bytes(part) for part in path[1:].split(b"/")]
         try:
@@ -242,15 +244,14 @@ class _ListenerChannel(HTTPChannel):
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         """Hold the response head (the bytes ``HTTPChannel`` writes) to send with the body."""
-        lines = [b"%s %s %s" % (version, code, reason)]
-        lines += [
-            name + b": " + value for name, values in headers.getAllRawHeaders() for value in values
-        ]
-        self._held = [b"\r\n".join(lines) + b"\r\n\r\n"]
+        self._held = [response_head(version, code, reason, headers)]
 
     def write(self, data: bytes) -> None:
-        """Write body bytes, after the held head if there is one."""
-        self.writeSequence((data,))
+        """Write body bytes (or a whole answer), after the held head if there is one."""
+        if self._held is None and self.transport is not None:
+            self.transport.write(data)
+        else:
+            self.writeSequence((data,))
 
     def writeSequence(self, iovec: Sequence[bytes]) -> None:
         """Write body bytes, after the held head if there is one, in one transport write."""
@@ -435,6 +436,8 @@ class ListenerSite(Site):
         self._on_request_timeout = on_request_timeout
         self._date_second: int | None = None
         self._date = b""
+        #: Whole answers of this second (``AnsweringRequest.answer``).
+        self.answers = AnswerCache()
 
     def http_date(self) -> bytes:
         """Return the ``Date`` header value of the current second of the site's reactor."""

@@ -177,6 +177,9 @@ def error_response(error: BaseException) -> JSONResponse:
 #: The body of every success answer, and its ``Content-Length``.
 _EMPTY_OBJECT = b"{}"
 _EMPTY_LENGTH = b"2"
+_JSON_TYPE = (b"Content-Type", b"application/json")
+#: The headers of a ``{}`` answer without extra headers, after ``Server`` and ``Date``.
+_EMPTY_HEADERS = (_JSON_TYPE, (b"Content-Length", _EMPTY_LENGTH))
 
 
 def json_bytes(body: object) -> bytes:
@@ -193,8 +196,22 @@ def json_response(
     *,
     headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    """Write ``body`` as JSON with status ``code`` and finish ``request``."""
+    """Write ``body`` as JSON with status ``code`` and finish ``request``.
+
+    A listener's request (``pushtwisted.web._answer.AnsweringRequest``)
+    writes the whole answer at once, its bytes built once per ``Date``
+    second; any other request, or one that cannot, takes ``twisted.web``'s
+    ``setResponseCode``, ``setHeader`` and ``write``, with the same bytes.
+    """
     payload = json_bytes(body)
+    answer = getattr(request, "answer", None)
+    if answer is not None:
+        if payload is _EMPTY_OBJECT and not headers:
+            all_headers: Sequence[tuple[bytes, bytes]] = _EMPTY_HEADERS
+        else:
+            all_headers = (*headers, _JSON_TYPE, (b"Content-Length", b"%d" % len(payload)))
+        if answer(code, all_headers, payload):
+            return
     request.setResponseCode(code)
     set_header = request.setHeader
     for name, value in headers:

@@ -111,10 +111,14 @@ def _invalid_token() -> WebError:
     return WebError(404, 102, "Invalid Token")
 
 
-def _apply_cors(request: HTTPRequest, cors: bool) -> None:
-    if cors:
-        for name, value in _CORS_HEADERS:
-            request.setHeader(name, value)
+def _with_cors(response: JSONResponse, cors: bool) -> JSONResponse:
+    """``response`` with the CORS headers first when ``cors`` is on (as the
+    headers of a whole answer, see ``json_response``)."""
+    if not cors:
+        return response
+    return JSONResponse(
+        code=response.code, body=response.body, headers=_CORS_HEADERS + response.headers
+    )
 
 
 def _parse_version(raw: str | None, now: float) -> int:
@@ -222,11 +226,13 @@ class UpdateResource(Resource):
         node = self._node
         method = request.method
         exchange = _Exchange(method=method.decode("ascii", "replace"), started=node.clock.seconds())
-        _apply_cors(request, node.config.endpoint.cors)
         postpath = request.postpath or []
         if len(postpath) != 1 or not postpath[0]:
             return self._answer_now(request, exchange, error_response(_invalid_token()))
         if method == b"OPTIONS":
+            if node.config.endpoint.cors:
+                for name, value in _CORS_HEADERS:
+                    request.setHeader(name, value)
             request.setResponseCode(200)
             request.setHeader(b"Allow", _ALLOW)
             request.setHeader(b"Content-Length", b"0")
@@ -240,6 +246,7 @@ class UpdateResource(Resource):
         return render_async(request, self._put(request, token, exchange))
 
     def _answer_now(self, request: HTTPRequest, exchange: _Exchange, response: JSONResponse) -> int:
+        response = _with_cors(response, self._node.config.endpoint.cors)
         json_response(request, response.code, response.body, headers=response.headers)
         self._complete(exchange, response.code)
         return NOT_DONE_YET
@@ -257,7 +264,7 @@ class UpdateResource(Resource):
             metrics.increment("notifications_rejected", reason=reason)
             response = error_response(e)
         self._complete(exchange, response.code)
-        return response
+        return _with_cors(response, self._node.config.endpoint.cors)
 
     async def _update(self, request: HTTPRequest, token: str, exchange: _Exchange) -> JSONResponse:
         """Validate, store, then deliver; raise for every error answer."""
