@@ -47,6 +47,7 @@ __all__ = [
     "TurnBuffer",
     "fast_text_file_observer",
     "flush_all",
+    "in_io_thread",
     "uaid_hash",
 ]
 
@@ -119,6 +120,15 @@ def flush_all() -> None:
 atexit.register(flush_all)
 
 
+def in_io_thread() -> bool:
+    """Twisted's ``threadable.isInIOThread``, without its two calls per line.
+
+    ``isInIOThread`` compares ``threadable.ioThread`` with
+    ``threading.current_thread().ident``, which is ``threading.get_ident()``.
+    """
+    return threadable.ioThread == threading.get_ident()
+
+
 class TurnBuffer:
     """Text for one stream, written and flushed once per reactor turn.
 
@@ -131,19 +141,19 @@ class TurnBuffer:
     :param reactor: the reactor whose turns are followed; by default the one
         installed when the first line comes (none installed: written at once).
     :param in_reactor_thread: says whether the caller is the reactor's
-        thread; Twisted's ``isInIOThread`` by default.
+        thread; by default ``in_io_thread`` (Twisted's ``isInIOThread``).
     """
 
     def __init__(
         self,
         stream: IO[Any],
         reactor: Any = None,
-        in_reactor_thread: Callable[[], bool] = threadable.isInIOThread,
+        in_reactor_thread: Callable[[], bool] | None = None,
     ) -> None:
         self._stream = stream
         self._encoding = "utf-8" if ioType(stream) is not str else None  # type: ignore[no-untyped-call]
         self._reactor = reactor
-        self._in_reactor_thread = in_reactor_thread
+        self._in_reactor_thread = in_io_thread if in_reactor_thread is None else in_reactor_thread
         self._lines: list[str] = []
         self._size = 0
         self._scheduled = False
@@ -224,10 +234,14 @@ class TextFormatter:
         self._time_format = time_format
         self._second: float | None = None
         self._stamp = ""
+        #: The times that get ``_stamp``: ``_second <= when < _second_end``.
+        self._second_end = -math.inf
         self._systems: dict[tuple[object, object], str] = {}
 
     def time(self, when: float | None) -> str:
         """Return ``formatTime(when, time_format)``, formatted once per second."""
+        if type(when) is float and self._second_end > when >= self._second:  # type: ignore[operator]
+            return self._stamp  # the second of the last stamp, not near its end
         time_format = self._time_format
         if when is None or time_format is None:
             return "-"
@@ -241,6 +255,8 @@ class TextFormatter:
         stamp = _format_time(when, time_format)
         if fraction < _LAST_SAFE_FRACTION and "%f" not in time_format:
             self._second, self._stamp = second, stamp
+            # second + fraction < _second_end implies fraction < _LAST_SAFE_FRACTION.
+            self._second_end = second + _LAST_SAFE_FRACTION
         return stamp
 
     def _system(self, event: LogEvent) -> str | None:

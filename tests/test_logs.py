@@ -31,6 +31,7 @@ from twisted.logger import (
     textFileLogObserver,
     timeFormatRFC3339,
 )
+from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 from twisted.trial.unittest import SynchronousTestCase
@@ -44,6 +45,7 @@ from pushtwisted._logwrite import (
     _iso_time,
     _slow_event_to_json,
     _slow_iso_time,
+    in_io_thread,
 )
 from pushtwisted.logs import (
     BUFFER_LIMIT,
@@ -650,6 +652,18 @@ class TurnBufferTests(SynchronousTestCase):
         self.reactor.advance(0)
         self.assertEqual((self.stream.writes, self.stream.flushes), (2, 2))
         self.assertEqual(len(self.reactor.triggers), 1)
+
+    def test_default_thread_check_is_twisteds(self) -> None:
+        """``in_io_thread`` says what ``threadable.isInIOThread`` says, here and in a thread."""
+        seen = [(in_io_thread(), threadable.isInIOThread())]
+        other = threading.Thread(
+            target=lambda: seen.append((in_io_thread(), threadable.isInIOThread()))
+        )
+        other.start()
+        other.join()
+        self.assertEqual(seen[0][0], seen[0][1])
+        self.assertEqual(seen[1], (False, False))
+        self.assertIs(TurnBuffer(io.StringIO())._in_reactor_thread, in_io_thread)
 
     def test_bounded(self) -> None:
         """Past ``BUFFER_LIMIT`` characters the buffer is written at once."""

@@ -185,7 +185,7 @@ class AnsweringRequest(Request):
         )
         if data is None:
             return False
-        self.setResponseCode(code)
+        self.code, self.code_message = code, RESPONSES.get(code, b"Unknown Status")
         self.startedWriting = 1
         if not head_only:
             self.sentLength = len(body)

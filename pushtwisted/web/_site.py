@@ -193,7 +193,8 @@ class _BodyLimitedRequest(AnsweringRequest):
         self.site = site
         self.start_answers(site.answers, site.http_date())
         self.prepath: list[bytes] = []
-        self.postpath: list[bytes] = [unquote_to_bytes(part) for part in path[1:].split(b"/")]
+        parts = path[1:].split(b"/")  # percent-decoded only where there is a %
+        self.postpath = [unquote_to_bytes(part) for part in parts] if b"%" in path else parts
         try:
             self.render(site.getResourceFor(self))  # type: ignore[no-untyped-call]
         except BaseException:
@@ -248,10 +249,9 @@ class _ListenerChannel(HTTPChannel):
 
     def write(self, data: bytes) -> None:
         """Write body bytes (or a whole answer), after the held head if there is one."""
-        if self._held is None and self.transport is not None:
-            self.transport.write(data)
-        else:
-            self.writeSequence((data,))
+        if self._held is not None or self.transport is None:
+            return self.writeSequence((data,))
+        self.transport.write(data)
 
     def writeSequence(self, iovec: Sequence[bytes]) -> None:
         """Write body bytes, after the held head if there is one, in one transport write."""
