@@ -27,7 +27,6 @@ bytes, not in ``responseHeaders``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.http_headers import Headers
@@ -37,6 +36,9 @@ __all__ = ["AnswerCache", "AnsweringRequest", "response_head"]
 
 #: ``(name, values)`` of the headers a request had before it was rendered.
 _Prior = tuple[tuple[bytes, tuple[bytes, ...]], ...]
+#: What decides an answer's bytes besides its ``Date``: the headers set before
+#: rendering, the protocol, the status, the answer's headers, its body, HEAD.
+_Key = tuple[_Prior, bytes, int, tuple[tuple[bytes, bytes], ...], bytes, bool]
 #: Most answers kept per ``Date`` second; others are built for each request.
 _MAX_ANSWERS = 64
 
@@ -59,7 +61,7 @@ class AnswerCache:
     def __init__(self, server: bytes = version) -> None:
         self._server = server
         self._date = b""
-        self._answers: dict[tuple[Any, ...], bytes | None] = {}
+        self._answers: dict[_Key, bytes | None] = {}
 
     def response(
         self,
@@ -83,26 +85,18 @@ class AnswerCache:
         if date != self._date:
             self._answers.clear()
             self._date = date
-        key = (prior, http_version, code, headers, body, head_only)
+        key: _Key = (prior, http_version, code, tuple(headers), body, head_only)
         try:
             return self._answers[key]
         except KeyError:
             pass
-        built = self._build(date, prior, http_version, code, headers, body, head_only)
+        built = self._build(date, key)
         if len(self._answers) < _MAX_ANSWERS:
             self._answers[key] = built
         return built
 
-    def _build(
-        self,
-        date: bytes,
-        prior: _Prior,
-        http_version: bytes,
-        code: int,
-        headers: Sequence[tuple[bytes, bytes]],
-        body: bytes,
-        head_only: bool,
-    ) -> bytes | None:
+    def _build(self, date: bytes, key: _Key) -> bytes | None:
+        prior, http_version, code, headers, body, head_only = key
         all_headers = Headers()
         for name, values in prior:
             all_headers.setRawHeaders(name, list(values))
