@@ -57,8 +57,7 @@ class HelloOpening(ClientConnection):
         """Choose the UAID, claim it, and read what storage holds for it."""
         node = self._node
         if not hello.uaid:
-            echo = new_uaid()
-            return echo, await self._claim(normalize_id(echo)), FRESH, False
+            return await self._fresh()
         uaid = normalize_id(hello.uaid)
         connected_at = connected_at_ms(node.clock.seconds())
         claim = node.router.claim(connected_at)
@@ -79,9 +78,13 @@ class HelloOpening(ClientConnection):
             echo = await self._choose_uaid(hello)
             return echo, await self._claim(normalize_id(echo)), None, False
         if not opened.kept:
-            echo = new_uaid()
-            return echo, await self._claim(normalize_id(echo)), FRESH, False
+            return await self._fresh()
         return hello.uaid, connected_at, opened, missed
+
+    async def _fresh(self) -> Opening:
+        """A new UAID, claimed; nothing can be stored for it yet, so nothing is read."""
+        uaid = new_uaid()  # in normal form already
+        return uaid, await self._claim(uaid), FRESH, False
 
     async def _choose_uaid(self, hello: Hello) -> str:
         """Return the UAID of this connection (``keeps_uaid``), one storage call at a time."""
