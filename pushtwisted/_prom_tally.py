@@ -10,7 +10,8 @@ collected on that same thread:
 - ``Observations``: the per-bucket counts and the sum of one histogram
   child, added to the child's bucket and sum values (the values its own
   ``observe`` adds to; the exposition is the same as if each observation
-  had been made there).
+  had been made there);
+- ``Latest``: the last value set on one gauge child, set on it once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Protocol
 from prometheus_client import Histogram
 from prometheus_client.metrics_core import Metric
 
-__all__ = ["Folded", "Folder", "Observations", "Tally"]
+__all__ = ["Folded", "Folder", "Latest", "Observations", "Tally"]
 
 
 class Folded(Protocol):
@@ -47,6 +48,22 @@ class Tally:
         value, self.value = self.value, 0
         if value:
             self.inc(value)
+
+
+class Latest:
+    """The last value set on one labelled gauge and not yet set on it (``None``: none)."""
+
+    __slots__ = ("set", "value")
+
+    def __init__(self, set_: Callable[[float], object]) -> None:
+        self.set = set_
+        self.value: float | None = None
+
+    def fold(self) -> None:
+        """Set the gauge to the last value, if one was set since the last fold."""
+        value, self.value = self.value, None
+        if value is not None:
+            self.set(value)
 
 
 class Observations:

@@ -99,8 +99,11 @@ counter or an ``observe`` made on the thread that built the
 its labelled child (``pushtwisted._prom_tally``); they are added to the
 children when the registry is collected (``render``, ``registry.collect()``,
 ``get_sample_value``) on that thread, by a collector registered before the
-metrics.  Calls from other threads (the storage pool) and gauges go to
-``prometheus_client`` at once.  A new counter (or histogram) needs
+metrics.  A gauge set on that thread keeps only its last value, set on
+the gauge at the same collection (the storage pool's queue depth and the
+connection counts change several times per connection).  Calls from other
+threads (the storage pool) go to ``prometheus_client`` at once; so does a
+gauge's ``increment``, after the value it was last set to.  A new counter (or histogram) needs
 nothing for this: one ``_counter(...)`` line in ``_SPECS`` (and its entry
 in the list above) is all there is to it::
 
@@ -131,7 +134,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 import pushtwisted
-from pushtwisted._prom_tally import Folded, Folder, Observations, Tally
+from pushtwisted._prom_tally import Folded, Folder, Latest, Observations, Tally
 from pushtwisted.logs import logger
 
 __all__ = ["PrometheusMetrics", "METRIC_NAMES"]
@@ -302,6 +305,10 @@ METRIC_NAMES: Mapping[str, str] = {name: spec.prometheus_name for name, spec in 
 _UNKNOWN_LABEL = "unknown"
 #: Most resolved calls kept by one ``PrometheusMetrics``.
 _MAX_CACHED = 4096
+
+#: Gauge values kept as they are until the next collection (anything else,
+#: a string say, goes to ``prometheus_client`` at once, for its own error).
+_PLAIN_NUMBERS = (int, float)
 #: The classic Prometheus text format, which ``generate_latest`` writes.
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _Metric = Counter | Gauge | Histogram
@@ -331,6 +338,8 @@ class PrometheusMetrics:
         self._tallies: dict[object, Tally] = {}
         #: (name, label items) of a histogram -> its observations not yet added.
         self._observations: dict[object, Observations] = {}
+        #: (name, label items) of a gauge -> its last value not yet set.
+        self._latest: dict[object, Latest] = {}
         self._folded: list[Folded] = []
         self.registry.register(Folder(self._owner, self._folded))
         self._metrics: dict[str, _Metric] = {
@@ -449,6 +458,9 @@ class PrometheusMetrics:
         if tally is not None and value >= 0 and threading.get_ident() == self._owner:
             tally.value += value
             return
+        latest = self._latest.get(key)
+        if latest is not None:
+            latest.fold()  # a gauge: the increment goes after its last set
         self._apply("increment", name, value, labels)
         if tally is None and len(self._tallies) < _MAX_CACHED:
             self._tally(key, name, labels)
@@ -466,7 +478,24 @@ class PrometheusMetrics:
 
     def gauge(self, name: str, value: float, **labels: str) -> None:
         """Set the gauge ``name`` to ``value``."""
+        key = (name, *labels.items()) if labels else name
+        latest = self._latest.get(key)
+        if latest is not None:
+            if type(value) in _PLAIN_NUMBERS and threading.get_ident() == self._owner:
+                latest.value = value
+                return
+            latest.value = None  # this later value replaces it
         self._apply("gauge", name, value, labels)
+        if latest is None and len(self._latest) < _MAX_CACHED:
+            self._keep_latest(key, name, labels)
+
+    def _keep_latest(self, key: object, name: str, labels: Mapping[str, object]) -> None:
+        """Start keeping the last value set on a gauge's labelled child."""
+        action = self._actions.get(("gauge", name, *labels.items()))
+        if action is not None:
+            latest = Latest(action)
+            self._latest[key] = latest
+            self._folded.append(latest)
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         """Record one observation in the histogram ``name``."""

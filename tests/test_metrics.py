@@ -268,6 +268,41 @@ class PrometheusMetricsTests(SynchronousTestCase):
         self.metrics.gauge("connections", 1)
         self.assertEqual(_value(self.metrics, "pushtwisted_connections"), 1.0)
 
+    def test_gauge_keeps_its_last_value_until_collected(self) -> None:
+        """Sets on the building thread keep only the last value, set at each collection;
+        an increment goes after the last set, and another thread's set after both."""
+        metrics = PrometheusMetrics(process_collectors=False)
+        for value in range(1000):
+            metrics.gauge("open_sockets", value, listener="websocket")
+            metrics.gauge("connections", 1000 - value)
+        self.assertEqual(len(metrics._latest), 2)  # noqa: SLF001
+        sockets = "pushtwisted_open_sockets"
+        self.assertEqual(_value(metrics, sockets, listener="websocket"), 999.0)
+        self.assertEqual(_value(metrics, "pushtwisted_connections"), 1.0)
+        metrics.gauge("connections", 7)
+        metrics.increment("connections", 2)
+        self.assertEqual(_value(metrics, "pushtwisted_connections"), 9.0)
+        metrics.gauge("connections", 4)
+        thread = threading.Thread(target=metrics.gauge, args=("connections", 11))
+        thread.start()
+        thread.join()
+        self.assertEqual(_value(metrics, "pushtwisted_connections"), 11.0)
+        metrics.gauge("connections", 0.5)
+        self.assertEqual(_value(metrics, "pushtwisted_connections"), 0.5)
+
+    def test_gauge_set_to_a_non_number_is_ignored_with_a_warning(self) -> None:
+        """A value ``prometheus_client`` refuses is never kept: the warning comes at
+        the call, the gauge keeps its value, and the exposition still renders."""
+        self.metrics.gauge("connections", 3)
+        self.metrics.gauge("connections", "many")  # type: ignore[arg-type]
+        self.metrics.gauge("connections", "more")  # type: ignore[arg-type]
+        body, _ = self.metrics.render()
+        self.assertIn(b"\npushtwisted_connections 3.0\n", body)
+        self.assertEqual(
+            [(e["metric"], e["call"]) for e in self.events], [("connections", "gauge")]
+        )
+        self.assertIn("ValueError", self.events[0]["error"])
+
     def test_render(self) -> None:
         """``render`` returns the text exposition and its content type."""
         body, content_type = self.metrics.render()
