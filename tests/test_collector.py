@@ -67,6 +67,34 @@ class FreezeSurvivorsTests(SynchronousTestCase):
         self.assertEqual(len(calls), 6)
         survivors.stop()
 
+    def test_young_threshold(self) -> None:
+        """``young`` sets the young generation's threshold from start to stop, keeping
+        the older generations' thresholds, and puts the old ones back at stop."""
+        before = gc.get_threshold()
+        set_to: list[tuple[int, ...]] = []
+        survivors = FreezeSurvivors(
+            Clock(),
+            collect=lambda: 0,
+            freeze=lambda: None,
+            young=12_345,
+            set_threshold=lambda *t: set_to.append(t),
+        )
+        survivors.start()
+        self.assertEqual(set_to, [(12_345, *before[1:])])
+        survivors.stop()
+        survivors.stop()
+        self.assertEqual(set_to, [(12_345, *before[1:]), before])
+
+    def test_thresholds_left_alone_by_default(self) -> None:
+        """Without ``young`` the thresholds are not touched."""
+        set_to: list[tuple[int, ...]] = []
+        survivors = FreezeSurvivors(
+            Clock(), collect=lambda: 0, freeze=lambda: None, set_threshold=set_to.append
+        )
+        survivors.start()
+        survivors.stop()
+        self.assertEqual(set_to, [])
+
     def test_full_run(self) -> None:
         """Every ``full_interval`` a run also unfreezes and collects everything once, and
         counts what that second collection found."""
