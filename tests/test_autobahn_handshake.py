@@ -14,14 +14,17 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from types import CodeType
 from typing import Any
 
 import txaio
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -59,16 +62,20 @@ def _plain(*extra: str, without: str = "", request_line: str = "GET / HTTP/1.1")
     return _head(*kept, *extra, request_line=request_line)
 
 
-def _whose_handshake() -> str:
-    """Return "fast" or "autobahn": whose handshake code is on the stack."""
+def whose_code(names: Mapping[CodeType, str]) -> str:
+    """Return the name in ``names`` of the innermost of their codes on the stack, or "none"."""
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code is _FAST:
-            return "fast"
-        if frame.f_code is _AUTOBAHN:
-            return "autobahn"
+        name = names.get(frame.f_code)
+        if name is not None:
+            return name
         frame = frame.f_back  # type: ignore[assignment]
     return "none"
+
+
+def _whose_handshake() -> str:
+    """Return "fast" or "autobahn": whose handshake code is on the stack."""
+    return whose_code({_FAST: "fast", _AUTOBAHN: "autobahn"})
 
 
 def _slots(protocol: PushServerProtocol) -> dict[str, Any]:
@@ -146,7 +153,17 @@ def _nothing(factory: _WatchedFactory) -> None:
 class _Side:
     """One connection, with the fast path on or off, and what it logged."""
 
-    def __init__(self, fast: bool, config: Config, setup: _Setup, kind: type[_WatchedFactory]):
+    protocol: _Watched
+    transport: StringTransport
+
+    def __init__(
+        self,
+        fast: bool,
+        config: Config,
+        setup: _Setup,
+        kind: type[_WatchedFactory],
+        transport: StringTransport | None = None,
+    ):
         self.node = make_node(config=config)
         self.factory = kind(self.node)
         self.factory.protocol_class.fastHandshake = fast
@@ -154,12 +171,15 @@ class _Side:
         self.factory.openHandshakeTimeout = 5
         self.factory.closeHandshakeTimeout = 1
         setup(self.factory)
-        self.protocol: _Watched = self.factory.buildProtocol(_PEER)
-        self.transport = _Transport(peerAddress=_PEER)
         self.events: list[LogEvent] = []
-
         with self.logging():
-            self.protocol.makeConnection(self.transport)
+            self.connect(_Transport(peerAddress=_PEER) if transport is None else transport)
+
+    def connect(self, transport: StringTransport) -> None:
+        """Make the connection: a new protocol on ``transport``."""
+        self.protocol = self.factory.buildProtocol(transport.getPeer())
+        self.transport = transport
+        self.protocol.makeConnection(transport)
 
     @contextmanager
     def logging(self) -> Iterator[None]:
@@ -217,6 +237,11 @@ class _Side:
             return ("Deferred", value.called, self._plain(getattr(value, "result", _UNSET)))
         if type(value).__name__ == "FrameHeader":
             return ("FrameHeader", vars(value))
+        if isinstance(value, TransportDetails):  # its TLS channel id differs per connection
+            fields = ("channel_type", "channel_framing", "peer", "is_server", "is_secure")
+            details = {name: getattr(value, name) for name in fields}
+            details["channel_id"] = sorted(value.channel_id)
+            return ("TransportDetails", details, value.peer_cert)
         if type(value).__name__ == "Timings":
             return ("Timings", sorted(value._timings))  # what was tracked, not when
         return type(value).__name__
