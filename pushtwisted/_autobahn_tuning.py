@@ -43,6 +43,13 @@ place; ``pushtwisted.websocket`` builds on ``LeanServerProtocol`` and
    parsing, Deferred and debug calls: ~35% of a short connection's CPU went
    to Autobahn's handshake); any other request goes to Autobahn's.
    ``fastHandshake = False`` turns it off.
+9. ``connectionMade`` starts a plain server connection in
+   ``pushtwisted._autobahn_open.lean_connection_made`` (Autobahn's state,
+   timer, count and peer string, without its ``TransportDetails``, UTF-8
+   validator, option copy and debug calls: ~12% of a short connection's
+   CPU went to Autobahn's); ``_transport_details`` stays None until open.
+   TLS, Autobahn's debug logging and options that need its work take
+   Autobahn's.  ``leanOpen = False`` turns it off.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from autobahn.websocket.protocol import TrafficStats
 
 from pushtwisted._autobahn_frames import frame_header, next_message
 from pushtwisted._autobahn_handshake import fast_handshake
+from pushtwisted._autobahn_open import lean_connection_made, open_state
 from pushtwisted._autobahn_patches import (
     TESTED_AUTOBAHN,
     LazyFormat,
@@ -188,12 +196,15 @@ class LeanServerProtocol(WebSocketServerProtocol):
     directFrames: bool = True
     #: A plain request's opening handshake skips Autobahn's (the module's item 8).
     fastHandshake: bool = True
+    #: A plain connection's start skips Autobahn's (the module's item 9).
+    leanOpen: bool = True
 
     def __init__(self) -> None:
         # Autobahn's __init__ also calls ``set_valid_events(["message"])``: a
         # list and a dict per connection, needed only once someone calls
         # ``on()`` (done there).  The ``TransportDetails()`` it makes is
-        # replaced at connectionMade anyway.
+        # replaced at connectionMade anyway (and none is made for a plain
+        # connection: item 9).
         self.factory = None
         self.transport = None
         self.connected = 0
@@ -211,8 +222,16 @@ class LeanServerProtocol(WebSocketServerProtocol):
             self.set_valid_events(["message"])  # type: ignore[no-untyped-call]
         super().on(event, handler)  # type: ignore[no-untyped-call]
 
+    def connectionMade(self) -> None:
+        """Start a plain connection here (``_transport_details`` None), any other in Autobahn."""
+        if not (self.leanOpen and lean_connection_made(self)):
+            super().connectionMade()
+
     def _connectionMade(self) -> None:
-        super()._connectionMade()
+        if self._transport_details is None:  # lean_connection_made, not Autobahn's, ran
+            open_state(self)
+        else:
+            super()._connectionMade()
         # Never read by us; Autobahn only adds to it (see _SHARED_TRAFFIC_STATS).
         self.trafficStats = _SHARED_TRAFFIC_STATS
         # A deque (~600 bytes) used only by chopped or "sync" writes, which
@@ -329,13 +348,18 @@ class LeanServerProtocol(WebSocketServerProtocol):
         self.sendData(frame_header(size, isBinary) + payload)
 
     def _onOpen(self) -> None:
-        super()._onOpen()
+        details = self._transport_details
+        if details is None:
+            # Started by lean_connection_made: not TLS, so Autobahn's
+            # ``_onOpen`` would only call ``onOpen``.
+            self.onOpen()
+        else:
+            super()._onOpen()
+            if not details.is_secure:
+                # Plain TCP: nothing in it that ``peer`` does not say.
+                self._transport_details = None  # type: ignore[assignment]
         for name, value in _RELEASED_AT_OPEN:
             setattr(self, name, value)
-        details = self._transport_details
-        if details is not None and not details.is_secure:
-            # Plain TCP: nothing in it that ``peer`` does not say.
-            self._transport_details = None  # type: ignore[assignment]
 
     def onFrameEnd(self) -> bool | None:
         result = super().onFrameEnd()

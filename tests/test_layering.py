@@ -63,6 +63,7 @@ _ADAPTERS = frozenset(
         "pushtwisted._autobahn_bounds",
         "pushtwisted._autobahn_frames",
         "pushtwisted._autobahn_handshake",
+        "pushtwisted._autobahn_open",
         "pushtwisted._autobahn_patches",
         "pushtwisted._autobahn_tuning",
         "pushtwisted._bucket_timer",
