@@ -384,6 +384,21 @@ def _take_signals(reactor: IServerReactor) -> None:
     """
     _exit_cleanly_on_signals(reactor)
     reactor.addSystemEventTrigger("during", "startup", _exit_cleanly_on_signals, reactor)
+    reactor.addSystemEventTrigger("after", "shutdown", _forget_exit_signal, reactor)
+
+
+def _forget_exit_signal(reactor: IServerReactor) -> None:
+    """Exit with status 0 even when Twisted's own handler took SIGTERM or SIGINT.
+
+    Between the reactor installing its handlers and ``_take_signals``
+    installing ours again (the same startup phase, a few statements apart) a
+    signal goes to Twisted's handler, which stops the reactor too but makes
+    twistd re-raise the signal once it has stopped.  The stop was graceful
+    either way, so the signal Twisted noted (``_exitSignal``, read by twistd
+    after ``run()``) is forgotten.
+    """
+    if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+        reactor._exitSignal = None  # type: ignore[attr-defined]
 
 
 def _after_startup(reactor: IServerReactor, full_interval: float) -> FreezeSurvivors:

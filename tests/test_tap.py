@@ -457,6 +457,19 @@ class SignalTests(SynchronousTestCase):
         self.assertIs(call, tap._exit_cleanly_on_signals)
         self.assertEqual(args, (reactor,))
 
+    def test_signal_taken_by_twisted_still_exits_cleanly(self) -> None:
+        """A SIGTERM or SIGINT that Twisted's own handler took (just after it installed
+        it at startup) is forgotten after shutdown, so twistd exits with status 0; any
+        other signal Twisted noted is left alone."""
+        cases = [(signal.SIGTERM, None), (signal.SIGINT, None), (signal.SIGHUP, signal.SIGHUP)]
+        for number, left in cases:
+            reactor = MemoryReactorClock()
+            tap._take_signals(reactor)  # type: ignore[arg-type]
+            [(call, args, _)] = reactor.triggers["after"]["shutdown"]
+            reactor._exitSignal = number  # type: ignore[attr-defined]
+            call(*args)
+            self.assertEqual(reactor._exitSignal, left, number)  # type: ignore[attr-defined]
+
     def test_signal_stops_the_reactor(self) -> None:
         """The handler asks the reactor to stop, from the signal context."""
         stopped: list[object] = []
