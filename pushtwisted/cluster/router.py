@@ -412,17 +412,14 @@ class Router:
 class _DirectoryClaim(HelloClaim):
     """``Router.on_hello`` as a ``Claim``, with the directory's steps when it has them."""
 
-    __slots__ = ("_cluster",)
-
-    def __init__(self, router: Router, connected_at: int) -> None:
-        super().__init__(router, connected_at)
-        self._cluster = router
+    __slots__ = ()
+    _router: Router  # the cluster's router: its directory, node URL and kicks
 
     def steps(self, uaid: str) -> Generator[Any, Any, NodeEntry | None] | None:
         """The entry's write as memcached steps (the kick follows in ``landed``), or None."""
-        router = self._cluster
+        router = self._router
         return router.directory.set_node_steps(uaid, router.node_url, self._connected_at)
 
     def landed(self, uaid: str, result: object) -> None:
         """The steps wrote the entry: kick the socket it replaced."""
-        self._cluster.kick_previous(uaid, result)
+        self._router.kick_previous(uaid, result)
