@@ -103,9 +103,9 @@ metrics.  A gauge set on that thread keeps only its last value, set on
 the gauge at the same collection (the storage pool's queue depth and the
 connection counts change several times per connection).  Calls from other
 threads (the storage pool) go to ``prometheus_client`` at once; so does a
-gauge's ``increment``, after the value it was last set to.  A new counter (or histogram) needs
-nothing for this: one ``_counter(...)`` line in ``_SPECS`` (and its entry
-in the list above) is all there is to it::
+gauge's ``increment``, after the value it was last set to.  A new counter
+(or histogram) needs nothing for this: one ``_counter(...)`` line in
+``_SPECS`` (and its entry in the list above) is all there is to it::
 
     "webpush_messages": _counter("webpush_messages", "WebPush messages, by outcome.", "outcome"),
 
@@ -305,7 +305,6 @@ METRIC_NAMES: Mapping[str, str] = {name: spec.prometheus_name for name, spec in 
 _UNKNOWN_LABEL = "unknown"
 #: Most resolved calls kept by one ``PrometheusMetrics``.
 _MAX_CACHED = 4096
-
 #: Gauge values kept as they are until the next collection (anything else,
 #: a string say, goes to ``prometheus_client`` at once, for its own error).
 _PLAIN_NUMBERS = (int, float)
