@@ -84,7 +84,7 @@ class HelloOpening(ClientConnection):
     async def _fresh(self) -> Opening:
         """A new UAID, claimed; nothing can be stored for it yet, so nothing is read."""
         uaid = new_uaid()  # in normal form already
-        return uaid, await self._claim(uaid), FRESH, False
+        return uaid, await self._claim(uaid, fresh=True), FRESH, False
 
     async def _choose_uaid(self, hello: Hello) -> str:
         """Return the UAID of this connection (``keeps_uaid``), one storage call at a time."""
@@ -102,18 +102,19 @@ class HelloOpening(ClientConnection):
                 return new_uaid()
         return hello.uaid or new_uaid()
 
-    async def _claim(self, uaid: str) -> int:
+    async def _claim(self, uaid: str, fresh: bool = False) -> int:
         """Record with the router that this node holds ``uaid``; return ``connected_at``.
 
         The record is written before storage is read, so an update stored
         meanwhile is either routed here or fetched by the hello.  When the
         connection closes during the write the record is cleared again (a
-        write that timed out may still have landed).
+        write that timed out may still have landed).  ``fresh``: ``uaid`` was
+        just made here (the router need not look for an earlier record).
         """
         router = self._node.router
         connected_at = connected_at_ms(self._node.clock.seconds())
         try:
-            await self._storage("directory", router.on_hello(uaid, connected_at))
+            await self._storage("directory", router.on_hello(uaid, connected_at, fresh))
         except Closed:
             router.on_disconnect(uaid, connected_at)
             raise

@@ -93,11 +93,13 @@ class Router(Protocol):
         took waits in storage, or is dropped when its TTL is 0.
         """
 
-    def on_hello(self, uaid: str, connected_at: int) -> Awaitable[None]:
+    def on_hello(self, uaid: str, connected_at: int, fresh: bool = False) -> Awaitable[None]:
         """Record that this node holds ``uaid`` since ``connected_at`` (ms).
 
         Done when the record is written; a session awaits it before reading
         storage.  Fails (``StorageUnavailable``) when it cannot be written.
+        ``fresh``: this node has just made ``uaid``, so no record of it can
+        exist yet (the write need not read first).
         """
 
     def on_disconnect(self, uaid: str, connected_at: int) -> object:
@@ -159,7 +161,7 @@ class LocalRouter:
         """Deliver a WebPush message on this node only (``deliver_message_here``); never fails."""
         return self.deliver_message_here(uaid, message)
 
-    async def on_hello(self, uaid: str, connected_at: int) -> None:
+    async def on_hello(self, uaid: str, connected_at: int, fresh: bool = False) -> None:
         """Do nothing: the registry is this node's only record of its clients."""
 
     def on_disconnect(self, uaid: str, connected_at: int) -> None:

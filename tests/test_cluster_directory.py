@@ -200,6 +200,31 @@ class FakeMemcachedDirectoryTests(DirectoryContract, SynchronousTestCase):
         previous = self.successResultOf(self.directory.set_node(uaid, NODE_A, 3))
         self.assertEqual(previous, NodeEntry(node_url=NODE_B, connected_at=2))
 
+    def test_fresh_set_is_one_add(self) -> None:
+        """A fresh UAID's entry is written with one ``add``, in one round, nothing read."""
+        uaid = new_id()
+        rounds, commands = self.client.rounds, len(self.client.commands)
+        self.assertIsNone(self.successResultOf(self.memcached.set_node(uaid, NODE_A, 5, True)))
+        self.assertEqual(self.client.rounds - rounds, 1)
+        self.assertEqual(
+            [repr(c) for c in self.client.commands[commands:]], [f"Store(add, 'pt:node:{uaid}')"]
+        )
+        self.assertEqual(
+            self.successResultOf(self.directory.get_node(uaid)),
+            NodeEntry(node_url=NODE_A, connected_at=5),
+        )
+
+    def test_fresh_set_replaces_an_entry_found(self) -> None:
+        """A "fresh" UAID that has an entry after all: it is replaced and reported."""
+        uaid = new_id()
+        self.successResultOf(self.directory.set_node(uaid, NODE_B, 2))
+        previous = self.successResultOf(self.memcached.set_node(uaid, NODE_A, 5, True))
+        self.assertEqual(previous, NodeEntry(node_url=NODE_B, connected_at=2))
+        self.assertEqual(
+            self.successResultOf(self.directory.get_node(uaid)),
+            NodeEntry(node_url=NODE_A, connected_at=5),
+        )
+
     def test_set_race_on_add(self) -> None:
         """A first hello racing another first hello reads and replaces the winner's entry."""
         uaid = new_id()

@@ -42,6 +42,8 @@ class FlakyDirectory(MemoryDirectory):
         self.fail_clear = False
         self.before_get: list[Any] = []
         self.gets = 0
+        #: ``fresh`` of each ``set_node``.
+        self.fresh: list[bool] = []
 
     def get_node(self, uaid: str) -> Deferred[NodeEntry | None]:
         self.gets += 1
@@ -52,10 +54,13 @@ class FlakyDirectory(MemoryDirectory):
             return fail(StorageUnavailable("down"))
         return super().get_node(uaid)
 
-    def set_node(self, uaid: str, node_url: str, connected_at: int) -> Deferred[NodeEntry | None]:
+    def set_node(
+        self, uaid: str, node_url: str, connected_at: int, fresh: bool = False
+    ) -> Deferred[NodeEntry | None]:
+        self.fresh.append(fresh)
         if self.fail_set:
             return fail(StorageUnavailable("down"))
-        return super().set_node(uaid, node_url, connected_at)
+        return super().set_node(uaid, node_url, connected_at, fresh)
 
     def clear_node(self, uaid: str, entry: NodeEntry) -> Deferred[bool]:
         if self.fail_clear:

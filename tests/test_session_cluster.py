@@ -38,8 +38,17 @@ class SessionRouterTests(SynchronousTestCase):
         """A successful hello calls ``on_hello`` with the UAID and its time in ms."""
         self.hello(uaid=UAID)
         self.assertEqual(self.router.hellos, [(UAID, 12345)])
+        self.assertEqual(self.router.fresh_hellos, [False])
         self.assertEqual(self.session.connected_at, 12345)
         self.assertEqual(self.sender.replies[0]["status"], 200)
+
+    def test_new_uaid_is_claimed_as_fresh(self) -> None:
+        """A hello without a UAID claims the one it makes as ``fresh`` (nothing to read)."""
+        self.hello()
+        reply = self.sender.replies[0]
+        self.assertEqual(reply["status"], 200)
+        self.assertEqual(self.router.hellos, [(reply["uaid"], 12345)])
+        self.assertEqual(self.router.fresh_hellos, [True])
 
     def test_directory_written_before_storage_is_read(self) -> None:
         """Until the directory write fires, no hello reply is sent and nothing is fetched."""

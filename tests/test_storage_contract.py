@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushtwisted.errors import StorageUnavailable, TooManyChannels
+from pushtwisted.storage._memcache_records import ChannelRecord
 from pushtwisted.storage._memcache_steps import MemcacheSteps, Steps
 from pushtwisted.storage.interface import (
     Mode,
@@ -952,6 +953,58 @@ class FakeMemcachedTests(SynchronousTestCase):
             self.successResultOf(self.storage.fetch_pending(uaid)),
             [PendingUpdate(channel_id="C", version=1)],
         )
+
+    def test_first_register_two_rounds(self) -> None:
+        """A new UAID's first register: one read round, then both adds with the list read."""
+        uaid, chid = new_id(), new_id()
+        rounds, start = self.client.rounds, len(self.client.commands)
+        self.successResultOf(self.storage.register(uaid, chid, "C", 0))
+        self.assertEqual(self.client.rounds - rounds, 2)
+        self.assertEqual(
+            [repr(c) for c in self.client.commands[start:]],
+            [
+                f"Get('p-{uaid}.{chid}')",
+                f"Get('p-{uaid}')",
+                f"Store(add, 'p-{uaid}')",
+                f"Store(add, 'p-{uaid}.{chid}')",
+                f"Get('p-{uaid}')",
+            ],
+        )
+        self.assertEqual(self.client.get(f"p-{uaid}"), [chid])
+        self.assertEqual(self.client.get(f"p-{uaid}.{chid}")["state"], "registered")
+
+    def test_first_register_races_list(self) -> None:
+        """A list made by another register between the read and the adds: both chids listed."""
+        uaid, a, b = new_id(), new_id(), new_id()
+        self.client.interpose(
+            f"p-{uaid}", lambda: self.alone(self.storage.register_steps(uaid, b, "B", 0, EPOCH))
+        )
+        self.successResultOf(self.storage.register(uaid, a, "A", 0))
+        self.assertEqual(self.client.get(f"p-{uaid}"), sorted([a, b]))
+        self.assertEqual(self.client.get(f"p-{uaid}.{a}")["channel_id"], "A")
+
+    def test_first_register_races_list_over_limit(self) -> None:
+        """When the list made meanwhile is full, the record added is taken back."""
+        uaid, a, b = new_id(), new_id(), new_id()
+        self.client.interpose(
+            f"p-{uaid}", lambda: self.alone(self.storage.register_steps(uaid, b, "B", 1, EPOCH))
+        )
+        self.failureResultOf(self.storage.register(uaid, a, "A", 1), TooManyChannels)
+        self.assertEqual(self.client.get(f"p-{uaid}"), [b])
+        self.assertIsNone(self.client.get(f"p-{uaid}.{a}"))
+
+    def test_first_register_races_record(self) -> None:
+        """A record made by a concurrent register of the same chid is kept, and listed."""
+        uaid, chid = new_id(), new_id()
+        self.client.interpose(
+            f"p-{uaid}.{chid}",
+            lambda: self.client.add(
+                f"p-{uaid}.{chid}", ChannelRecord("registered", "other", 0, None, EPOCH).encode()
+            ),
+        )
+        self.successResultOf(self.storage.register(uaid, chid, "C", 0))
+        self.assertEqual(self.client.get(f"p-{uaid}"), [chid])
+        self.assertEqual(self.client.get(f"p-{uaid}.{chid}")["channel_id"], "other")
 
     def test_prune_vanished(self) -> None:
         """Chids whose records vanished leave the list at the next ``fetch_pending``."""

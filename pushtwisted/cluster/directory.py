@@ -95,8 +95,13 @@ def _decode_entry(value: object) -> NodeEntry | None:
 class Directory(Protocol):
     """The shared ``uaid -> NodeEntry`` map (UAIDs in normal form)."""
 
-    def set_node(self, uaid: str, node_url: str, connected_at: int) -> Deferred[NodeEntry | None]:
-        """Make ``node_url`` the holder of ``uaid``; fire with the entry it replaced."""
+    def set_node(
+        self, uaid: str, node_url: str, connected_at: int, fresh: bool = False
+    ) -> Deferred[NodeEntry | None]:
+        """Make ``node_url`` the holder of ``uaid``; fire with the entry it replaced.
+
+        ``fresh``: this node has just made ``uaid`` (no entry is expected).
+        """
 
     def get_node(self, uaid: str) -> Deferred[NodeEntry | None]:
         """Fire with the current entry of ``uaid``, or None."""
@@ -156,18 +161,25 @@ class MemcachedDirectory:
 
     # -- the asynchronous API (reactor thread) --------------------------------
 
-    def set_node(self, uaid: str, node_url: str, connected_at: int) -> Deferred[NodeEntry | None]:
-        """Replace the entry with a compare-and-set loop; fire with the replaced entry."""
-        steps = self.set_node_steps(uaid, node_url, connected_at)
+    def set_node(
+        self, uaid: str, node_url: str, connected_at: int, fresh: bool = False
+    ) -> Deferred[NodeEntry | None]:
+        """Replace the entry with a compare-and-set loop; fire with the replaced entry.
+
+        ``fresh`` (a UAID this node has just made): try ``add`` first, which
+        saves the read and its round trip; when an entry exists after all,
+        the loop replaces it as for any other UAID.
+        """
+        steps = self.set_node_steps(uaid, node_url, connected_at, fresh)
         return self._submit("directory_set", self._steps, steps)
 
     def set_node_steps(
-        self, uaid: str, node_url: str, connected_at: int
+        self, uaid: str, node_url: str, connected_at: int, fresh: bool = False
     ) -> Steps[NodeEntry | None]:
         """``set_node`` as steps, for a job of the storage sharing this client."""
         entry = NodeEntry(node_url=node_url, connected_at=connected_at)
         expire = memcached_expire(self._ttl, self._clock.seconds())
-        return self.set_steps(self._key(uaid), entry, expire)
+        return self.set_steps(self._key(uaid), entry, expire, fresh)
 
     def get_node(self, uaid: str) -> Deferred[NodeEntry | None]:
         """Fire with the entry or None."""
@@ -180,9 +192,13 @@ class MemcachedDirectory:
 
     # -- the operations (steps, run on the storage pool) ------------------------
 
-    def set_steps(self, key: str, entry: NodeEntry, expire: int) -> Steps[NodeEntry | None]:
-        """``set_node`` as steps."""
+    def set_steps(
+        self, key: str, entry: NodeEntry, expire: int, fresh: bool = False
+    ) -> Steps[NodeEntry | None]:
+        """``set_node`` as steps (``fresh``: ``add`` before any read)."""
         value = entry.encode()
+        if fresh and (yield Store(b"add", key, value, expire)):
+            return None
         for _ in range(_CAS_ATTEMPTS):
             current, cas = yield Get(key)
             if current is None:

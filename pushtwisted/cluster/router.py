@@ -302,17 +302,18 @@ class Router:
 
     # -- the session's side -----------------------------------------------------
 
-    def on_hello(self, uaid: str, connected_at: int) -> Deferred[None]:
+    def on_hello(self, uaid: str, connected_at: int, fresh: bool = False) -> Deferred[None]:
         """Record this node as the holder of ``uaid``; kick the previous node's socket.
 
         Fires once the directory entry is written (call it *before* reading
         storage); the kick is sent in the background.  Errbacks with the
         directory's error (``StorageUnavailable``) when the write fails.
         """
-        return Deferred.fromCoroutine(self._on_hello(uaid, connected_at))
+        return Deferred.fromCoroutine(self._on_hello(uaid, connected_at, fresh))
 
-    async def _on_hello(self, uaid: str, connected_at: int) -> None:
-        self.kick_previous(uaid, await self.directory.set_node(uaid, self.node_url, connected_at))
+    async def _on_hello(self, uaid: str, connected_at: int, fresh: bool) -> None:
+        previous = await self.directory.set_node(uaid, self.node_url, connected_at, fresh)
+        self.kick_previous(uaid, previous)
 
     def kick_previous(self, uaid: str, previous: object) -> None:
         """Ask the node of the entry a hello replaced to close its socket (in the background)."""

@@ -42,8 +42,10 @@ pipelined round trips.  What each costs (commands, and rounds in brackets):
   runs both in one job, the fetch going on from the first read (2).
 - ``register`` of a new channel: ``gets`` the record and the list, ``add``
   or ``cas`` the list, ``add`` (or ``cas`` over a tombstone) the record
-  with a ``gets`` of the list behind it (3); an existing one: the first
-  read only (1); a WebPush user's, after the first read, in ``_memcache_webpush``;
+  with a ``gets`` of the list behind it (3); when the first read finds
+  neither (a new UAID's first channel), both ``add``s go in one round with
+  the list's ``gets`` behind them (2); an existing one: the first read only
+  (1); a WebPush user's, after the first read, in ``_memcache_webpush``;
 - ``unregister``: ``gets`` the record and the list, ``cas`` the tombstone (2);
 - ``expired``: ``get`` the records (1).
 
@@ -350,9 +352,35 @@ class MemcachedStorage:
         if value is not None and decode_record(value).state != DELETED:
             yield from self._list_add(uaid, chid, 0, now, listed)  # repairs a missing entry
             return
-        yield from self._list_add(uaid, chid, max_channels, now, listed)
         new = ChannelRecord(REGISTERED, channel_id, 0, None, now).encode()
         expire = self._expire(REGISTERED, now)
+        if value is None and listed[0] is None:
+            # No list yet (the first register of a new UAID): add the list and
+            # the record in one round, the list first, and read the list
+            # behind them as below.
+            listed_ok, stored, listed = yield (
+                Store(_ADD, list_key, [chid], self.list_expire(now)),
+                Store(_ADD, key, new, expire),
+                Get(list_key),
+            )
+            if listed_ok and stored:
+                yield from self._list_add(uaid, chid, 0, now, listed)
+                return
+            if stored:
+                # The record is ours, but a list appeared meanwhile: list the
+                # chid within the limit, or take the record back.
+                try:
+                    yield from self._list_add(uaid, chid, max_channels, now)
+                except TooManyChannels:
+                    yield Delete(key)
+                    raise
+                return
+            # The record was there first: read both again, as at the start.
+            (value, cas), listed = yield (Get(key), Get(list_key))
+            if value is not None and decode_record(value).state != DELETED:
+                yield from self._list_add(uaid, chid, 0, now, listed)
+                return
+        yield from self._list_add(uaid, chid, max_channels, now, listed)
         for attempt in range(_CAS_ATTEMPTS):
             if attempt:
                 value, cas = yield Get(key)

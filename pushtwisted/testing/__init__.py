@@ -210,6 +210,8 @@ class FakeRouter:
         self.delivered: list[tuple[str, str, int, str | None]] = []
         self.messages: list[tuple[str, StoredMessage]] = []
         self.hellos: list[tuple[str, int]] = []
+        #: ``fresh`` of each ``on_hello``, in the order of ``hellos``.
+        self.fresh_hellos: list[bool] = []
         self.disconnects: list[tuple[str, int]] = []
 
     def deliver(self, uaid: str, channel_id: str, version: int, data: str | None) -> Deferred[bool]:
@@ -231,9 +233,10 @@ class FakeRouter:
             return self.answer
         return succeed(self.answer)
 
-    def on_hello(self, uaid: str, connected_at: int) -> Deferred[None]:
-        """Record the call; answer ``hello_answer``."""
+    def on_hello(self, uaid: str, connected_at: int, fresh: bool = False) -> Deferred[None]:
+        """Record the call (and whether the UAID was ``fresh``); answer ``hello_answer``."""
         self.hellos.append((uaid, connected_at))
+        self.fresh_hellos.append(fresh)
         return self.hello_answer if self.hello_answer is not None else succeed(None)
 
     def on_disconnect(self, uaid: str, connected_at: int) -> None:

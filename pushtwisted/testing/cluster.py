@@ -43,8 +43,10 @@ class MemoryDirectory:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def set_node(self, uaid: str, node_url: str, connected_at: int) -> Deferred[NodeEntry | None]:
-        """Replace the entry; fire with the previous one."""
+    def set_node(
+        self, uaid: str, node_url: str, connected_at: int, fresh: bool = False
+    ) -> Deferred[NodeEntry | None]:
+        """Replace the entry; fire with the previous one (``fresh`` changes nothing here)."""
         previous = self._entries.get(uaid)
         self._entries[uaid] = NodeEntry(node_url=node_url, connected_at=connected_at)
         return succeed(previous)
