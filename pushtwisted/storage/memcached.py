@@ -349,37 +349,16 @@ class MemcachedStorage:
         if is_webpush(listed[0], mode):
             yield from self.webpush.register(uaid, chid, channel_id, max_channels, now, listed)
             return
-        if value is not None and decode_record(value).state != DELETED:
-            yield from self._list_add(uaid, chid, 0, now, listed)  # repairs a missing entry
-            return
         new = ChannelRecord(REGISTERED, channel_id, 0, None, now).encode()
         expire = self._expire(REGISTERED, now)
         if value is None and listed[0] is None:
-            # No list yet (the first register of a new UAID): add the list and
-            # the record in one round, the list first, and read the list
-            # behind them as below.
-            listed_ok, stored, listed = yield (
-                Store(_ADD, list_key, [chid], self.list_expire(now)),
-                Store(_ADD, key, new, expire),
-                Get(list_key),
-            )
-            if listed_ok and stored:
-                yield from self._list_add(uaid, chid, 0, now, listed)
-                return
-            if stored:
-                # The record is ours, but a list appeared meanwhile: list the
-                # chid within the limit, or take the record back.
-                try:
-                    yield from self._list_add(uaid, chid, max_channels, now)
-                except TooManyChannels:
-                    yield Delete(key)
-                    raise
+            if (yield from self._add_first(uaid, chid, max_channels, now, new, expire)):
                 return
             # The record was there first: read both again, as at the start.
             (value, cas), listed = yield (Get(key), Get(list_key))
-            if value is not None and decode_record(value).state != DELETED:
-                yield from self._list_add(uaid, chid, 0, now, listed)
-                return
+        if value is not None and decode_record(value).state != DELETED:
+            yield from self._list_add(uaid, chid, 0, now, listed)  # repairs a missing entry
+            return
         yield from self._list_add(uaid, chid, max_channels, now, listed)
         for attempt in range(_CAS_ATTEMPTS):
             if attempt:
@@ -400,6 +379,36 @@ class MemcachedStorage:
         else:
             raise StorageUnavailable("memcached: channel record contended, giving up")
         yield from self._list_add(uaid, chid, 0, now)
+
+    def _add_first(
+        self, uaid: str, chid: str, max_channels: int, now: float, new: object, expire: int
+    ) -> Steps[bool]:
+        """Add a user's list and ``chid``'s record in one round (neither was there).
+
+        The list goes first and is read behind both, as in ``register_steps``.
+        True when the chid is registered; False when the record was there
+        first (the caller reads both again).  When only the list appeared
+        meanwhile, the chid is listed within ``max_channels`` or the record
+        added is taken back (``TooManyChannels``).
+        """
+        key = self._channel_key(uaid, chid)
+        list_key = self.user_key(uaid)
+        listed_ok, stored, listed = yield (
+            Store(_ADD, list_key, [chid], self.list_expire(now)),
+            Store(_ADD, key, new, expire),
+            Get(list_key),
+        )
+        if not stored:
+            return False
+        if listed_ok:
+            yield from self._list_add(uaid, chid, 0, now, listed)
+            return True
+        try:
+            yield from self._list_add(uaid, chid, max_channels, now)
+        except TooManyChannels:
+            yield Delete(key)
+            raise
+        return True
 
     def unregister_steps(self, uaid: str, chid: str, now: float) -> Steps[None]:
         """``unregister`` as steps."""
