@@ -3,8 +3,9 @@
 Runs N jobs that do nothing through ``ThreadPoolService.run`` on the real
 reactor, one after the other (each is submitted when the previous one has
 answered), so every job pays the whole hop: the submit, the end-of-turn
-flush, Twisted's ``ThreadPool.callInThreadWithCallback``, the pool thread's
-wake-up and the GIL, ``callFromThread`` back and the reactor's wake-up.  For
+flush, the hand-over to a storage thread (``StoragePool``'s inbox), the pool
+thread's wake-up and the GIL, ``callFromThread`` back and the reactor's
+wake-up.  For
 scale it then times a bare ``queue.Queue`` round trip between two threads.
 CPU time is the process's (both threads); pin the process to one core
 (``taskset -c 0``) to see what the hop costs when the threads share it, as
