@@ -475,14 +475,23 @@ class ThreadPoolService(Service):
                 d.errback(value)  # type: ignore[arg-type]  # an exception or a Failure
 
     def _settle(self, call: _Call) -> None:
-        """Account for a call that left: its depth slot and its turn's timer."""
+        """Account for a call that left: its depth slot and its turn's timer.
+
+        The last call of a turn to leave also empties the turn's list of
+        calls: each call points back at its turn, and that cycle (with the
+        calls' Deferreds and whatever their callbacks hold) would otherwise
+        wait for the garbage collector instead of going with its last
+        reference.
+        """
         self._depth -= 1
         turn = call.turn
         turn.unresolved -= 1
-        if turn.unresolved == 0 and turn.timer is not None:
-            if turn.timer.active():
-                turn.timer.cancel()
-            turn.timer = None
+        if turn.unresolved == 0:
+            turn.calls = []
+            if turn.timer is not None:
+                if turn.timer.active():
+                    turn.timer.cancel()
+                turn.timer = None
 
     def _expire(self, turn: _Turn) -> None:
         """Fail every call of ``turn`` still unanswered: it outlived ``timeout``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +114,22 @@ class ThreadPoolServiceTests(SynchronousTestCase):
         reactor.advance(0)
         pool.run_next()
         self.failureResultOf(d, TooLate)
+
+    def test_answered_calls_leave_no_cycle(self) -> None:
+        """Calls that answered, with their turns, Deferreds and callbacks, go with their
+        last reference: nothing is left for the garbage collector to find."""
+        service, pool, reactor, _ = self.make()
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        results: list[object] = []
+        for i in range(3):
+            service.run("op", lambda: 1).addCallback(results.append)
+            service.run("op", lambda: 2).addCallback(results.append)
+            reactor.advance(0)
+            pool.run_next()
+            self.assertEqual(len(results), 2 * (i + 1))
+        self.assertEqual(gc.collect(), 0)
 
     def test_one_hop_per_turn(self) -> None:
         """The calls of one reactor turn go to the pool as one job, at the end of the
