@@ -43,11 +43,11 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from pushtwisted.errors import StorageBusy, StorageUnavailable
+from pushtwisted.logs import logger
 from pushtwisted.metrics import Metrics
 
 __all__ = [
@@ -165,7 +165,7 @@ def _work(job: _Job) -> list[list[Outcome]]:
     return results
 
 
-_log = Logger()
+_log = logger()
 
 #: What ``StoragePool.stop`` puts in the inbox, once per serving thread.
 _STOP = None
