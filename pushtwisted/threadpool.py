@@ -243,6 +243,10 @@ class StoragePool(ThreadPool):
             except BaseException:
                 ok, result = False, Failure()  # type: ignore[no-untyped-call]  # Twisted: untyped
             del work, func, args, kw
+            # Spare before the result is reported: a call its caller makes on
+            # seeing the result must find this thread free, not start another.
+            with lock:
+                self._spare += 1
             try:
                 if on_result is not None:
                     on_result(ok, result)
@@ -251,8 +255,6 @@ class StoragePool(ThreadPool):
             except BaseException:
                 _log.failure("storage pool result callback failed")
             del on_result, result
-            with lock:
-                self._spare += 1
 
 
 class ThreadPoolService(Service):
