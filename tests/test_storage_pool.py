@@ -104,7 +104,8 @@ class StoragePoolTests(SynchronousTestCase):
             pool.callInThreadWithCallback(results, block, i)
         self.assertTrue(running.acquire(timeout=WAIT))
         self.assertTrue(running.acquire(timeout=WAIT))
-        self.assertFalse(running.acquire(timeout=0.2))  # the third waits: both threads busy
+        # Both threads are blocked and no third was started: the other calls wait.
+        self.assertEqual(len(pool.threads), 2)
         self.assertEqual(results.got, [])
         release.set()
         got = results.wait_for(5)
