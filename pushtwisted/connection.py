@@ -44,6 +44,7 @@ from pushtwisted.ids import normalize_id
 from pushtwisted.logs import logger, uaid_hash
 from pushtwisted.messages import Incoming, InvalidCommand
 from pushtwisted.node import Node
+from pushtwisted.storage.interface import Mode
 
 __all__ = [
     "FETCH_RETRY_FIRST",
@@ -137,6 +138,7 @@ class ClientConnection:
         "_tokens_at",
         "_fetch_retry",
         "_fetch_retry_delay",
+        "_uaid_fresh",
     )
 
     log = logger()
@@ -155,6 +157,9 @@ class ClientConnection:
         #: The next fetch of stored updates after a failed one, and its delay.
         self._fetch_retry: IDelayedCall | None = None
         self._fetch_retry_delay = FETCH_RETRY_FIRST
+        #: The hello made the UAID here and no register has been tried since:
+        #: nothing can be stored for it (``Storage.register``'s ``fresh``).
+        self._uaid_fresh = False
 
     # -- connection events ------------------------------------------------
 
@@ -277,6 +282,14 @@ class ClientConnection:
     async def _dispatch(self, text: str) -> None:
         """Handle one message (the protocol's handlers)."""
         raise NotImplementedError
+
+    def _register(
+        self, uaid: str, chid: str, channel_id: str, mode: Mode = Mode.SIMPLEPUSH
+    ) -> Deferred[None]:
+        """Start the storage register of a channel (``fresh`` for the first one of a new UAID)."""
+        fresh, self._uaid_fresh = self._uaid_fresh, False
+        max_channels = self._config.max_channels
+        return self._node.storage.register(uaid, chid, channel_id, max_channels, mode, fresh)
 
     async def _storage(self, operation: str, pending: Awaitable[_T]) -> _T:
         """Await one storage or directory call made for this connection.

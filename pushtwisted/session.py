@@ -72,7 +72,7 @@ from pushtwisted.connection import (
     StorageFailed,
 )
 from pushtwisted.errors import ProtocolViolation
-from pushtwisted.hello import HelloOpening
+from pushtwisted.hello import FRESH, HelloOpening
 from pushtwisted.ids import is_valid_id, normalize_id
 from pushtwisted.logs import level_enabled, uaid_hash
 from pushtwisted.messages import Incoming, InvalidCommand, MessageType
@@ -181,6 +181,7 @@ class Session(WebPushHandlers, HelloOpening):
         hello = messages.parse_hello(incoming, self._config.max_channels)
         self.state = State.HELLO_PENDING
         echo, self.connected_at, opened, missed = await self._open(hello)
+        self._uaid_fresh = opened is FRESH
         normal = normalize_id(echo)
         if normal == echo:
             normal = echo  # one string per connection, not two equal ones
@@ -265,10 +266,7 @@ class Session(WebPushHandlers, HelloOpening):
         assert self.uaid is not None and self._echo_uaid is not None
         uaid = self.uaid
         chid = normalize_id(register.channel_id)
-        await self._registered(
-            incoming,
-            self._node.storage.register(uaid, chid, register.channel_id, self._config.max_channels),
-        )
+        await self._registered(incoming, self._register(uaid, chid, register.channel_id))
         endpoint = self._node.endpoint_url(uaid, chid)
         reply = messages.register_reply(self._echo_uaid, register.channel_id, endpoint)
         self._sender.send_text(reply)

@@ -375,10 +375,7 @@ class WebPushHandlers(ClientConnection):
         assert uaid is not None
         chid = normalize_id(register.channel_id)
         await self._registered(
-            incoming,
-            self._node.storage.register(
-                uaid, chid, register.channel_id, self._config.max_channels, mode=Mode.WEBPUSH
-            ),
+            incoming, self._register(uaid, chid, register.channel_id, Mode.WEBPUSH)
         )
         endpoint = self._node.webpush_endpoint_url(uaid, chid, key_hash)
         self._sender.send_text(wpmessages.register_reply(register.channel_id, endpoint))

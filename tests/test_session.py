@@ -800,6 +800,37 @@ class RegisterTests(SessionCase):
         self.assertEqual([r["status"] for r in self.sender.replies], [200, 200])
         self.assertEqual(self.pending(UAID), [(CHID, 9)])
 
+    def test_fresh_only_first_of_new_uaid(self) -> None:
+        """Only the first register after a hello that made the UAID tells storage it is fresh."""
+        recording = FailingStorage(self.memory)
+        self.build(storage=recording)
+        self.hello()
+        for chid in (CHID, CHID2):
+            self.send({"messageType": "register", "channelID": chid})
+        self.assertEqual(recording.registers, [(CHID_N, True), (CHID2_N, False)])
+        self.assertEqual([r["status"] for r in self.sender.replies], [200, 200])
+
+    def test_fresh_spent_by_failed_register(self) -> None:
+        """A failed first register spends it: the next one may find what the failed one wrote."""
+        recording = FailingStorage(self.memory, ["register"])
+        self.build(storage=recording)
+        self.hello()
+        self.send({"messageType": "register", "channelID": CHID})
+        recording.failing.clear()
+        self.send({"messageType": "register", "channelID": CHID})
+        self.assertEqual(recording.registers, [(CHID_N, True), (CHID_N, False)])
+        self.assertEqual([r["status"] for r in self.sender.replies], [503, 200])
+
+    def test_not_fresh_for_kept_uaid(self) -> None:
+        """A hello that keeps the UAID it names, stored or not, makes no register fresh."""
+        self.store(UAID, CHID2, 1)
+        recording = FailingStorage(self.memory)
+        for uaid in (UAID, uuid.uuid4().hex):
+            self.build(storage=recording)
+            self.assertEqual(normalize_id(self.hello(uaid)), normalize_id(uaid))
+            self.send({"messageType": "register", "channelID": CHID})
+        self.assertEqual(recording.registers, [(CHID_N, False), (CHID_N, False)])
+
 
 class UnregisterTests(SessionCase):
     """unregister in READY."""

@@ -43,6 +43,7 @@ from pushtwisted.storage.interface import (
     NewMessage,
     PendingUpdate,
     Storage,
+    StoreOutcome,
     StoreResult,
     UpdateOutcome,
     UpdateResult,
@@ -203,6 +204,35 @@ class StorageContract(OpenUserContract, BackendFixture):
         await self.storage.register(uaid, c, c, 2)
         await self.failure_of(self.storage.register(uaid, a, a, 2), TooManyChannels)
         self.assertEqual(await self.storage.expired(uaid, [a]), [a])
+
+    async def test_fresh_register_is_a_register(self) -> None:
+        """``fresh`` is a hint only: over what is stored, register does what it does without it."""
+        uaid, a, b, c = new_id(), new_id(), new_id(), new_id()
+        await self.storage.register(uaid, a, "first", 2, fresh=True)
+        self.assertEqual(await self.storage.user_mode(uaid), Mode.SIMPLEPUSH)
+        await self.storage.update(uaid, a, 4, "kept")
+        await self.storage.register(uaid, a, "again", 2, fresh=True)  # live: unchanged
+        await self.storage.register(uaid, b, b, 2, fresh=True)  # a second channel
+        await self.failure_of(self.storage.register(uaid, c, c, 2, fresh=True), TooManyChannels)
+        self.assertEqual(
+            await self.storage.fetch_pending(uaid),
+            [PendingUpdate(channel_id="first", version=4, data="kept")],
+        )
+        self.assertEqual((await self.storage.update(uaid, c, 1, None)).outcome, UpdateOutcome.GONE)
+        await self.storage.unregister(uaid, b)
+        await self.storage.register(uaid, b, "revived", 2, fresh=True)  # over a tombstone
+        result = await self.storage.update(uaid, b, 1, None)
+        self.assertEqual(result, UpdateResult(outcome=UpdateOutcome.STORED, channel_id="revived"))
+
+        webpush = new_id()
+        await self.storage.register(webpush, a, a, 1, Mode.WEBPUSH, fresh=True)
+        await self.storage.register(webpush, a, a, 1, Mode.WEBPUSH, fresh=True)  # again: fine
+        await self.failure_of(
+            self.storage.register(webpush, b, b, 1, Mode.WEBPUSH, fresh=True), TooManyChannels
+        )
+        self.assertEqual(await self.storage.user_mode(webpush), Mode.WEBPUSH)
+        stored = await self.storage.store_message(webpush, NewMessage(chid=a, ttl=60), 0)
+        self.assertEqual(stored.outcome, StoreOutcome.STORED)
 
     async def test_many_channels(self) -> None:
         """500 channels with ``max_channels`` 0 (no limit) all register and deliver, in order."""
@@ -972,6 +1002,43 @@ class FakeMemcachedTests(SynchronousTestCase):
         )
         self.assertEqual(self.client.get(f"p-{uaid}"), [chid])
         self.assertEqual(self.client.get(f"p-{uaid}.{chid}")["state"], "registered")
+
+    def test_fresh_register_one_round(self) -> None:
+        """A fresh first register skips the read: both adds with the list read, in one round."""
+        uaid, chid = new_id(), new_id()
+        rounds, start = self.client.rounds, len(self.client.commands)
+        self.successResultOf(self.storage.register(uaid, chid, "C", 0, fresh=True))
+        self.assertEqual(self.client.rounds - rounds, 1)
+        self.assertEqual(
+            [repr(c) for c in self.client.commands[start:]],
+            [
+                f"Store(add, 'p-{uaid}')",
+                f"Store(add, 'p-{uaid}.{chid}')",
+                f"Get('p-{uaid}')",
+            ],
+        )
+        self.assertEqual(self.client.get(f"p-{uaid}"), [chid])
+        self.assertEqual(self.client.get(f"p-{uaid}.{chid}")["state"], "registered")
+
+    def test_fresh_webpush_register_one_round(self) -> None:
+        """A fresh WebPush first register is one add of the user record."""
+        uaid, chid = new_id(), new_id()
+        rounds, start = self.client.rounds, len(self.client.commands)
+        self.successResultOf(self.storage.register(uaid, chid, "C", 0, Mode.WEBPUSH, fresh=True))
+        self.assertEqual(self.client.rounds - rounds, 1)
+        self.assertEqual(
+            [repr(c) for c in self.client.commands[start:]], [f"Store(add, 'p-{uaid}')"]
+        )
+        self.assertEqual(self.successResultOf(self.storage.user_mode(uaid)), Mode.WEBPUSH)
+
+    def test_fresh_register_record_there(self) -> None:
+        """When the record is there after all, the fresh register reads and keeps it, listed."""
+        uaid, chid = new_id(), new_id()
+        other = ChannelRecord("registered", "other", 0, None, EPOCH).encode()
+        self.client.add(f"p-{uaid}.{chid}", other)
+        self.successResultOf(self.storage.register(uaid, chid, "C", 0, fresh=True))
+        self.assertEqual(self.client.get(f"p-{uaid}"), [chid])
+        self.assertEqual(self.client.get(f"p-{uaid}.{chid}")["channel_id"], "other")
 
     def test_first_register_races_list(self) -> None:
         """A list made by another register between the read and the adds: both chids listed."""

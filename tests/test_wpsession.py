@@ -446,6 +446,22 @@ class RegisterTests(WebPushCase):
         self.assertOnlyError(503, message)
         self.assertOpen()
 
+    def test_fresh_only_first_of_new_uaid(self) -> None:
+        """The first register after a hello that made the UAID is fresh; later ones are not."""
+        recording = FailingStorage(self.memory)
+        self.build(storage=recording)
+        uaid = normalize_id(self.hello())
+        for chid in (CHID, CHID2):
+            self.send({"messageType": "register", "channelID": chid})
+        self.assertEqual(recording.registers, [(CHID_N, True), (CHID2_N, False)])
+        self.assertEqual([r["status"] for r in self.sender.replies], [200, 200])
+        self.assertEqual(self.successResultOf(self.memory.user_mode(uaid)), Mode.WEBPUSH)
+        # A hello that keeps a stored WebPush UAID makes no register fresh.
+        self.build(storage=recording)
+        self.hello(uaid)
+        self.send({"messageType": "register", "channelID": CHID})
+        self.assertEqual(recording.registers[2:], [(CHID_N, False)])
+
     def test_again_gives_new_url_keeps_messages(self) -> None:
         """Registering a channel again gives another URL and keeps its pending messages."""
         first = self.register()["pushEndpoint"]

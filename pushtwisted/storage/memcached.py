@@ -190,9 +190,10 @@ class MemcachedStorage:
         channel_id: str,
         max_channels: int,
         mode: Mode = Mode.SIMPLEPUSH,
+        fresh: bool = False,
     ) -> Deferred[None]:
         now = self._clock.seconds()
-        steps = self.register_steps(uaid, chid, channel_id, max_channels, now, mode)
+        steps = self.register_steps(uaid, chid, channel_id, max_channels, now, mode, fresh)
         return self._run("register", steps)
 
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
@@ -341,16 +342,29 @@ class MemcachedStorage:
         max_channels: int,
         now: float,
         mode: Mode = Mode.SIMPLEPUSH,
+        fresh: bool = False,
     ) -> Steps[None]:
-        """``register`` as steps."""
+        """``register`` as steps.
+
+        ``fresh`` (nothing is expected under the UAID): the adds go first,
+        without the read and its round trip; when a record is there after
+        all, the register goes on as for any other UAID.
+        """
         key = self._channel_key(uaid, chid)
         list_key = self.user_key(uaid)
+        if fresh:
+            if mode is Mode.WEBPUSH:  # read as absent: it adds, or reads on its own
+                nothing = (None, None)
+                yield from self.webpush.register(uaid, chid, channel_id, max_channels, now, nothing)
+                return
+            new, expire = self._registered_record(channel_id, now)
+            if (yield from self._add_first(uaid, chid, max_channels, now, new, expire)):
+                return
         (value, cas), listed = yield (Get(key), Get(list_key))
         if is_webpush(listed[0], mode):
             yield from self.webpush.register(uaid, chid, channel_id, max_channels, now, listed)
             return
-        new = ChannelRecord(REGISTERED, channel_id, 0, None, now).encode()
-        expire = self._expire(REGISTERED, now)
+        new, expire = self._registered_record(channel_id, now)
         if value is None and listed[0] is None:
             if (yield from self._add_first(uaid, chid, max_channels, now, new, expire)):
                 return
@@ -379,6 +393,11 @@ class MemcachedStorage:
         else:
             raise StorageUnavailable("memcached: channel record contended, giving up")
         yield from self._list_add(uaid, chid, 0, now)
+
+    def _registered_record(self, channel_id: str, now: float) -> tuple[object, int]:
+        """A new channel record in state *registered*, and its expiry."""
+        new = ChannelRecord(REGISTERED, channel_id, 0, None, now).encode()
+        return new, self._expire(REGISTERED, now)
 
     def _add_first(
         self, uaid: str, chid: str, max_channels: int, now: float, new: object, expire: int

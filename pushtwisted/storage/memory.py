@@ -92,6 +92,7 @@ class MemoryStorage:
         channel_id: str,
         max_channels: int,
         mode: Mode = Mode.SIMPLEPUSH,
+        fresh: bool = False,
     ) -> Deferred[None]:
         if uaid not in self._users:
             self._modes[uaid] = mode

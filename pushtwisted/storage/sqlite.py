@@ -216,6 +216,7 @@ class SqliteStorage:
         channel_id: str,
         max_channels: int,
         mode: Mode = Mode.SIMPLEPUSH,
+        fresh: bool = False,
     ) -> Deferred[None]:
         now = self._clock.seconds()
         args = (uaid, chid, channel_id, max_channels, now)

@@ -37,6 +37,8 @@ class _WrappedStorage:
         self.inner = inner
         #: The name of every call, in order.
         self.calls: list[str] = []
+        #: Each register's chid and ``fresh``, in order.
+        self.registers: list[tuple[str, bool]] = []
 
     def _call(self, name: str, run: Callable[[], Deferred[Any]]) -> Deferred[Any]:
         self.calls.append(name)
@@ -56,9 +58,12 @@ class _WrappedStorage:
         channel_id: str,
         max_channels: int,
         mode: Mode = Mode.SIMPLEPUSH,
+        fresh: bool = False,
     ) -> Deferred[None]:
+        self.registers.append((chid, fresh))
         return self._call(
-            "register", lambda: self.inner.register(uaid, chid, channel_id, max_channels, mode)
+            "register",
+            lambda: self.inner.register(uaid, chid, channel_id, max_channels, mode, fresh),
         )
 
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
