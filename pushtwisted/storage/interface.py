@@ -261,10 +261,10 @@ class Storage(Protocol):
         tombstone revives the channel.  ``max_channels`` > 0 limits how many
         channels a UAID holds: a new channel past it errbacks with
         ``TooManyChannels``.  ``mode`` is the new user record's mode; an
-        existing user keeps its own.  ``fresh`` is a hint: the UAID was made
-        by this node's hello and this is its first register, so nothing is
-        expected to be stored for it; a backend may try its writes before
-        any read, and must still be right when something is stored after all.
+        existing user keeps its own.  ``fresh`` is a hint: the calling
+        connection's hello made the UAID and this is its first register, so
+        nothing is expected to be stored for it; a backend may try its writes
+        before any read, and must still be right when something is stored.
         """
 
     def unregister(self, uaid: str, chid: str) -> Deferred[None]:
