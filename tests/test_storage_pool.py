@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from queue import SimpleQueue
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -137,14 +138,25 @@ class StoragePoolTests(SynchronousTestCase):
 
     def test_stop_runs_queued_work_then_joins(self) -> None:
         """``stop`` lets the calls already handed in finish, then no thread is left."""
-        pool = StoragePool(0, 2, name="test-storage")
-        pool.start()
         release = threading.Event()
+
+        class ReleasingInbox(SimpleQueue[Any]):
+            """Lets the blocked calls go on at the first stop signal ``stop`` hands in."""
+
+            def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+                if item is None:
+                    release.set()
+                super().put(item, block, timeout)
+
+        pool = StoragePool(0, 2, name="test-storage")
+        pool._inbox = ReleasingInbox()
+        pool.start()
         results = Results()
         for i in range(4):
             pool.callInThreadWithCallback(results, lambda i=i: release.wait(WAIT) and i)
-        threading.Timer(0.2, release.set).start()
+        self.assertEqual(results.got, [])  # two calls blocked, two queued behind them
         pool.stop()
+        self.assertTrue(release.is_set())
         self.assertEqual(sorted(r[1] for r in results.got), [0, 1, 2, 3])
         self.assertTrue(pool.threads)
         self.assertFalse(any(t.is_alive() for t in pool.threads))
